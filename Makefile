@@ -1,0 +1,56 @@
+# Entry points of AI-First Runtime. `make` creates .venv and installs everything it needs by itself.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export AIRUN_STATE_DIR ?= $(CURDIR)/.airun
+
+.PHONY: help venv binaries up down test test-unit test-integration demo bench lint clean
+help:
+	@echo "make demo    start everything and run the examples end to end"
+	@echo "make test    the whole test suite (starts a private control plane)"
+	@echo "make up      start the local control plane and the operator;  make down  stops them"
+	@echo "make lint    ruff, mypy, import-linter;  make bench  benchmarks"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+# etcd, kube-apiserver and kubectl built from tools/k8s (cached in ~/.cache/airun/k8s, built once).
+binaries:
+	@bash tools/k8s/build.sh
+
+up: venv binaries
+	$(BIN)/airun up
+
+down: venv
+	$(BIN)/airun down
+
+test: venv binaries
+	$(BIN)/pytest tests
+
+test-unit: venv
+	$(BIN)/pytest tests/unit
+
+test-integration: venv binaries
+	$(BIN)/pytest tests/integration
+
+demo: up
+	$(BIN)/python examples/demo.py
+
+bench: venv binaries
+	$(BIN)/python -m bench
+
+lint: venv
+	$(BIN)/ruff check controller tests bench examples
+	$(BIN)/ruff format --check controller tests bench examples
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+clean: down
+	rm -rf .airun

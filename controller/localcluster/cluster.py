@@ -1,0 +1,243 @@
+"""One local control plane: etcd and kube-apiserver on free loopback ports, with its data in a directory.
+
+Layout of the state directory (`.airun/` for `make up`, a temporary one in tests):
+  kubeconfig          contexts admin, alice, bob, agent, operator (certificates embedded)
+  cluster.json        the ports, reused across restarts so the kubeconfig stays valid
+  pki/                CA, serving certificate, user certificates, service-account key
+  etcd/               etcd's data: kept across stop/start
+  logs/               etcd.log, kube-apiserver.log
+  run/                pid files
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import ssl
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from controller.localcluster import processes
+from controller.localcluster.binaries import find_binaries
+from controller.localcluster.pki import IDENTITIES, PKI
+
+SERVICE_CIDR = "10.0.0.0/24"
+
+
+class StartError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As the servers do: a port left in TIME_WAIT by our own previous run is free to take again.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@dataclass
+class Ports:
+    etcd_client: int
+    etcd_peer: int
+    apiserver: int
+
+
+class LocalCluster:
+    def __init__(self, state_dir: Path, *, fast_etcd: bool = False, die_with_parent: bool = False) -> None:
+        """FAST_ETCD runs etcd without fsync (tests only: never call figures from it production ones).
+        DIE_WITH_PARENT ties the processes to this one's life (tests); `make up` leaves them detached."""
+        self.dir = state_dir.resolve()
+        self.fast_etcd = fast_etcd
+        self.die_with_parent = die_with_parent
+        self.pki = PKI(self.dir / "pki")
+        self.kubeconfig = self.dir / "kubeconfig"
+        self.logs = self.dir / "logs"
+        self.run = self.dir / "run"
+        self._ports_file = self.dir / "cluster.json"
+
+    # -- state ---------------------------------------------------------------------------------------
+
+    @property
+    def ports(self) -> Ports:
+        return Ports(**json.loads(self._ports_file.read_text()))
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.ports.apiserver}"
+
+    def _pid(self, name: str) -> Path:
+        return self.run / f"{name}.pid"
+
+    def running(self) -> bool:
+        return all(processes.alive(self._pid(n), n) for n in ("etcd", "kube-apiserver"))
+
+    def _choose_ports(self) -> Ports:
+        if self._ports_file.exists():
+            ports = self.ports
+            etcd_up = processes.alive(self._pid("etcd"), "etcd") is not None
+            wanted = [] if etcd_up else [ports.etcd_client, ports.etcd_peer]
+            if processes.alive(self._pid("kube-apiserver"), "kube-apiserver") is None:
+                wanted.append(ports.apiserver)
+            if all(port_free(p) for p in wanted):
+                return ports
+        ports = Ports(free_port(), free_port(), free_port())
+        self._ports_file.write_text(json.dumps(ports.__dict__) + "\n")
+        return ports
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 120.0) -> float:
+        """Starts whatever is not running and waits for /readyz. Returns the seconds it took."""
+        started = time.monotonic()
+        for sub in (self.logs, self.run, self.dir / "etcd"):
+            sub.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o700)
+        self.pki.ensure()
+        ports = self._choose_ports()
+        self._write_kubeconfig(ports)
+        binaries = find_binaries()
+        if processes.alive(self._pid("etcd"), "etcd") is None:
+            self._start_etcd(binaries / "etcd", ports)
+        if processes.alive(self._pid("kube-apiserver"), "kube-apiserver") is None:
+            self._start_apiserver(binaries / "kube-apiserver", ports)
+        self._wait_ready(timeout - (time.monotonic() - started))
+        return time.monotonic() - started
+
+    def stop(self) -> None:
+        # The API server first: it would only log errors while etcd is gone.
+        processes.stop(self._pid("kube-apiserver"), "kube-apiserver")
+        processes.stop(self._pid("etcd"), "etcd")
+
+    def _start_etcd(self, binary: Path, ports: Ports) -> None:
+        client = f"http://127.0.0.1:{ports.etcd_client}"
+        peer = f"http://127.0.0.1:{ports.etcd_peer}"
+        argv = [
+            str(binary),
+            "--name=airun",
+            f"--data-dir={self.dir / 'etcd'}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=airun={peer}",
+            "--log-level=warn",
+            "--quota-backend-bytes=4294967296",
+        ]
+        if self.fast_etcd:
+            argv.append("--unsafe-no-fsync")
+        processes.start(
+            argv,
+            pid_file=self._pid("etcd"),
+            log_file=self.logs / "etcd.log",
+            die_with_parent=self.die_with_parent,
+        )
+
+    def _start_apiserver(self, binary: Path, ports: Ports) -> None:
+        pki = self.pki
+        argv = [
+            str(binary),
+            f"--etcd-servers=http://127.0.0.1:{ports.etcd_client}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={ports.apiserver}",
+            f"--cert-dir={self.dir / 'pki'}",
+            f"--tls-cert-file={pki.server_cert}",
+            f"--tls-private-key-file={pki.server_key}",
+            f"--client-ca-file={pki.ca_cert}",
+            "--authorization-mode=RBAC",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki.sa_pub}",
+            f"--service-account-signing-key-file={pki.sa_key}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            # No kubelets or nodes here: nobody would serve the `kubernetes` Service's endpoints.
+            "--endpoint-reconciler-type=none",
+            "--allow-privileged=true",
+            # Pods never run here, and the plugin would wait for a token controller that does not run.
+            "--disable-admission-plugins=ServiceAccount",
+            "--v=1",
+        ]
+        processes.start(
+            argv,
+            pid_file=self._pid("kube-apiserver"),
+            log_file=self.logs / "kube-apiserver.log",
+            die_with_parent=self.die_with_parent,
+        )
+
+    def _ssl_context(self, context: str = "admin") -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.pki.ca_cert))
+        ctx.load_cert_chain(str(self.pki.user_cert(context)), str(self.pki.user_key(context)))
+        return ctx
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + max(timeout, 1.0)
+        ctx = self._ssl_context()
+        last = "no answer"
+        while time.monotonic() < deadline:
+            for name in ("etcd", "kube-apiserver"):
+                if processes.alive(self._pid(name), name) is None:
+                    raise StartError(f"{name} exited; see {self.logs / (name + '.log')}")
+            try:
+                with urllib.request.urlopen(f"{self.server}/readyz", context=ctx, timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except urllib.error.HTTPError as error:
+                last = f"HTTP {error.code}"
+            except (OSError, urllib.error.URLError) as error:
+                last = str(error)
+            time.sleep(0.2)
+        raise StartError(f"kube-apiserver not ready after {timeout:.0f} s ({last}); see {self.logs}")
+
+    # -- kubeconfig ----------------------------------------------------------------------------------
+
+    def _write_kubeconfig(self, ports: Ports) -> None:
+        def b64(path: Path) -> str:
+            return base64.b64encode(path.read_bytes()).decode()
+
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "airun",
+                    "cluster": {
+                        "server": f"https://127.0.0.1:{ports.apiserver}",
+                        "certificate-authority-data": b64(self.pki.ca_cert),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": i.context,
+                    "user": {
+                        "client-certificate-data": b64(self.pki.user_cert(i.context)),
+                        "client-key-data": b64(self.pki.user_key(i.context)),
+                    },
+                }
+                for i in IDENTITIES
+            ],
+            "contexts": [
+                {"name": i.context, "context": {"cluster": "airun", "user": i.context}} for i in IDENTITIES
+            ],
+            "current-context": "admin",
+            "preferences": {},
+        }
+        tmp = self.kubeconfig.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+        tmp.chmod(0o600)
+        tmp.replace(self.kubeconfig)

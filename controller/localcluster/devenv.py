@@ -1,0 +1,151 @@
+"""The local environment of `make up` / `airun up`: the control plane, the manifests, the operator.
+
+Everything lives in one state directory (`.airun/` of the checkout); see DESIGN.md section 5.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from controller.localcluster import processes
+from controller.localcluster.binaries import REPO_ROOT, find_binaries
+from controller.localcluster.cluster import LocalCluster, StartError, free_port, port_free
+
+CRD_DIR = REPO_ROOT / "crds"
+MANIFESTS = (REPO_ROOT / "rbac" / "roles.yaml", REPO_ROOT / "rbac" / "local-bindings.yaml")
+BASELINE_POLICIES = REPO_ROOT / "policies" / "baseline.yaml"
+
+
+@dataclass
+class Timing:
+    control_plane: float
+    manifests: float
+    operator: float
+
+
+class DevEnvironment:
+    def __init__(self, state_dir: Path, *, fast_etcd: bool = False, die_with_parent: bool = False) -> None:
+        self.dir = state_dir.resolve()
+        self.cluster = LocalCluster(self.dir, fast_etcd=fast_etcd, die_with_parent=die_with_parent)
+        self.die_with_parent = die_with_parent
+        self.endpoints_file = self.dir / "endpoints.json"
+        self.operator_pid = self.dir / "operator.pid"
+        self.workspaces = self.dir / "workspaces"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.cluster.kubeconfig
+
+    def kubectl(
+        self, *args: str, context: str = "admin", check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        argv = [
+            str(find_binaries() / "kubectl"),
+            f"--kubeconfig={self.kubeconfig}",
+            f"--context={context}",
+            *args,
+        ]
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if check and result.returncode != 0:
+            raise StartError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result
+
+    # -- up ------------------------------------------------------------------------------------------
+
+    def up(self, *, operator: bool = True) -> Timing:
+        control_plane = self.cluster.start()
+        started = time.monotonic()
+        self.install_manifests()
+        manifests = time.monotonic() - started
+        started = time.monotonic()
+        if operator:
+            self.start_operator()
+        return Timing(control_plane, manifests, time.monotonic() - started)
+
+    def install_manifests(self) -> None:
+        # Server-side apply: idempotent, and a changed CRD in the checkout is applied on the next `up`.
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR))
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRD_DIR))
+        args = ["apply", "--server-side", "--force-conflicts"]
+        for manifest in MANIFESTS:
+            args += ["-f", str(manifest)]
+        if BASELINE_POLICIES.exists():
+            args += ["-f", str(BASELINE_POLICIES)]
+        self.kubectl(*args)
+
+    def endpoints(self) -> dict[str, str]:
+        if not self.endpoints_file.exists():
+            return {}
+        data: dict[str, str] = json.loads(self.endpoints_file.read_text())
+        return data
+
+    def operator_running(self) -> bool:
+        return processes.alive(self.operator_pid, "controller") is not None
+
+    def start_operator(self, timeout: float = 60.0) -> None:
+        if self.operator_running():
+            return
+        ports = self._operator_ports()
+        self.workspaces.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env["AIRUN_STATE_DIR"] = str(self.dir)
+        env["AIRUN_WORKSPACES"] = str(self.workspaces)
+        argv = [
+            sys.executable,
+            "-m",
+            "controller",
+            f"--kubeconfig={self.kubeconfig}",
+            "--context=operator",
+            f"--health-port={ports['health']}",
+        ]
+        processes.start(
+            argv,
+            pid_file=self.operator_pid,
+            log_file=self.dir / "logs" / "operator.log",
+            env=env,
+            die_with_parent=self.die_with_parent,
+            cwd=self.dir,
+        )
+        endpoints = {"health": f"http://127.0.0.1:{ports['health']}/healthz"}
+        self.endpoints_file.write_text(json.dumps(endpoints, indent=2) + "\n")
+        self._wait_healthy(endpoints["health"], timeout)
+
+    def _operator_ports(self) -> dict[str, int]:
+        previous = self.endpoints()
+        ports: dict[str, int] = {}
+        for name in ("health",):
+            url = previous.get(name, "")
+            port = int(url.split(":")[2].split("/")[0]) if url.count(":") >= 2 else 0
+            ports[name] = port if port and port_free(port) else free_port()
+        return ports
+
+    def _wait_healthy(self, url: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.operator_running():
+                raise StartError(f"the operator exited; see {self.dir / 'logs' / 'operator.log'}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(0.2)
+        raise StartError(f"the operator is not healthy after {timeout:.0f} s; see {self.dir / 'logs'}")
+
+    # -- down ----------------------------------------------------------------------------------------
+
+    def stop_operator(self) -> bool:
+        return processes.stop(self.operator_pid, "controller")
+
+    def down(self) -> None:
+        self.stop_operator()
+        self.cluster.stop()

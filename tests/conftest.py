@@ -1,0 +1,82 @@
+"""Fixtures shared by the whole suite.
+
+Integration tests share one private local control plane per session (start-up costs seconds) and
+isolate themselves by namespace. Set AIRUN_TEST_KUBECONFIG to run them against another cluster instead
+(for example kind); its current context must be a cluster admin.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.kube import Kube
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("airun")
+
+
+@pytest.fixture(scope="session")
+def devenv(state_dir: Path) -> Iterator[object]:
+    """The private local control plane with the manifests installed (no operator: see `operator`)."""
+    from controller.localcluster.devenv import DevEnvironment
+
+    if os.environ.get("AIRUN_TEST_KUBECONFIG"):
+        yield None
+        return
+    env = DevEnvironment(state_dir, fast_etcd=True, die_with_parent=True)
+    timing = env.up(operator=False)
+    print(f"\nlocal control plane: {timing.control_plane:.1f} s, manifests {timing.manifests:.1f} s")
+    try:
+        yield env
+    finally:
+        env.down()
+
+
+@pytest.fixture(scope="session")
+def kube(devenv: object) -> Kube:
+    from controller.localcluster.binaries import find_binaries
+
+    external = os.environ.get("AIRUN_TEST_KUBECONFIG")
+    if external:
+        kubectl = Path(shutil.which("kubectl") or find_binaries() / "kubectl")
+        k = Kube(kubectl, Path(external), local=False)
+        for path in (REPO / "crds", REPO / "rbac" / "roles.yaml", REPO / "rbac" / "local-bindings.yaml"):
+            k.run("apply", "--server-side", "--force-conflicts", "-f", str(path))
+        k.run("wait", "--for=condition=Established", "--timeout=60s", "-f", str(REPO / "crds"))
+        return k
+    from controller.localcluster.devenv import DevEnvironment
+
+    assert isinstance(devenv, DevEnvironment)
+    return Kube(find_binaries() / "kubectl", devenv.kubeconfig, local=True)
+
+
+@pytest.fixture
+def namespace(kube: Kube) -> Iterator[str]:
+    """A fresh namespace per test (the local control plane never garbage-collects it: no controllers)."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    kube.create_namespace(name)
+    yield name
+
+
+@pytest.fixture(scope="session")
+def operator(devenv: object, kube: Kube) -> Iterator[object]:
+    """The operator, as in production: its own process, its own identity (context `operator`)."""
+    from controller.localcluster.devenv import DevEnvironment
+
+    if not isinstance(devenv, DevEnvironment):
+        pytest.skip("the operator fixture runs on the local control plane only")
+    devenv.start_operator()
+    try:
+        yield devenv
+    finally:
+        devenv.stop_operator()
