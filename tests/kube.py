@@ -64,9 +64,7 @@ class Kube:
             args.append("--dry-run=server")
         return self.run(*args, as_=as_, stdin=text, check=check)
 
-    def get(
-        self, kind: str, name: str, namespace: str | None = None, *, as_: str = "admin"
-    ) -> dict[str, Any]:
+    def get(self, kind: str, name: str, namespace: str | None = None, *, as_: str = "admin") -> dict[str, Any]:
         args = ["get", kind, name, "-o", "json"]
         if namespace:
             args += ["-n", namespace]

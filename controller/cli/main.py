@@ -51,16 +51,31 @@ def down() -> None:
 
 
 @main.command()
-@click.option(
-    "--kubeconfig", envvar="KUBECONFIG", help="Kubeconfig file (default: in-cluster or ~/.kube/config)."
-)
+@click.option("--kubeconfig", envvar="KUBECONFIG", help="Kubeconfig file (default: in-cluster or ~/.kube/config).")
 @click.option("--context", help="Kubeconfig context.")
 @click.option("--health-port", type=int, default=8081, show_default=True, help="Liveness endpoint port.")
 @click.option("--bind", default="127.0.0.1", show_default=True, help="Address of the operator's endpoints.")
 @click.option("-v", "--verbose", is_flag=True)
-def operator(kubeconfig: str | None, context: str | None, health_port: int, bind: str, verbose: bool) -> None:
+@click.option(
+    "--workspaces", envvar="AIRUN_WORKSPACES", help="Root of the io.fs workspaces (one folder per namespace)."
+)
+@click.option(
+    "--test-capabilities/--no-test-capabilities",
+    envvar="AIRUN_TEST_CAPABILITIES",
+    default=False,
+    help="Also load the test.* capabilities (tests and demo only).",
+)
+def operator(
+    kubeconfig: str | None,
+    context: str | None,
+    health_port: int,
+    bind: str,
+    verbose: bool,
+    workspaces: str | None,
+    test_capabilities: bool,
+) -> None:
     """Run the operator (kopf) against the cluster of KUBECONFIG."""
     from controller.operator.main import OperatorOptions
     from controller.operator.main import main as run_operator
 
-    run_operator(OperatorOptions(kubeconfig, context, health_port, bind, verbose))
+    run_operator(OperatorOptions(kubeconfig, context, health_port, bind, verbose, workspaces, test_capabilities))

@@ -231,9 +231,7 @@ class LocalCluster:
                 }
                 for i in IDENTITIES
             ],
-            "contexts": [
-                {"name": i.context, "context": {"cluster": "airun", "user": i.context}} for i in IDENTITIES
-            ],
+            "contexts": [{"name": i.context, "context": {"cluster": "airun", "user": i.context}} for i in IDENTITIES],
             "current-context": "admin",
             "preferences": {},
         }

@@ -44,9 +44,7 @@ class DevEnvironment:
     def kubeconfig(self) -> Path:
         return self.cluster.kubeconfig
 
-    def kubectl(
-        self, *args: str, context: str = "admin", check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
+    def kubectl(self, *args: str, context: str = "admin", check: bool = True) -> subprocess.CompletedProcess[str]:
         argv = [
             str(find_binaries() / "kubectl"),
             f"--kubeconfig={self.kubeconfig}",
@@ -98,6 +96,7 @@ class DevEnvironment:
         env = dict(os.environ)
         env["AIRUN_STATE_DIR"] = str(self.dir)
         env["AIRUN_WORKSPACES"] = str(self.workspaces)
+        env.setdefault("AIRUN_TEST_CAPABILITIES", "1")  # the demo and the tests use the test.* family
         argv = [
             sys.executable,
             "-m",

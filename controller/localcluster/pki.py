@@ -61,9 +61,7 @@ def _write_cert(path: Path, cert: x509.Certificate) -> None:
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def _builder(
-    subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey
-) -> x509.CertificateBuilder:
+def _builder(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey) -> x509.CertificateBuilder:
     now = datetime.datetime.now(datetime.UTC)
     return (
         x509.CertificateBuilder()
@@ -161,9 +159,7 @@ class PKI:
         _write_key(self.server_key, key)
         _write_cert(self.server_cert, cert)
 
-    def _make_client(
-        self, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, identity: Identity
-    ) -> None:
+    def _make_client(self, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, identity: Identity) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
         attributes = [x509.NameAttribute(NameOID.COMMON_NAME, identity.user)]
         attributes += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in identity.groups]

@@ -33,7 +33,8 @@ def alive(pid_file: Path, expect: str) -> int | None:
     # A zombie (state Z) has exited already.
     if stat.rsplit(")", 1)[1].split()[0] == "Z":
         return None
-    if not any(arg == expect or Path(arg).name == expect for arg in argv):
+    # An empty command line is seen, briefly, while a process starts up: it is still the one we started.
+    if any(argv) and not any(arg == expect or Path(arg).name == expect for arg in argv):
         return None
     return pid
 

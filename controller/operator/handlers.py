@@ -7,16 +7,66 @@ from typing import Any
 import kopf
 
 from controller import API_GROUP, API_VERSION
+from controller.api.policy import PolicyObject, PolicySpec
+from controller.engine import saga
+from controller.operator import approvals
 from controller.operator.runtime import WorkflowRuntime
+
+ALL = "all"
 
 
 def register(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime) -> None:
+    # Indexes: kopf fills them before it calls any other handler, so no workflow is ever judged
+    # against a half-loaded set of policies.
+    @kopf.index(API_GROUP, API_VERSION, "clusterpolicies", registry=registry, id="cluster_policy_index")
+    def cluster_policy_index(name: str, spec: kopf.Spec, **_: Any) -> dict[str, PolicyObject]:
+        return {ALL: PolicyObject(name=name, spec=PolicySpec.model_validate(dict(spec)))}
+
+    @kopf.index(API_GROUP, API_VERSION, "policies", registry=registry, id="policy_index")
+    def policy_index(name: str, namespace: str | None, spec: kopf.Spec, **_: Any) -> dict[str, PolicyObject]:
+        return {ALL: PolicyObject(name=name, namespace=namespace, spec=PolicySpec.model_validate(dict(spec)))}
+
+    @kopf.index(API_GROUP, API_VERSION, "approvals", registry=registry, id="approval_index")
+    def approval_index(body: kopf.Body, namespace: str | None, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
+        return {(namespace, spec.get("workflow")): (spec.get("step"), approvals.state_of(body))}
+
+    def bind(
+        cluster_policy_index: kopf.Index[str, PolicyObject],
+        policy_index: kopf.Index[str, PolicyObject],
+        approval_index: kopf.Index[Any, Any],
+    ) -> None:
+        runtime.indexes.policies = lambda: [*cluster_policy_index.get(ALL, []), *policy_index.get(ALL, [])]
+
+        def approvals_of(namespace: str, workflow: str) -> dict[str, saga.ApprovalState]:
+            return dict(approval_index.get((namespace, workflow), []))
+
+        runtime.indexes.approvals = approvals_of
+
     # on.event, not on.create/on.update: kopf's change-detecting handlers persist their progress with a
     # PATCH per handler, which would double the writes per step. The runtime keeps its own checkpoint
     # in .status (see docs/architecture.md).
-    @kopf.on.event(API_GROUP, API_VERSION, "workflows", registry=registry)
-    async def workflow_event(type: str, body: kopf.Body, **_: Any) -> None:
+    @kopf.on.event(API_GROUP, API_VERSION, "workflows", registry=registry, id="workflow_event")
+    async def workflow_event(type: str, body: kopf.Body, **kwargs: Any) -> None:
+        bind(kwargs["cluster_policy_index"], kwargs["policy_index"], kwargs["approval_index"])
         if type == "DELETED":
             runtime.forget(body)
             return
         await runtime.observe(body)
+
+    @kopf.on.event(API_GROUP, API_VERSION, "approvals", registry=registry, id="approval_event")
+    async def approval_event(type: str, body: kopf.Body, namespace: str | None, spec: kopf.Spec, **_: Any) -> None:
+        if type == "DELETED" or namespace is None:
+            return
+        status = body.get("status") or {}
+        decision = spec.get("decision") or ""
+        if decision and status.get("phase") in (None, "Pending"):
+            state = approvals.state_of(body)
+            await approvals.record_decision(
+                runtime.connection,
+                namespace,
+                body.metadata.name or "",
+                decision,
+                state.decided_by,
+                spec.get("reason"),
+            )
+        runtime.wake(namespace, spec.get("workflow") or "")

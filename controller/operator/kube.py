@@ -47,6 +47,17 @@ class Connection:
             _content_type="application/merge-patch+json",  # type: ignore[call-arg]  # not in its stubs
         )
 
+    async def patch_workflow(self, namespace: str, name: str, patch: dict[str, Any]) -> Any:
+        return await self.custom.patch_namespaced_custom_object(
+            API_GROUP,
+            API_VERSION,
+            namespace,
+            "workflows",
+            name,
+            patch,
+            _content_type="application/merge-patch+json",  # type: ignore[call-arg]
+        )
+
     async def close(self) -> None:
         await self.api.close()
 
@@ -60,7 +71,5 @@ async def connect(kubeconfig: str | None = None, context: str | None = None) -> 
         except config.ConfigException:
             await config.load_kube_config(client_configuration=configuration)
     else:
-        await config.load_kube_config(
-            config_file=kubeconfig, context=context, client_configuration=configuration
-        )
+        await config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
     return Connection(client.ApiClient(configuration), configuration)

@@ -6,12 +6,14 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import kopf
 
+from controller.capabilities import registry as capability_registry
 from controller.operator import handlers, kube
-from controller.operator.runtime import WorkflowRuntime
+from controller.operator.runtime import RuntimeSettings, WorkflowRuntime, workspaces_from_env
 
 
 @dataclass
@@ -21,6 +23,8 @@ class OperatorOptions:
     health_port: int = 8081
     bind: str = "127.0.0.1"
     verbose: bool = False
+    workspaces: str | None = None
+    test_capabilities: bool = False
 
 
 def _configure(settings: kopf.OperatorSettings) -> None:
@@ -34,9 +38,11 @@ def _configure(settings: kopf.OperatorSettings) -> None:
 
 
 async def run(options: OperatorOptions) -> None:
+    capabilities = capability_registry.load(include_test=options.test_capabilities)
     connection = await kube.connect(options.kubeconfig, options.context)
     registry = kopf.OperatorRegistry()
-    runtime = WorkflowRuntime(connection)
+    workspaces = Path(options.workspaces) if options.workspaces else workspaces_from_env()
+    runtime = WorkflowRuntime(connection, capabilities, RuntimeSettings(workspaces=workspaces))
     handlers.register(registry, runtime)
 
     @kopf.on.startup(registry=registry)
@@ -60,6 +66,7 @@ async def run(options: OperatorOptions) -> None:
             stop_flag=stop,
         )
     finally:
+        await runtime.shutdown()
         await connection.close()
 
 

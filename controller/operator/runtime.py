@@ -1,35 +1,324 @@
-"""Keeps track of the workflows the operator has seen and checkpoints them in .status."""
+"""Runs each Workflow as a saga: one asyncio task per active workflow drives the pure state machine
+(controller.engine.saga) and carries out its commands. The task is the only writer of the workflow's
+status; kopf's watch only tells it about changes of spec (rollback), deletion and approvals."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import kopf
+from kubernetes_asyncio.client.exceptions import ApiException
 
+from controller.api.policy import Principal
+from controller.api.workflow import TERMINAL_PHASES, WorkflowPhase, WorkflowSpec, WorkflowStatus
+from controller.capabilities.base import CapabilityError, Invocation
+from controller.capabilities.registry import Registry
+from controller.engine import saga
+from controller.operator import approvals as approval_objects
 from controller.operator.kube import Connection
+
+FINALIZER = "aifirst.dev/saga"
+PRINCIPAL_ANNOTATION = "aifirst.dev/principal"
+GROUPS_ANNOTATION = "aifirst.dev/principal-groups"
+log = logging.getLogger("airun.runtime")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class RuntimeSettings:
+    workspaces: Path
+
+
+class Indexes:
+    """Live views kept by kopf indexes (populated before any workflow is handled)."""
+
+    def __init__(self) -> None:
+        self.policies: Callable[[], list[Any]] = list
+        self.approvals: Callable[[str, str], Mapping[str, saga.ApprovalState]] = lambda ns, wf: {}
+
+
+def needs_work(body: Mapping[str, Any]) -> bool:
+    status = body.get("status") or {}
+    phase = status.get("phase")
+    if FINALIZER in (body.get("metadata", {}).get("finalizers") or []):
+        return True
+    if phase in {p.value for p in TERMINAL_PHASES}:
+        return bool(body.get("spec", {}).get("rollback")) and phase == WorkflowPhase.SUCCEEDED.value
+    return True
+
+
+def principal_of(body: Mapping[str, Any]) -> Principal:
+    """The creator as the admission webhook recorded it (the webhook overwrites whatever a request
+    claims); status.principal once recorded."""
+    annotations = body.get("metadata", {}).get("annotations") or {}
+    status = body.get("status") or {}
+    user = status.get("principal") or annotations.get(PRINCIPAL_ANNOTATION) or ""
+    groups = [g for g in (annotations.get(GROUPS_ANNOTATION) or "").split(",") if g]
+    return Principal(user=user, groups=groups)
 
 
 class WorkflowRuntime:
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, registry: Registry, settings: RuntimeSettings) -> None:
         self.connection = connection
+        self.registry = registry
+        self.settings = settings
+        self.indexes = Indexes()
+        self.runners: dict[str, Runner] = {}
+        self.capabilities = registry.specs()
+        self.stats = {"status_writes": 0, "steps_run": 0}
 
     async def observe(self, body: kopf.Body) -> None:
-        status: dict[str, Any] = dict(body.get("status") or {})
-        if status.get("phase"):
+        uid = body.metadata.uid or ""
+        runner = self.runners.get(uid)
+        if runner is not None:
+            runner.update(body)
             return
-        steps = body.get("spec", {}).get("steps", [])
-        await self.connection.patch_workflow_status(
-            body.metadata.namespace or "",
-            body.metadata.name or "",
-            {
-                "status": {
-                    "phase": "Pending",
-                    "observedGeneration": body.metadata.get("generation"),
-                    "progress": f"0/{len(steps)}",
-                    "steps": [{"name": s["name"], "phase": "Pending"} for s in steps],
-                }
-            },
-        )
+        if not needs_work(body):
+            return
+        runner = Runner(self, body)
+        self.runners[uid] = runner
+        runner.task = asyncio.create_task(runner.run(), name=f"workflow {body.metadata.namespace}/{body.metadata.name}")
 
     def forget(self, body: kopf.Body) -> None:
-        pass
+        runner = self.runners.pop(body.metadata.uid or "", None)
+        if runner is not None and runner.task is not None:
+            runner.task.cancel()
+
+    def wake(self, namespace: str, workflow: str) -> None:
+        for runner in self.runners.values():
+            if runner.ref.namespace == namespace and runner.ref.name == workflow:
+                runner.wakeup.set()
+
+    async def shutdown(self) -> None:
+        tasks = [r.task for r in self.runners.values() if r.task]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class Runner:
+    """One workflow's saga in this process."""
+
+    def __init__(self, runtime: WorkflowRuntime, body: kopf.Body) -> None:
+        self.rt = runtime
+        self.task: asyncio.Task[None] | None = None
+        self.body: Mapping[str, Any] = dict(body)
+        meta = body.metadata
+        self.ref = saga.WorkflowRef(
+            meta.name or "",
+            meta.namespace or "",
+            meta.uid or "",
+            int(meta.get("generation") or 1),
+            bool(meta.get("deletionTimestamp")),
+        )
+        self.spec_error: str | None = None
+        self.spec = self._parse_spec(body)
+        self.status = WorkflowStatus.model_validate(body.get("status") or {})
+        self.written: dict[str, Any] = self.status.dump()  # what the API server holds
+        self.principal = principal_of(body)
+        self.finalizers = list(meta.get("finalizers") or [])
+        self.actions: dict[str, asyncio.Task[None]] = {}
+        self.compensations: dict[str, asyncio.Task[None]] = {}
+        self.outcomes: list[saga.ActionResult | saga.CompensationResult] = []
+        self.wakeup = asyncio.Event()
+        self.requested: set[str] = set()
+        self.workspace = runtime.settings.workspaces / self.ref.namespace
+
+    def _parse_spec(self, body: Mapping[str, Any]) -> WorkflowSpec:
+        try:
+            return WorkflowSpec.model_validate(body.get("spec") or {})
+        except ValueError as error:
+            self.spec_error = str(error)
+            return WorkflowSpec(steps=[])
+
+    def update(self, body: kopf.Body) -> None:
+        meta = body.metadata
+        self.ref = saga.WorkflowRef(
+            self.ref.name,
+            self.ref.namespace,
+            self.ref.uid,
+            int(meta.get("generation") or 1),
+            bool(meta.get("deletionTimestamp")),
+        )
+        self.spec = self._parse_spec(body)
+        self.finalizers = list(meta.get("finalizers") or [])
+        self.wakeup.set()
+
+    def world(self) -> saga.World:
+        return saga.World(
+            ref=self.ref,
+            spec=self.spec,
+            status=self.status,
+            capabilities=self.rt.capabilities,
+            policies=self.rt.indexes.policies(),
+            principal=self.principal,
+            now=now(),
+            approvals=self.rt.indexes.approvals(self.ref.namespace, self.ref.name),
+            in_flight=frozenset(self.actions),
+            compensating=frozenset(self.compensations),
+        )
+
+    # -- the loop ------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            for task in [*self.actions.values(), *self.compensations.values()]:
+                task.cancel()
+            raise
+        except Exception:
+            log.exception(
+                "workflow %s/%s: the runner failed; it resumes from status on the next event",
+                self.ref.namespace,
+                self.ref.name,
+            )
+        finally:
+            self.rt.runners.pop(self.ref.uid, None)
+
+    async def _run(self) -> None:
+        if not self.ref.deleting:
+            await self._ensure_finalizer()
+        while True:
+            for outcome in self.outcomes:
+                if isinstance(outcome, saga.ActionResult):
+                    self.status = saga.record_action(self.world(), outcome)
+                else:
+                    self.status = saga.record_compensation(self.world(), outcome)
+            self.outcomes.clear()
+            self.wakeup.clear()
+            plan = saga.plan(self.world())
+            await self._write(plan.status)
+            for event in plan.events:
+                kopf.event(
+                    self.body,  # type: ignore[arg-type]  # any mapping with metadata will do
+                    type=event.type,
+                    reason=event.reason,
+                    message=event.message,
+                )
+            for step in plan.cancel:
+                if step in self.actions:
+                    self.actions[step].cancel()
+            for action in plan.actions:
+                self.actions[action.step] = asyncio.create_task(self._act(action))
+            for compensation in plan.compensations:
+                self.compensations[compensation.step] = asyncio.create_task(self._compensate(compensation))
+            for request in plan.approvals:
+                if request.name not in self.requested:
+                    await approval_objects.create(self.rt.connection, self.ref, request, self.principal.user)
+                    self.requested.add(request.name)
+            for expired in plan.expire:
+                await approval_objects.expire(self.rt.connection, self.ref.namespace, expired.name)
+            if plan.finished and not self.actions and not self.compensations:
+                break
+            timeout = None
+            if plan.wake_at is not None:
+                timeout = max(0.0, (plan.wake_at - now()).total_seconds())
+            if not self.outcomes:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wakeup.wait(), timeout)
+        await self._remove_finalizer()
+
+    async def _write(self, status: WorkflowStatus) -> None:
+        self.status = status
+        after = status.dump()
+        if after == self.written:
+            return
+        patch: dict[str, Any] = dict(after)
+        for key in self.written:
+            patch.setdefault(key, None)  # a merge patch removes a field only when told to
+        await self.rt.connection.patch_workflow_status(self.ref.namespace, self.ref.name, {"status": patch})
+        self.rt.stats["status_writes"] += 1
+        self.written = after
+
+    async def _ensure_finalizer(self) -> None:
+        if FINALIZER in self.finalizers:
+            return
+        self.finalizers = [*self.finalizers, FINALIZER]
+        await self.rt.connection.patch_workflow(
+            self.ref.namespace, self.ref.name, {"metadata": {"finalizers": self.finalizers}}
+        )
+
+    async def _remove_finalizer(self) -> None:
+        if FINALIZER not in self.finalizers:
+            return
+        self.finalizers = [f for f in self.finalizers if f != FINALIZER]
+        try:
+            await self.rt.connection.patch_workflow(
+                self.ref.namespace, self.ref.name, {"metadata": {"finalizers": self.finalizers or None}}
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    # -- carrying out --------------------------------------------------------------------------------
+
+    def _invocation(self, step: str, key: str, attempt: int) -> Invocation:
+        return Invocation(self.ref.namespace, self.ref.name, step, key, attempt, self.workspace)
+
+    def _done(
+        self,
+        table: dict[str, asyncio.Task[None]],
+        step: str,
+        outcome: saga.ActionResult | saga.CompensationResult,
+    ) -> None:
+        # No await between these two lines: the loop never sees the step neither in flight nor done.
+        table.pop(step, None)
+        self.outcomes.append(outcome)
+        self.wakeup.set()
+
+    async def _act(self, action: saga.RunAction) -> None:
+        self.rt.stats["steps_run"] += 1
+        inv = self._invocation(action.step, action.idempotency_key, action.attempt)
+        try:
+            handler = self.rt.registry.handler(action.capability)
+            call = handler(dict(action.inputs), inv)
+            outputs = await (asyncio.wait_for(call, action.timeout) if action.timeout else call)
+            outcome = saga.ActionResult(action.step, True, action.inputs, outputs)
+        except TimeoutError:
+            outcome = saga.ActionResult(
+                action.step, False, action.inputs, error=f"timed out after {action.timeout} s", timed_out=True
+            )
+        except asyncio.CancelledError:
+            outcome = saga.ActionResult(
+                action.step,
+                False,
+                action.inputs,
+                error="cut off: the workflow's deadline passed",
+                cancelled=True,
+            )
+        except CapabilityError as error:
+            outcome = saga.ActionResult(action.step, False, action.inputs, error=str(error), retryable=error.retryable)
+        except Exception as error:  # a handler bug must fail the step, never the operator
+            log.exception("step %s of %s/%s", action.step, self.ref.namespace, self.ref.name)
+            outcome = saga.ActionResult(action.step, False, action.inputs, error=f"{type(error).__name__}: {error}")
+        self._done(self.actions, action.step, outcome)
+
+    async def _compensate(self, compensation: saga.RunCompensation) -> None:
+        inv = self._invocation(compensation.step, compensation.idempotency_key, compensation.attempt)
+        try:
+            handler = self.rt.registry.handler(compensation.capability)
+            await handler(dict(compensation.inputs), inv)
+            outcome = saga.CompensationResult(compensation.step, True)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            if not isinstance(error, CapabilityError):
+                log.exception("compensation of %s in %s/%s", compensation.step, self.ref.namespace, self.ref.name)
+            outcome = saga.CompensationResult(compensation.step, False, f"{error}")
+        self._done(self.compensations, compensation.step, outcome)
+
+
+def workspaces_from_env() -> Path:
+    return Path(os.environ.get("AIRUN_WORKSPACES", "/var/lib/airun/workspaces"))

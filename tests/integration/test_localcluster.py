@@ -11,9 +11,7 @@ import pytest
 from controller.localcluster import processes
 from controller.localcluster.devenv import DevEnvironment
 
-pytestmark = pytest.mark.skipif(
-    bool(os.environ.get("AIRUN_TEST_KUBECONFIG")), reason="local control plane only"
-)
+pytestmark = pytest.mark.skipif(bool(os.environ.get("AIRUN_TEST_KUBECONFIG")), reason="local control plane only")
 
 
 def _pids(env: DevEnvironment) -> list[int | None]:

@@ -8,9 +8,7 @@ from tests.kube import Kube
 
 def test_new_workflow_is_recorded(kube: Kube, namespace: str, operator: object) -> None:
     kube.apply(valid_workflow(), namespace=namespace, as_="bob")
-    wf = kube.wait_for(
-        "wf", "demo", namespace, lambda o: bool(o.get("status", {}).get("phase")), what="status.phase"
-    )
+    wf = kube.wait_for("wf", "demo", namespace, lambda o: bool(o.get("status", {}).get("phase")), what="status.phase")
     assert wf["status"]["phase"] in {
         "Pending",
         "Running",

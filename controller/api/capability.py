@@ -1,0 +1,55 @@
+"""Pydantic model of a capability spec (capabilities/*.yaml and the Capability custom resource)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RiskLevel(StrEnum):
+    LOW = "LOW"
+    MEDIUM = "MEDIUM"
+    HIGH = "HIGH"
+    CRITICAL = "CRITICAL"
+
+    @property
+    def rank(self) -> int:
+        return list(RiskLevel).index(self)
+
+
+class Risk(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    level: RiskLevel
+    reason: str
+
+
+class CompensationSpec(BaseModel):
+    """How to undo the capability: another capability and its inputs, rendered from the step's
+    `inputs`, `outputs` and `idempotencyKey`. It must be safe when the action never happened."""
+
+    model_config = ConfigDict(extra="forbid")
+    capability: str
+    inputs: dict[str, Any] = Field(default_factory=dict)
+
+
+class HttpEndpoint(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    method: str = "POST"
+    url: str
+
+
+class CapabilitySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    id: str = Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+    version: str = "1"
+    description: str
+    risk: Risk
+    side_effects: list[str] = Field(default_factory=list, alias="sideEffects")
+    idempotent: bool
+    inputs: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+    outputs: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+    compensation: CompensationSpec | None = None
+    internal: bool = Field(False, description="Only used as another capability's compensation.")
+    http: HttpEndpoint | None = None

@@ -1,0 +1,58 @@
+"""Pydantic models of Policy and ClusterPolicy specs, and of the principal a decision is made for."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from controller.api.capability import RiskLevel
+from controller.api.workflow import Decision
+
+
+class PolicyMode(StrEnum):
+    ENFORCE = "Enforce"
+    AUDIT = "Audit"
+
+
+class Approvers(BaseModel):
+    users: list[str] = Field(default_factory=list)
+    groups: list[str] = Field(default_factory=list)
+
+
+class Notify(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    webhook_url: str | None = Field(None, alias="webhookUrl")
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    principal: str = "*"
+    capabilities: list[str]
+    risk_levels: list[RiskLevel] | None = Field(None, alias="riskLevels")
+    action: Decision
+    approvers: Approvers | None = None
+    notify: Notify | None = None
+
+
+class PolicySpec(BaseModel):
+    mode: PolicyMode = PolicyMode.ENFORCE
+    default: Decision = Decision.DENY
+    rules: list[Rule] = Field(default_factory=list)
+
+
+class PolicyObject(BaseModel):
+    """A Policy (namespace set) or ClusterPolicy (namespace None) as the operator sees it."""
+
+    name: str
+    namespace: str | None = None
+    spec: PolicySpec
+
+    @property
+    def ref(self) -> str:
+        return f"Policy {self.namespace}/{self.name}" if self.namespace else f"ClusterPolicy {self.name}"
+
+
+class Principal(BaseModel):
+    user: str
+    groups: list[str] = Field(default_factory=list)

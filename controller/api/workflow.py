@@ -1,0 +1,167 @@
+"""Pydantic models of the Workflow custom resource (DESIGN section 2). The CRD schema in crds/ is the
+authority on what the API server accepts; these models give the operator and the engine typed access."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+
+class StepType(StrEnum):
+    ACTION = "Action"
+    APPROVAL = "Approval"
+
+
+class Retry(_Model):
+    limit: int = 2
+    backoff_seconds: float = Field(1.0, alias="backoffSeconds")
+    factor: float = 2.0
+
+    def delay(self, retry_number: int) -> float:
+        """Seconds to wait before retry RETRY_NUMBER (1 for the first retry)."""
+        return float(self.backoff_seconds * self.factor ** (retry_number - 1))
+
+
+class CompensationOverride(_Model):
+    capability: str
+    inputs: dict[str, Any] = Field(default_factory=dict)
+
+
+class Step(_Model):
+    name: str
+    type: StepType = StepType.ACTION
+    capability: str | None = None
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    depends_on: list[str] = Field(default_factory=list, alias="dependsOn")
+    retry: Retry = Field(default_factory=Retry)
+    timeout_seconds: int | None = Field(None, alias="timeoutSeconds")
+    compensation: CompensationOverride | None = None
+    irreversible: bool = False
+    message: str | None = None
+
+
+class WorkflowSpec(_Model):
+    description: str = ""
+    params: dict[str, Any] = Field(default_factory=dict)
+    timeout_seconds: int | None = Field(None, alias="timeoutSeconds")
+    rollback: bool = False
+    steps: list[Step]
+
+
+class WorkflowPhase(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    AWAITING_APPROVAL = "AwaitingApproval"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    COMPENSATING = "Compensating"
+    COMPENSATED = "Compensated"
+    COMPENSATION_FAILED = "CompensationFailed"
+
+
+TERMINAL_PHASES = frozenset(
+    {
+        WorkflowPhase.SUCCEEDED,
+        WorkflowPhase.FAILED,
+        WorkflowPhase.COMPENSATED,
+        WorkflowPhase.COMPENSATION_FAILED,
+    }
+)
+
+
+class StepPhase(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SKIPPED = "Skipped"
+    AWAITING_APPROVAL = "AwaitingApproval"
+    COMPENSATING = "Compensating"
+    COMPENSATED = "Compensated"
+    COMPENSATION_FAILED = "CompensationFailed"
+
+
+class Decision(StrEnum):
+    ALLOW = "ALLOW"
+    DENY = "DENY"
+    REQUIRE_APPROVAL = "REQUIRE_APPROVAL"
+
+
+class Reason(StrEnum):
+    SUCCEEDED = "Succeeded"
+    STEP_FAILED = "StepFailed"
+    POLICY_DENIED = "PolicyDenied"
+    APPROVAL_REJECTED = "ApprovalRejected"
+    APPROVAL_EXPIRED = "ApprovalExpired"
+    TIMEOUT = "Timeout"
+    IN_DOUBT = "InDoubt"
+    ROLLBACK_REQUESTED = "RollbackRequested"
+    DELETED = "Deleted"
+    INVALID_SPEC = "InvalidSpec"
+
+
+class CompensationStatus(_Model):
+    phase: StepPhase | None = None
+    capability: str | None = None
+    inputs: dict[str, Any] | None = None
+    attempts: int = 0
+    error: str | None = None
+    next_attempt_at: str | None = Field(None, alias="nextAttemptAt")
+    started_at: str | None = Field(None, alias="startedAt")
+    finished_at: str | None = Field(None, alias="finishedAt")
+
+
+class StepStatus(_Model):
+    name: str
+    phase: StepPhase = StepPhase.PENDING
+    attempts: int = 0
+    decision: Decision | None = None
+    policy: str | None = None
+    approval: str | None = None
+    idempotency_key: str | None = Field(None, alias="idempotencyKey")
+    started_at: str | None = Field(None, alias="startedAt")
+    finished_at: str | None = Field(None, alias="finishedAt")
+    next_attempt_at: str | None = Field(None, alias="nextAttemptAt")
+    completion: int | None = Field(None, description="Order in which the step completed (1, 2, ...).")
+    in_doubt: bool = Field(False, alias="inDoubt")
+    outputs: dict[str, Any] | None = None
+    error: str | None = None
+    compensation: CompensationStatus | None = None
+
+
+class Condition(_Model):
+    type: str
+    status: str
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = Field(None, alias="lastTransitionTime")
+    observed_generation: int | None = Field(None, alias="observedGeneration")
+
+
+class WorkflowStatus(_Model):
+    phase: WorkflowPhase | None = None
+    reason: str | None = None
+    message: str | None = None
+    principal: str | None = None
+    observed_generation: int | None = Field(None, alias="observedGeneration")
+    started_at: str | None = Field(None, alias="startedAt")
+    finished_at: str | None = Field(None, alias="finishedAt")
+    progress: str | None = None
+    steps: list[StepStatus] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list)
+
+    def step(self, name: str) -> StepStatus:
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def dump(self) -> dict[str, Any]:
+        """The status as the API stores it (camelCase, no empty fields)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=False)

@@ -1,0 +1,29 @@
+"""What a capability handler receives and may raise."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class CapabilityError(Exception):
+    """A handler's failure. RETRYABLE false means a repeat cannot help (bad input, refused path)."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class Invocation:
+    namespace: str
+    workflow: str
+    step: str
+    idempotency_key: str
+    attempt: int
+    workspace: Path  # the io.fs root of this namespace
+
+
+Handler = Callable[[dict[str, Any], Invocation], Awaitable[dict[str, Any]]]

@@ -1,0 +1,117 @@
+"""Approval objects: created by the operator for each gated step, owned by their Workflow."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from controller import API_GROUP, API_VERSION
+from controller.engine import saga
+from controller.operator.kube import Connection
+
+WORKFLOW_LABEL = "aifirst.dev/workflow"
+
+
+def manifest(ref: saga.WorkflowRef, request: saga.RequestApproval, requested_by: str) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "workflow": ref.name,
+        "step": request.step,
+        "message": request.message,
+        "inputs": request.inputs,
+        "requestedBy": requested_by,
+        "expiresAt": saga.iso(request.expires_at),
+    }
+    if request.capability:
+        spec["capability"] = request.capability
+    if request.risk:
+        spec["riskLevel"] = request.risk.value
+    if request.inputs_hash:
+        spec["inputsHash"] = request.inputs_hash
+    if request.approvers and (request.approvers.users or request.approvers.groups):
+        spec["approvers"] = request.approvers.model_dump(exclude_defaults=True)
+    annotations = {"aifirst.dev/notify-url": request.notify_url} if request.notify_url else {}
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": "Approval",
+        "metadata": {
+            "name": request.name,
+            "namespace": ref.namespace,
+            "labels": {WORKFLOW_LABEL: ref.name},
+            "annotations": annotations,
+            "ownerReferences": [
+                {
+                    "apiVersion": f"{API_GROUP}/{API_VERSION}",
+                    "kind": "Workflow",
+                    "name": ref.name,
+                    "uid": ref.uid,
+                    "controller": True,
+                    "blockOwnerDeletion": False,
+                }
+            ],
+        },
+        "spec": spec,
+    }
+
+
+async def create(
+    connection: Connection, ref: saga.WorkflowRef, request: saga.RequestApproval, requested_by: str = ""
+) -> None:
+    body = manifest(ref, request, requested_by)
+    try:
+        await connection.custom.create_namespaced_custom_object(
+            API_GROUP, API_VERSION, ref.namespace, "approvals", body
+        )
+    except ApiException as error:
+        if error.status != 409:  # already there: created before a restart
+            raise
+        return
+    await _set_status(connection, ref.namespace, request.name, {"phase": "Pending"})
+
+
+async def expire(connection: Connection, namespace: str, name: str) -> None:
+    await _set_status(connection, namespace, name, {"phase": "Expired", "decidedAt": saga.iso(datetime.now(UTC))})
+
+
+async def record_decision(
+    connection: Connection, namespace: str, name: str, phase: str, decided_by: str | None, reason: str | None
+) -> None:
+    status: dict[str, Any] = {"phase": phase, "decidedAt": saga.iso(datetime.now(UTC))}
+    if decided_by:
+        status["decidedBy"] = decided_by
+    if reason:
+        status["reason"] = reason
+    await _set_status(connection, namespace, name, status)
+
+
+async def _set_status(connection: Connection, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    await connection.custom.patch_namespaced_custom_object_status(
+        API_GROUP,
+        API_VERSION,
+        namespace,
+        "approvals",
+        name,
+        {"status": dict(status)},
+        _content_type="application/merge-patch+json",  # type: ignore[call-arg]
+    )
+
+
+def state_of(body: Mapping[str, Any]) -> saga.ApprovalState:
+    """What the engine needs to know of an Approval. The decision in spec counts as soon as it is
+    written (the admission webhook has checked who wrote it); an expired request stays expired."""
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    phase = status.get("phase") or "Pending"
+    decision = spec.get("decision") or ""
+    if phase == "Pending" and decision in ("Approved", "Rejected"):
+        phase = decision
+    return saga.ApprovalState(
+        name=body.get("metadata", {}).get("name", ""),
+        phase=phase,
+        inputs_hash=spec.get("inputsHash"),
+        expires_at=saga.parse_time(spec.get("expiresAt")),
+        decided_by=status.get("decidedBy")
+        or (body.get("metadata", {}).get("annotations") or {}).get("aifirst.dev/decided-by"),
+    )

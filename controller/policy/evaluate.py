@@ -1,0 +1,106 @@
+"""Policy evaluation (pure): whether a principal may run a capability, must not, or must ask.
+
+Inside one policy the first matching rule wins (or the policy's default). Across the Enforce policies
+that apply the most restrictive decision wins: DENY > REQUIRE_APPROVAL > ALLOW. Audit policies are
+evaluated and recorded but never decide. With no policy at all the decision is DENY. Whatever the
+policies say, HIGH risk turns ALLOW into REQUIRE_APPROVAL, CRITICAL risk and irreversible steps always
+need approval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+
+from controller.api.capability import RiskLevel
+from controller.api.policy import Approvers, PolicyMode, PolicyObject, Principal, Rule
+from controller.api.workflow import Decision
+
+_SEVERITY = {Decision.ALLOW: 0, Decision.REQUIRE_APPROVAL: 1, Decision.DENY: 2}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One policy's answer."""
+
+    policy: str
+    decision: Decision
+    rule: int | None  # index of the matching rule; None when the policy's default decided
+    mode: PolicyMode
+    approvers: Approvers | None = None
+    notify_url: str | None = None
+
+    @property
+    def explanation(self) -> str:
+        source = f"rule {self.rule}" if self.rule is not None else "default"
+        return f"{self.policy} {source}: {self.decision.value}"
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    decision: Decision
+    reason: str
+    deciding: Verdict | None  # the enforced verdict that decided (None: fail-safe or escalation only)
+    verdicts: tuple[Verdict, ...] = field(default_factory=tuple)
+
+    @property
+    def audit_only(self) -> tuple[Verdict, ...]:
+        return tuple(v for v in self.verdicts if v.mode is PolicyMode.AUDIT)
+
+
+def principal_matches(pattern: str, principal: Principal) -> bool:
+    if pattern.startswith("group:"):
+        glob = pattern.removeprefix("group:")
+        return any(fnmatchcase(group, glob) for group in principal.groups)
+    return fnmatchcase(principal.user, pattern)
+
+
+def rule_matches(rule: Rule, principal: Principal, capability: str, risk: RiskLevel) -> bool:
+    if not principal_matches(rule.principal, principal):
+        return False
+    if not any(fnmatchcase(capability, glob) for glob in rule.capabilities):
+        return False
+    return rule.risk_levels is None or risk in rule.risk_levels
+
+
+def verdict_of(policy: PolicyObject, principal: Principal, capability: str, risk: RiskLevel) -> Verdict:
+    for index, rule in enumerate(policy.spec.rules):
+        if rule_matches(rule, principal, capability, risk):
+            notify = rule.notify.webhook_url if rule.notify else None
+            return Verdict(policy.ref, rule.action, index, policy.spec.mode, rule.approvers, notify)
+    return Verdict(policy.ref, policy.spec.default, None, policy.spec.mode)
+
+
+def applicable(policies: Sequence[PolicyObject], namespace: str) -> list[PolicyObject]:
+    return [p for p in policies if p.namespace is None or p.namespace == namespace]
+
+
+def evaluate(
+    policies: Sequence[PolicyObject],
+    *,
+    principal: Principal,
+    namespace: str,
+    capability: str,
+    risk: RiskLevel,
+    irreversible: bool = False,
+) -> PolicyResult:
+    relevant = sorted(applicable(policies, namespace), key=lambda p: (p.namespace is not None, p.name))
+    verdicts = tuple(verdict_of(p, principal, capability, risk) for p in relevant)
+    enforced = [v for v in verdicts if v.mode is PolicyMode.ENFORCE]
+    if not verdicts:
+        return PolicyResult(Decision.DENY, "no policy applies (the fail-safe default is DENY)", None, verdicts)
+    if enforced:
+        deciding: Verdict | None = max(enforced, key=lambda v: _SEVERITY[v.decision])
+        assert deciding is not None
+        decision, reason = deciding.decision, deciding.explanation
+    else:
+        deciding, decision, reason = None, Decision.ALLOW, "only Audit policies apply: recorded, not enforced"
+    if decision is Decision.ALLOW:
+        if risk is RiskLevel.CRITICAL:
+            decision, reason = Decision.REQUIRE_APPROVAL, f"{reason}; CRITICAL risk always requires approval"
+        elif risk is RiskLevel.HIGH:
+            decision, reason = Decision.REQUIRE_APPROVAL, f"{reason}; HIGH risk escalates ALLOW to approval"
+        elif irreversible:
+            decision, reason = Decision.REQUIRE_APPROVAL, f"{reason}; irreversible steps require approval"
+    return PolicyResult(decision, reason, deciding, verdicts)
