@@ -56,3 +56,19 @@ def validate(steps: Sequence[Step]) -> list[str]:
             # dependsOn points backwards in time; print the cycle in the order the steps would run.
             errors.append("dependency cycle: " + " -> ".join(reversed(cycle)))
     return errors
+
+
+def topological_order(steps: Sequence[Step]) -> list[str]:
+    """Step names, every step after the steps it depends on; ties keep spec order. Assumes no cycle."""
+    placed: set[str] = set()
+    order: list[str] = []
+    remaining = list(steps)
+    while remaining:
+        ready = [s for s in remaining if all(d in placed for d in s.depends_on)]
+        if not ready:  # a cycle: validate() reports it; keep the rest in spec order
+            ready = remaining
+        for s in ready:
+            placed.add(s.name)
+            order.append(s.name)
+        remaining = [s for s in remaining if s.name not in placed]
+    return order

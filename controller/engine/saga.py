@@ -449,13 +449,16 @@ def _run(world: World, status: WorkflowStatus, result: Plan) -> None:
 
 def _start_ready_steps(world: World, status: WorkflowStatus, result: Plan, specs: Mapping[str, Step]) -> None:
     now = world.now
-    phases = {s.name: s.phase for s in status.steps}
-    for s in status.steps:
+    by_name = {s.name: s for s in status.steps}
+    # Topological order: a step that an approval lets pass in this very pass frees its dependents too.
+    for name in dag.topological_order(world.spec.steps):
+        s = by_name[name]
         if status.reason is not None:
             return
         if s.phase not in (StepPhase.PENDING, StepPhase.AWAITING_APPROVAL):
             continue
         step = specs[s.name]
+        phases = {x.name: x.phase for x in status.steps}
         if not all(phases.get(d) is StepPhase.SUCCEEDED for d in step.depends_on):
             continue
         next_attempt = parse_time(s.next_attempt_at)

@@ -1,0 +1,81 @@
+"""io.fs handlers on real files: confinement and compensation from snapshots."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from controller.capabilities.base import CapabilityError, Invocation
+from controller.capabilities.handlers.fs import HANDLERS
+
+
+def call(capability: str, inputs: dict[str, object], workspace: Path, key: str = "k1") -> dict[str, object]:
+    inv = Invocation("ns", "wf", "step", key, 1, workspace)
+    return asyncio.run(HANDLERS[capability](dict(inputs), inv))
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../outside.txt", "a/../../outside.txt", ".airun/snapshots/x"])
+def test_paths_outside_the_workspace_are_refused(tmp_path: Path, path: str) -> None:
+    with pytest.raises(CapabilityError) as error:
+        call("io.fs.write_file", {"path": path, "content": "x"}, tmp_path / "ws")
+    assert not error.value.retryable
+    assert not (tmp_path / "outside.txt").exists()
+
+
+def test_symlink_escape_is_refused(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (tmp_path / "secret").mkdir()
+    os.symlink(tmp_path / "secret", ws / "link")
+    with pytest.raises(CapabilityError, match="symlink"):
+        call("io.fs.write_file", {"path": "link/x.txt", "content": "x"}, ws)
+    assert not (tmp_path / "secret" / "x.txt").exists()
+
+
+def test_hardlink_is_refused(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep")
+    os.link(outside, ws / "h.txt")
+    with pytest.raises(CapabilityError, match="hard link"):
+        call("io.fs.write_file", {"path": "h.txt", "content": "x"}, ws)
+    assert outside.read_text() == "keep"
+
+
+def test_write_then_restore_brings_back_the_old_content(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    (ws / "d").mkdir(parents=True)
+    (ws / "d" / "f.txt").write_text("old")
+    assert call("io.fs.write_file", {"path": "d/f.txt", "content": "new"}, ws)["created"] is False
+    # A re-run with the same key keeps the first snapshot (the state before the step).
+    call("io.fs.write_file", {"path": "d/f.txt", "content": "newer"}, ws)
+    assert call("io.fs.restore", {"path": "d/f.txt", "snapshot": "k1"}, ws) == {"restored": True}
+    assert (ws / "d" / "f.txt").read_text() == "old"
+
+
+def test_restore_of_a_created_file_removes_it_and_is_harmless_when_nothing_happened(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    call("io.fs.write_file", {"path": "new.txt", "content": "x"}, ws)
+    call("io.fs.restore", {"path": "new.txt", "snapshot": "k1"}, ws)
+    assert not (ws / "new.txt").exists()
+    assert call("io.fs.restore", {"path": "other.txt", "snapshot": "never"}, ws) == {"restored": False}
+
+
+def test_delete_is_undone(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "data.json").write_text("{}")
+    assert call("io.fs.delete", {"path": "data.json"}, ws) == {"path": "data.json", "existed": True}
+    call("io.fs.restore", {"path": "data.json", "snapshot": "k1"}, ws)
+    assert (ws / "data.json").read_text() == "{}"
+
+
+def test_read_file(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "a.txt").write_text("hello")
+    assert call("io.fs.read_file", {"path": "a.txt"}, ws) == {"content": "hello", "bytes": 5}
