@@ -69,9 +69,16 @@ def run(
     approvals = dict(approvals or {})
 
     def world(now: datetime) -> saga.World:
-        return saga.World(ref=ref, spec=spec, status=trace.status, capabilities=CAPS,
-                          policies=ALLOW_ALL if policies is None else policies,
-                          principal=Principal(user="bob", groups=["developers"]), now=now, approvals=approvals)
+        return saga.World(
+            ref=ref,
+            spec=spec,
+            status=trace.status,
+            capabilities=CAPS,
+            policies=ALLOW_ALL if policies is None else policies,
+            principal=Principal(user="bob", groups=["developers"]),
+            now=now,
+            approvals=approvals,
+        )
 
     for trace.rounds in range(1, max_rounds + 1):
         plan = saga.plan(world(now))

@@ -55,7 +55,10 @@ def test_unknown_capability_is_invalid_spec() -> None:
 def test_template_renders_and_keeps_types() -> None:
     ctx = {"params": {"n": 3, "name": "db"}, "steps": {}}
     assert render({"a": "{{ params.n }}", "b": "x-{{ params.name }}", "c": ["{{ params.n + 1 }}"]}, ctx) == {
-        "a": 3, "b": "x-db", "c": [4]}
+        "a": 3,
+        "b": "x-db",
+        "c": [4],
+    }
 
 
 def test_unknown_reference_is_an_error_naming_it() -> None:
@@ -87,8 +90,14 @@ def test_inputs_are_checked_against_the_capability_schema() -> None:
 
 
 def test_independent_branches_start_together() -> None:
-    trace = run(workflow(step("root"), step("left", deps=("root",)), step("right", deps=("root",)),
-                         step("join", deps=("left", "right"))))
+    trace = run(
+        workflow(
+            step("root"),
+            step("left", deps=("root",)),
+            step("right", deps=("root",)),
+            step("join", deps=("left", "right")),
+        )
+    )
     rounds = {name: rnd for name, _, rnd in trace.started}
     assert rounds["left"] == rounds["right"] > rounds["root"]
     assert rounds["join"] > rounds["left"]
@@ -145,13 +154,20 @@ def test_step_timeout_marks_in_doubt_and_compensates_it() -> None:
 
 
 def test_workflow_timeout_cancels_and_compensates() -> None:
-    spec = workflow(step("a"), step("b", capability="sys.sleep", deps=("a",), inputs={"seconds": 100}),
-                    timeoutSeconds=5)
+    spec = workflow(
+        step("a"), step("b", capability="sys.sleep", deps=("a",), inputs={"seconds": 100}), timeoutSeconds=5
+    )
     status = run(spec, stop_when=lambda t: any(s == "b" for s, _, _ in t.started)).status
-    world = saga.World(ref=saga.WorkflowRef("wf", "ns", "uid-1"), spec=spec, status=status, capabilities=CAPS,
-                       policies=[], principal=saga.Principal(user="bob"),
-                       now=saga.parse_time(status.started_at) + saga.timedelta(seconds=6),  # type: ignore[operator]
-                       in_flight=frozenset({"b"}))
+    world = saga.World(
+        ref=saga.WorkflowRef("wf", "ns", "uid-1"),
+        spec=spec,
+        status=status,
+        capabilities=CAPS,
+        policies=[],
+        principal=saga.Principal(user="bob"),
+        now=saga.parse_time(status.started_at) + saga.timedelta(seconds=6),  # type: ignore[operator]
+        in_flight=frozenset({"b"}),
+    )
     plan = saga.plan(world)
     assert plan.cancel == ["b"] and plan.status.reason == Reason.TIMEOUT
 
@@ -188,9 +204,11 @@ def test_conditions_follow_the_phase() -> None:
 
 def _running(spec_steps: list[str], capability: str) -> tuple[object, WorkflowStatus]:
     spec = workflow(*[step(n, capability=capability, inputs={"ledger": "l", "entry": n}) for n in spec_steps])
-    status = WorkflowStatus(phase=WorkflowPhase.RUNNING, started_at="2026-01-01T00:00:00Z",
-                            steps=[StepStatus(name=spec_steps[0], phase=StepPhase.RUNNING, attempts=1,
-                                              idempotency_key="key-1")])
+    status = WorkflowStatus(
+        phase=WorkflowPhase.RUNNING,
+        started_at="2026-01-01T00:00:00Z",
+        steps=[StepStatus(name=spec_steps[0], phase=StepPhase.RUNNING, attempts=1, idempotency_key="key-1")],
+    )
     return spec, status
 
 

@@ -15,8 +15,14 @@ def policy(name: str, rules: list[dict[str, object]], namespace: str | None = No
     return PolicyObject(name=name, namespace=namespace, spec=PolicySpec.model_validate({"rules": rules, **spec}))
 
 
-def decide(policies: list[PolicyObject], capability: str = "io.fs.write_file", risk: RiskLevel = RiskLevel.MEDIUM,
-           who: Principal = AGENT, namespace: str = "agents", **kw: bool) -> Decision:
+def decide(
+    policies: list[PolicyObject],
+    capability: str = "io.fs.write_file",
+    risk: RiskLevel = RiskLevel.MEDIUM,
+    who: Principal = AGENT,
+    namespace: str = "agents",
+    **kw: bool,
+) -> Decision:
     return evaluate(policies, principal=who, namespace=namespace, capability=capability, risk=risk, **kw).decision
 
 
@@ -41,8 +47,13 @@ def test_most_restrictive_wins_across_policies() -> None:
 
 
 def test_principal_globs_and_groups() -> None:
-    p = policy("p", [{"principal": "system:serviceaccount:agents:*", "capabilities": ["*"], "action": "ALLOW"},
-                     {"principal": "group:sre", "capabilities": ["*"], "action": "ALLOW"}])
+    p = policy(
+        "p",
+        [
+            {"principal": "system:serviceaccount:agents:*", "capabilities": ["*"], "action": "ALLOW"},
+            {"principal": "group:sre", "capabilities": ["*"], "action": "ALLOW"},
+        ],
+    )
     assert decide([p]) is Decision.ALLOW
     assert decide([p], who=ALICE) is Decision.ALLOW
     assert decide([p], who=Principal(user="bob", groups=["developers"])) is Decision.DENY
@@ -65,8 +76,9 @@ def test_high_risk_escalates_and_critical_always_asks() -> None:
 
 def test_audit_mode_records_but_does_not_enforce() -> None:
     audit = policy("audit", [{"capabilities": ["*"], "action": "DENY"}], mode="Audit")
-    result = evaluate([audit], principal=AGENT, namespace="agents", capability="io.fs.write_file",
-                      risk=RiskLevel.MEDIUM)
+    result = evaluate(
+        [audit], principal=AGENT, namespace="agents", capability="io.fs.write_file", risk=RiskLevel.MEDIUM
+    )
     assert result.decision is Decision.ALLOW
     assert [v.decision for v in result.audit_only] == [Decision.DENY]
 

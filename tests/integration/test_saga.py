@@ -1,0 +1,332 @@
+"""Workflows run as sagas by the real operator (its own process) against the real API server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.localcluster import processes
+from controller.localcluster.devenv import DevEnvironment
+from tests.kube import Kube
+
+TERMINAL = {"Succeeded", "Failed", "Compensated", "CompensationFailed"}
+
+
+def wf(name: str, *steps: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "aifirst.dev/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"name": name},
+        "spec": {"steps": list(steps), **spec},
+    }
+
+
+def write(name: str, path: str, deps: tuple[str, ...] = (), **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "capability": "io.fs.write_file",
+        "dependsOn": list(deps),
+        "inputs": {"path": path, "content": name},
+        **extra,
+    }
+
+
+def ledger(
+    name: str, capability: str, seconds: float, deps: tuple[str, ...] = (), book: str = "book", **extra: Any
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "capability": capability,
+        "dependsOn": list(deps),
+        "inputs": {"ledger": book, "entry": name, "seconds": seconds},
+        **extra,
+    }
+
+
+def wait_terminal(kube: Kube, namespace: str, name: str, timeout: float = 60) -> dict[str, Any]:
+    return kube.wait_for(
+        "wf",
+        name,
+        namespace,
+        lambda o: o.get("status", {}).get("phase") in TERMINAL,
+        timeout=timeout,
+        what="terminal phase",
+    )
+
+
+def steps_of(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {s["name"]: s for s in obj["status"]["steps"]}
+
+
+@pytest.fixture
+def workspace(operator: DevEnvironment, namespace: str) -> Path:
+    return operator.workspaces / namespace
+
+
+def test_parallel_branches_overlap(kube: Kube, namespace: str, workspace: Path) -> None:
+    kube.apply(
+        wf(
+            "par",
+            write("root", "root.txt"),
+            ledger("left", "test.ledger.record", 1.0, ("root",), book="left"),
+            ledger("right", "test.ledger.record", 1.0, ("root",), book="right"),
+            write("join", "join.txt", ("left", "right")),
+        ),
+        namespace=namespace,
+        as_="bob",
+    )
+    obj = wait_terminal(kube, namespace, "par")
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    s = steps_of(obj)
+    assert s["left"]["startedAt"] < s["right"]["finishedAt"] and s["right"]["startedAt"] < s["left"]["finishedAt"]
+    assert s["join"]["startedAt"] >= max(s["left"]["finishedAt"], s["right"]["finishedAt"])
+    assert (workspace / "join.txt").read_text() == "join"
+    assert kube.run("wait", "--for=condition=Completed", "wf/par", "-n", namespace, "--timeout=5s").returncode == 0
+
+
+def test_step_three_of_four_fails_and_steps_two_then_one_are_compensated(
+    kube: Kube, namespace: str, workspace: Path
+) -> None:
+    (workspace).mkdir(parents=True, exist_ok=True)
+    (workspace / "one.txt").write_text("before")
+    kube.apply(
+        wf(
+            "saga",
+            write("s1", "one.txt"),
+            write("s2", "two.txt", ("s1",)),
+            {"name": "s3", "capability": "test.fail", "dependsOn": ["s2"], "retry": {"limit": 0}},
+            write("s4", "four.txt", ("s3",)),
+        ),
+        namespace=namespace,
+        as_="bob",
+    )
+    obj = wait_terminal(kube, namespace, "saga")
+    status = obj["status"]
+    assert status["phase"] == "Compensated" and status["reason"] == "StepFailed"
+    s = steps_of(obj)
+    assert [s[n]["phase"] for n in ("s1", "s2", "s3", "s4")] == ["Compensated", "Compensated", "Failed", "Skipped"]
+    assert s["s2"]["compensation"]["finishedAt"] <= s["s1"]["compensation"]["startedAt"]
+    assert (workspace / "one.txt").read_text() == "before"  # restored, not deleted
+    assert not (workspace / "two.txt").exists() and not (workspace / "four.txt").exists()
+    completed = next(c for c in status["conditions"] if c["type"] == "Completed")
+    assert completed["status"] == "True" and completed["reason"] == "Compensated"
+    events = kube.run("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=saga").stdout
+    assert "Compensated" in events
+
+
+def test_fails_twice_then_succeeds_on_the_third_attempt(kube: Kube, namespace: str, operator: object) -> None:
+    kube.apply(
+        wf(
+            "flaky",
+            {
+                "name": "f",
+                "capability": "test.fail",
+                "inputs": {"failTimes": 2},
+                "retry": {"limit": 2, "backoffSeconds": 0.2},
+            },
+        ),
+        namespace=namespace,
+        as_="bob",
+    )
+    obj = wait_terminal(kube, namespace, "flaky")
+    assert obj["status"]["phase"] == "Succeeded"
+    assert steps_of(obj)["f"]["attempts"] == 3 and steps_of(obj)["f"]["outputs"] == {"attempt": 3}
+
+
+def test_retry_exhaustion(kube: Kube, namespace: str, operator: object) -> None:
+    kube.apply(
+        wf(
+            "exhausted",
+            {
+                "name": "f",
+                "capability": "test.fail",
+                "inputs": {"failTimes": 5},
+                "retry": {"limit": 1, "backoffSeconds": 0.1},
+            },
+        ),
+        namespace=namespace,
+        as_="bob",
+    )
+    obj = wait_terminal(kube, namespace, "exhausted")
+    assert obj["status"]["phase"] == "Failed" and obj["status"]["reason"] == "StepFailed"
+    assert steps_of(obj)["f"]["attempts"] == 2
+    assert "failed after 2 attempts" in obj["status"]["message"]
+
+
+def test_step_timeout(kube: Kube, namespace: str, operator: object) -> None:
+    kube.apply(
+        wf(
+            "slow",
+            {
+                "name": "f",
+                "capability": "test.fail",
+                "inputs": {"failTimes": 0, "seconds": 30},
+                "timeoutSeconds": 1,
+                "retry": {"limit": 0},
+            },
+        ),
+        namespace=namespace,
+        as_="bob",
+    )
+    obj = wait_terminal(kube, namespace, "slow", timeout=20)
+    assert obj["status"]["phase"] == "Failed"
+    assert "timed out after 1" in steps_of(obj)["f"]["error"]
+
+
+def test_workflow_timeout_compensates(kube: Kube, namespace: str, workspace: Path) -> None:
+    kube.apply(
+        wf(
+            "deadline",
+            write("w", "w.txt"),
+            {"name": "nap", "capability": "sys.sleep", "dependsOn": ["w"], "inputs": {"seconds": 60}},
+            timeoutSeconds=2,
+        ),
+        namespace=namespace,
+        as_="bob",
+    )
+    obj = wait_terminal(kube, namespace, "deadline", timeout=30)
+    assert obj["status"]["phase"] == "Compensated" and obj["status"]["reason"] == "Timeout"
+    assert not (workspace / "w.txt").exists()
+
+
+def test_rollback_of_a_succeeded_workflow(kube: Kube, namespace: str, workspace: Path) -> None:
+    kube.apply(wf("rb", write("a", "a.txt"), write("b", "b.txt", ("a",))), namespace=namespace, as_="bob")
+    assert wait_terminal(kube, namespace, "rb")["status"]["phase"] == "Succeeded"
+    assert (workspace / "b.txt").exists()
+    kube.run("patch", "wf", "rb", "-n", namespace, "--type=merge", "-p", '{"spec":{"rollback":true}}', as_="bob")
+    obj = kube.wait_for("wf", "rb", namespace, lambda o: o["status"]["phase"] == "Compensated", what="Compensated")
+    assert obj["status"]["reason"] == "RollbackRequested"
+    assert not (workspace / "a.txt").exists() and not (workspace / "b.txt").exists()
+
+
+def test_deleting_a_running_workflow_compensates_it_first(kube: Kube, namespace: str, workspace: Path) -> None:
+    kube.apply(
+        wf(
+            "gone",
+            write("a", "a.txt"),
+            {"name": "nap", "capability": "sys.sleep", "dependsOn": ["a"], "inputs": {"seconds": 2}},
+        ),
+        namespace=namespace,
+        as_="bob",
+    )
+    kube.wait_for(
+        "wf",
+        "gone",
+        namespace,
+        lambda o: steps_of(o).get("nap", {}).get("phase") == "Running" if o.get("status", {}).get("steps") else False,
+        what="nap running",
+    )
+    assert (workspace / "a.txt").exists()
+    kube.run("delete", "wf", "gone", "-n", namespace, "--wait=true", "--timeout=30s", as_="bob")
+    assert not (workspace / "a.txt").exists()
+
+
+# -- crash recovery -----------------------------------------------------------------------------------
+
+
+def _kill_operator(env: DevEnvironment) -> None:
+    pid = processes.alive(env.operator_pid, "controller")
+    assert pid
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while processes.alive(env.operator_pid, "controller") and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def restartable(operator: DevEnvironment) -> Iterator[DevEnvironment]:
+    yield operator
+    operator.start_operator()  # whatever the test did, the next test has an operator
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_crash_idempotent_step_runs_again_with_the_same_key(
+    kube: Kube, namespace: str, workspace: Path, restartable: DevEnvironment
+) -> None:
+    kube.apply(
+        wf(
+            "crash-idem",
+            write("before", "before.txt"),
+            ledger("slow", "test.ledger.record", 3, ("before",)),
+            write("after", "after.txt", ("slow",)),
+        ),
+        namespace=namespace,
+        as_="bob",
+    )
+    kube.wait_for(
+        "wf",
+        "crash-idem",
+        namespace,
+        lambda o: bool(_lines(workspace / "ledgers" / "book.starts")),
+        what="slow step started",
+    )
+    _kill_operator(restartable)
+    restartable.start_operator()
+    obj = wait_terminal(kube, namespace, "crash-idem")
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    key = steps_of(obj)["slow"]["idempotencyKey"]
+    starts = _lines(workspace / "ledgers" / "book.starts")
+    assert [line.split()[0] for line in starts] == [key, key]  # ran again, with the same key
+    assert _lines(workspace / "ledgers" / "book.log") == [f"{key} slow"]  # one side effect, not two
+    assert (workspace / "after.txt").exists() and (workspace / "before.txt").read_text() == "before"
+    reasons = kube.run("get", "events", "-n", namespace, "-o", "jsonpath={.items[*].reason}").stdout
+    assert "Recovered" in reasons
+
+
+def test_crash_non_idempotent_step_ends_in_doubt_and_is_compensated(
+    kube: Kube, namespace: str, workspace: Path, restartable: DevEnvironment
+) -> None:
+    kube.apply(
+        wf(
+            "crash-once",
+            write("before", "before.txt"),
+            ledger("once", "test.ledger.append", 3, ("before",)),
+            write("after", "after.txt", ("once",)),
+        ),
+        namespace=namespace,
+        as_="bob",
+    )
+    kube.wait_for(
+        "wf",
+        "crash-once",
+        namespace,
+        lambda o: bool(_lines(workspace / "ledgers" / "book.starts")),
+        what="step started",
+    )
+    _kill_operator(restartable)
+    restartable.start_operator()
+    obj = wait_terminal(kube, namespace, "crash-once")
+    status = obj["status"]
+    assert status["phase"] == "Compensated" and status["reason"] == "InDoubt", status
+    s = steps_of(obj)
+    assert s["once"]["inDoubt"] is True and s["once"]["phase"] == "Compensated"
+    assert s["before"]["phase"] == "Compensated" and s["after"]["phase"] == "Skipped"
+    key = s["once"]["idempotencyKey"]
+    assert len(_lines(workspace / "ledgers" / "book.starts")) == 1  # never run twice
+    assert _lines(workspace / "ledgers" / "book.log") == []  # whatever happened was undone
+    assert [line.split()[0] for line in _lines(workspace / "ledgers" / "book.erasures")] == [key]
+    assert not (workspace / "before.txt").exists() and not (workspace / "after.txt").exists()
+
+
+def test_fifty_workflows_at_once(kube: Kube, namespace: str, workspace: Path) -> None:
+    items = [wf(f"many-{i}", write("a", f"many/{i}-a.txt"), write("b", f"many/{i}-b.txt", ("a",))) for i in range(50)]
+    kube.apply({"apiVersion": "v1", "kind": "List", "items": items}, namespace=namespace, as_="bob")
+    deadline = time.monotonic() + 120
+    phases: list[str] = []
+    while time.monotonic() < deadline:
+        out = kube.run("get", "wf", "-n", namespace, "-o", "jsonpath={.items[*].status.phase}").stdout
+        phases = out.split()
+        if len(phases) == 50 and all(p in TERMINAL for p in phases):
+            break
+        time.sleep(0.5)
+    assert phases == ["Succeeded"] * 50
+    assert len(list((workspace / "many").iterdir())) == 100
