@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ def _complete(directory: Path) -> bool:
     return all(os.access(directory / name, os.X_OK) for name in REQUIRED)
 
 
+@functools.cache
 def find_binaries() -> Path:
     """The directory holding etcd, kube-apiserver and kubectl.
 

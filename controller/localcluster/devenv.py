@@ -44,13 +44,11 @@ class DevEnvironment:
     def kubeconfig(self) -> Path:
         return self.cluster.kubeconfig
 
+    def kubectl_argv(self, context: str = "admin") -> list[str]:
+        return [str(find_binaries() / "kubectl"), f"--kubeconfig={self.kubeconfig}", f"--context={context}"]
+
     def kubectl(self, *args: str, context: str = "admin", check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = [
-            str(find_binaries() / "kubectl"),
-            f"--kubeconfig={self.kubeconfig}",
-            f"--context={context}",
-            *args,
-        ]
+        argv = [*self.kubectl_argv(context), *args]
         result = subprocess.run(argv, capture_output=True, text=True, check=False)
         if check and result.returncode != 0:
             raise StartError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")

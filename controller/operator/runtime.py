@@ -75,6 +75,7 @@ class WorkflowRuntime:
         self.settings = settings
         self.indexes = Indexes()
         self.runners: dict[str, Runner] = {}
+        self.finished: dict[str, LastWrite] = {}
         self.capabilities = registry.specs()
         self.stats = {"status_writes": 0, "steps_run": 0}
 
@@ -84,6 +85,15 @@ class WorkflowRuntime:
         if runner is not None:
             runner.update(body)
             return
+        last = self.finished.get(uid)
+        if last is not None:
+            # Watch events of a runner's own writes can arrive after it finished. Such a stale body
+            # would look like an interrupted workflow and run steps again: wait until the watch has
+            # caught up with the last write (nobody else writes status).
+            finalizer = FINALIZER in (body.metadata.get("finalizers") or [])
+            if dict(body.get("status") or {}) != last.status or finalizer != last.finalizer:
+                return
+            del self.finished[uid]
         if not needs_work(body):
             return
         runner = Runner(self, body)
@@ -91,6 +101,7 @@ class WorkflowRuntime:
         runner.task = asyncio.create_task(runner.run(), name=f"workflow {body.metadata.namespace}/{body.metadata.name}")
 
     def forget(self, body: kopf.Body) -> None:
+        self.finished.pop(body.metadata.uid or "", None)
         runner = self.runners.pop(body.metadata.uid or "", None)
         if runner is not None and runner.task is not None:
             runner.task.cancel()
@@ -105,6 +116,14 @@ class WorkflowRuntime:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@dataclass
+class LastWrite:
+    """What a finished runner wrote last: watch events older than that are stale."""
+
+    status: dict[str, Any]
+    finalizer: bool
 
 
 class Runner:
@@ -143,17 +162,20 @@ class Runner:
             return WorkflowSpec(steps=[])
 
     def update(self, body: kopf.Body) -> None:
+        """A newer body from the watch. Most are echoes of our own writes: wake up only for news."""
         meta = body.metadata
-        self.ref = saga.WorkflowRef(
+        ref = saga.WorkflowRef(
             self.ref.name,
             self.ref.namespace,
             self.ref.uid,
             int(meta.get("generation") or 1),
             bool(meta.get("deletionTimestamp")),
         )
-        self.spec = self._parse_spec(body)
         self.finalizers = list(meta.get("finalizers") or [])
-        self.wakeup.set()
+        if ref != self.ref:  # a spec change (rollback) bumps the generation; deletion sets a timestamp
+            self.ref = ref
+            self.spec = self._parse_spec(body)
+            self.wakeup.set()
 
     def world(self) -> saga.World:
         return saga.World(
@@ -186,6 +208,7 @@ class Runner:
             )
         finally:
             self.rt.runners.pop(self.ref.uid, None)
+            self.rt.finished[self.ref.uid] = LastWrite(self.written, FINALIZER in self.finalizers)
 
     async def _run(self) -> None:
         if not self.ref.deleting:

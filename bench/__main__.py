@@ -1,0 +1,162 @@
+"""`make bench`: N workflows x M steps against a private local control plane.
+
+Prints throughput (steps per second between the first step's start and the last step's end, with all
+workflows created before the operator starts), per-step overhead (p50, p95: the time from one step's end to the
+next one's end in a chain of no-op steps, i.e. checkpoint + scheduling), API write requests per step
+(from the API server's own apiserver_request_total), and the operator's peak RSS. Asserts nothing.
+etcd runs with fsync here (unlike the tests), so the figures include real disk writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from controller.localcluster import processes
+from controller.localcluster.devenv import DevEnvironment
+
+WRITE_VERBS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def workflows(count: int, steps: int, namespace: str) -> dict[str, Any]:
+    items = []
+    for i in range(count):
+        chain = [
+            {
+                "name": f"s{j}",
+                "capability": "sys.sleep",
+                "inputs": {"seconds": 0},
+                "dependsOn": [f"s{j - 1}"] if j else [],
+            }
+            for j in range(steps)
+        ]
+        items.append(
+            {
+                "apiVersion": "aifirst.dev/v1alpha1",
+                "kind": "Workflow",
+                "metadata": {"name": f"bench-{i}", "namespace": namespace},
+                "spec": {"steps": chain},
+            }
+        )
+    return {"apiVersion": "v1", "kind": "List", "items": items}
+
+
+def write_requests(env: DevEnvironment) -> Counter[str]:
+    raw = env.kubectl("get", "--raw", "/metrics").stdout
+    counts: Counter[str] = Counter()
+    for line in raw.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(part.split("=", 1) for part in line[line.index("{") + 1 : line.index("}")].split(","))
+        labels = {k: v.strip('"') for k, v in labels.items()}
+        if labels.get("verb") not in WRITE_VERBS:
+            continue
+        resource = labels.get("resource", "") + ("/" + labels["subresource"] if labels.get("subresource") else "")
+        counts[f"{labels['verb']} {resource}"] += int(float(line.rsplit(" ", 1)[1]))
+    return counts
+
+
+def parse(ts: str) -> float:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+def run(env: DevEnvironment, count: int, steps: int, namespace: str, *, backlog: bool = False) -> dict[str, Any]:
+    """BACKLOG: create all workflows while the operator is stopped, then start it, so that all of them
+    are in flight at once and the figure is the operator's, not kubectl's creation rate."""
+    env.kubectl("create", "namespace", namespace)
+    if backlog:
+        env.stop_operator()
+    before = write_requests(env)
+    manifest = json.dumps(workflows(count, steps, namespace))
+    started = time.monotonic()
+    subprocess.run(
+        [*env.kubectl_argv(), "create", "-f", "-"], input=manifest, text=True, check=True, capture_output=True
+    )
+    applied = time.monotonic() - started
+    if backlog:
+        env.start_operator()
+    while True:
+        out = json.loads(env.kubectl("get", "wf", "-n", namespace, "-o", "json").stdout)["items"]
+        phases = [o.get("status", {}).get("phase") for o in out]
+        if all(p in {"Succeeded", "Failed", "Compensated", "CompensationFailed"} for p in phases):
+            break
+        time.sleep(0.2)
+    elapsed = time.monotonic() - started
+    after = write_requests(env)
+    delta = after - before
+    first_start = min(parse(s["startedAt"]) for o in out for s in o["status"]["steps"])
+    last_end = max(parse(s["finishedAt"]) for o in out for s in o["status"]["steps"])
+    gaps = []
+    for o in out:
+        ends = [parse(s["finishedAt"]) for s in o["status"]["steps"]]
+        gaps += [(b - a) * 1000 for a, b in zip(ends, ends[1:], strict=False)]
+    total_steps = count * steps
+    operator_writes = {k: v for k, v in delta.items() if "workflows" in k or "events" in k}
+    creates = delta.get("POST workflows", 0)
+    return {
+        "workflows": count,
+        "steps": total_steps,
+        "succeeded": phases.count("Succeeded"),
+        "wall_seconds": round(elapsed, 2),
+        "create_seconds": round(applied, 2),
+        "run_seconds": round(last_end - first_start, 2),
+        "steps_per_second": round(total_steps / (last_end - first_start), 1),
+        "step_overhead_ms_p50": round(statistics.median(gaps), 1) if gaps else None,
+        "step_overhead_ms_p95": round(statistics.quantiles(gaps, n=20)[-1], 1) if len(gaps) > 1 else None,
+        "writes": dict(sorted(operator_writes.items())),
+        "operator_writes_per_step": round((sum(operator_writes.values()) - creates) / total_steps, 2),
+        "status_writes_per_step": round(delta.get("PATCH workflows/status", 0) / total_steps, 2),
+    }
+
+
+def peak_rss_mib(env: DevEnvironment) -> float | None:
+    pid = processes.alive(env.operator_pid, "controller")
+    if pid is None:
+        return None
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workflows", type=int, default=100, help="concurrent workflows (default 100)")
+    parser.add_argument("--steps", type=int, default=10, help="steps per workflow, a chain (default 10)")
+    parser.add_argument("--sequential", type=int, default=20, help="workflows in the one-at-a-time latency run")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="airun-bench-") as tmp:
+        env = DevEnvironment(Path(tmp), die_with_parent=True)
+        try:
+            timing = env.up()
+            print(f"control plane up in {timing.control_plane:.1f} s (etcd with fsync)")
+            print(f"\n== latency: {args.sequential} workflows of {args.steps} steps, one at a time")
+            results = [run(env, 1, args.steps, f"seq-{i}") for i in range(args.sequential)]
+            gaps = [r["step_overhead_ms_p50"] for r in results if r["step_overhead_ms_p50"] is not None]
+            print(
+                f"per-step overhead p50 over runs: {statistics.median(gaps):.1f} ms "
+                f"(min {min(gaps):.1f}, max {max(gaps):.1f})"
+            )
+            print(
+                f"status writes per step: {results[-1]['status_writes_per_step']}, "
+                f"all operator writes per step: {results[-1]['operator_writes_per_step']}"
+            )
+            print(f"\n== throughput: {args.workflows} concurrent workflows x {args.steps} steps")
+            result = run(env, args.workflows, args.steps, "throughput", backlog=True)
+            for key, value in result.items():
+                print(f"  {key}: {value}")
+            print(f"\noperator peak RSS: {peak_rss_mib(env)} MiB")
+        finally:
+            env.down()
+
+
+if __name__ == "__main__":
+    main()
