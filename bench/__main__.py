@@ -10,6 +10,7 @@ etcd runs with fsync here (unlike the tests), so the figures include real disk w
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -97,7 +98,7 @@ def run(env: DevEnvironment, count: int, steps: int, namespace: str, *, backlog:
     gaps = []
     for o in out:
         ends = [parse(s["finishedAt"]) for s in o["status"]["steps"]]
-        gaps += [(b - a) * 1000 for a, b in zip(ends, ends[1:], strict=False)]
+        gaps += [(b - a) * 1000 for a, b in itertools.pairwise(ends)]
     total_steps = count * steps
     operator_writes = {k: v for k, v in delta.items() if "workflows" in k or "events" in k}
     creates = delta.get("POST workflows", 0)
