@@ -44,6 +44,7 @@ class Step(_Model):
     compensation: CompensationOverride | None = None
     irreversible: bool = False
     message: str | None = None
+    approval_timeout_seconds: int | None = Field(None, alias="approvalTimeoutSeconds")
 
 
 class WorkflowSpec(_Model):
@@ -123,13 +124,14 @@ class StepStatus(_Model):
     attempts: int = 0
     decision: Decision | None = None
     policy: str | None = None
+    audit: list[str] | None = Field(None, description="What Audit-mode policies would have decided.")
     approval: str | None = None
     idempotency_key: str | None = Field(None, alias="idempotencyKey")
     started_at: str | None = Field(None, alias="startedAt")
     finished_at: str | None = Field(None, alias="finishedAt")
     next_attempt_at: str | None = Field(None, alias="nextAttemptAt")
     completion: int | None = Field(None, description="Order in which the step completed (1, 2, ...).")
-    in_doubt: bool = Field(False, alias="inDoubt")
+    in_doubt: bool | None = Field(None, alias="inDoubt")
     outputs: dict[str, Any] | None = None
     error: str | None = None
     compensation: CompensationStatus | None = None

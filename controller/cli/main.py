@@ -55,27 +55,22 @@ def down() -> None:
 @click.option("--context", help="Kubeconfig context.")
 @click.option("--health-port", type=int, default=8081, show_default=True, help="Liveness endpoint port.")
 @click.option("--bind", default="127.0.0.1", show_default=True, help="Address of the operator's endpoints.")
-@click.option("-v", "--verbose", is_flag=True)
-@click.option(
-    "--workspaces", envvar="AIRUN_WORKSPACES", help="Root of the io.fs workspaces (one folder per namespace)."
-)
+@click.option("--workspaces", envvar="AIRUN_WORKSPACES", help="Root of the io.fs workspaces (a folder per namespace).")
 @click.option(
     "--test-capabilities/--no-test-capabilities",
     envvar="AIRUN_TEST_CAPABILITIES",
     default=False,
     help="Also load the test.* capabilities (tests and demo only).",
 )
-def operator(
-    kubeconfig: str | None,
-    context: str | None,
-    health_port: int,
-    bind: str,
-    verbose: bool,
-    workspaces: str | None,
-    test_capabilities: bool,
-) -> None:
+@click.option("--webhook-port", type=int, help="Serve the admission webhooks (HTTPS) on this port.")
+@click.option("--webhook-host", help="Host name or IP the API server uses to reach the webhooks (default: --bind).")
+@click.option("--webhook-cert", type=click.Path(exists=True), help="Serving certificate (PEM) of the webhooks.")
+@click.option("--webhook-key", type=click.Path(exists=True), help="Its private key (PEM).")
+@click.option("--webhook-ca", type=click.Path(exists=True), help="CA that signed it (goes into caBundle).")
+@click.option("-v", "--verbose", is_flag=True)
+def operator(**options: object) -> None:
     """Run the operator (kopf) against the cluster of KUBECONFIG."""
     from controller.operator.main import OperatorOptions
     from controller.operator.main import main as run_operator
 
-    run_operator(OperatorOptions(kubeconfig, context, health_port, bind, verbose, workspaces, test_capabilities))
+    run_operator(OperatorOptions(**options))  # type: ignore[arg-type]

@@ -496,6 +496,7 @@ def _start_ready_steps(world: World, status: WorkflowStatus, result: Plan, specs
         if s.decision is None:
             s.decision = verdict.decision
             s.policy = _truncate(verdict.reason)
+            s.audit = [v.explanation for v in verdict.audit_only] or None
         if verdict.decision is Decision.DENY:
             s.decision, s.policy = Decision.DENY, _truncate(verdict.reason)
             s.phase, s.finished_at = StepPhase.FAILED, iso(now)
@@ -537,7 +538,8 @@ def _gate(
         if s.approval is None:
             s.approval, s.phase = name, StepPhase.AWAITING_APPROVAL
             result.events.append(Event("Normal", "ApprovalRequested", f"step {s.name} waits for approval {name}"))
-        expires = now + APPROVAL_TTL
+        ttl = timedelta(seconds=step.approval_timeout_seconds) if step.approval_timeout_seconds else APPROVAL_TTL
+        expires = now + ttl
         message = step.message or (
             f"Run {cap.id} ({cap.risk.level.value} risk: {cap.risk.reason}) for workflow {world.ref.name}?"
             if cap

@@ -22,6 +22,7 @@ from controller.localcluster.cluster import LocalCluster, StartError, free_port,
 CRD_DIR = REPO_ROOT / "crds"
 MANIFESTS = (REPO_ROOT / "rbac" / "roles.yaml", REPO_ROOT / "rbac" / "local-bindings.yaml")
 BASELINE_POLICIES = REPO_ROOT / "policies" / "baseline.yaml"
+WEBHOOK_CONFIGURATION = "airun.aifirst.dev"
 
 
 @dataclass
@@ -95,13 +96,19 @@ class DevEnvironment:
         env["AIRUN_STATE_DIR"] = str(self.dir)
         env["AIRUN_WORKSPACES"] = str(self.workspaces)
         env.setdefault("AIRUN_TEST_CAPABILITIES", "1")  # the demo and the tests use the test.* family
+        pki = self.cluster.pki
         argv = [
             sys.executable,
             "-m",
             "controller",
             f"--kubeconfig={self.kubeconfig}",
             "--context=operator",
+            *(["--verbose"] if os.environ.get("AIRUN_OPERATOR_VERBOSE") else []),
             f"--health-port={ports['health']}",
+            f"--webhook-port={ports['webhook']}",
+            f"--webhook-cert={pki.webhook_cert}",
+            f"--webhook-key={pki.webhook_key}",
+            f"--webhook-ca={pki.ca_cert}",
         ]
         processes.start(
             argv,
@@ -111,14 +118,18 @@ class DevEnvironment:
             die_with_parent=self.die_with_parent,
             cwd=self.dir,
         )
-        endpoints = {"health": f"http://127.0.0.1:{ports['health']}/healthz"}
+        endpoints = {
+            "health": f"http://127.0.0.1:{ports['health']}/healthz",
+            "webhook": f"https://127.0.0.1:{ports['webhook']}",
+        }
         self.endpoints_file.write_text(json.dumps(endpoints, indent=2) + "\n")
         self._wait_healthy(endpoints["health"], timeout)
+        self._wait_webhooks(ports["webhook"], timeout)
 
     def _operator_ports(self) -> dict[str, int]:
         previous = self.endpoints()
         ports: dict[str, int] = {}
-        for name in ("health",):
+        for name in ("health", "webhook"):
             url = previous.get(name, "")
             port = int(url.split(":")[2].split("/")[0]) if url.count(":") >= 2 else 0
             ports[name] = port if port and port_free(port) else free_port()
@@ -137,6 +148,28 @@ class DevEnvironment:
                 pass
             time.sleep(0.2)
         raise StartError(f"the operator is not healthy after {timeout:.0f} s; see {self.dir / 'logs'}")
+
+    def _wait_webhooks(self, port: int, timeout: float) -> None:
+        """Until kopf has pointed the webhook configurations at this operator: before that, workflows
+        would be admitted without their principal."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            urls = [
+                self.kubectl(
+                    "get",
+                    f"{kind}webhookconfiguration",
+                    WEBHOOK_CONFIGURATION,
+                    "--ignore-not-found",
+                    "-o",
+                    "jsonpath={.webhooks[*].clientConfig.url}",
+                    check=False,
+                ).stdout
+                for kind in ("mutating", "validating")
+            ]
+            if all(f":{port}/" in url for url in urls):
+                return
+            time.sleep(0.2)
+        raise StartError(f"the operator did not register its admission webhooks within {timeout:.0f} s")
 
     # -- down ----------------------------------------------------------------------------------------
 

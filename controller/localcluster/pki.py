@@ -83,6 +83,8 @@ class PKI:
         self.ca_key = directory / "ca.key"
         self.server_cert = directory / "apiserver.crt"
         self.server_key = directory / "apiserver.key"
+        self.webhook_cert = directory / "webhook.crt"
+        self.webhook_key = directory / "webhook.key"
         self.sa_key = directory / "sa.key"
         self.sa_pub = directory / "sa.pub"
 
@@ -102,7 +104,10 @@ class PKI:
         assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
         ca_cert = x509.load_pem_x509_certificate(self.ca_cert.read_bytes())
         if not self.server_cert.exists():
-            self._make_server(ca_key, ca_cert)
+            self._make_server(ca_key, ca_cert, "kube-apiserver", self.server_cert, self.server_key)
+        if not self.webhook_cert.exists():
+            # The operator's admission webhooks, called by the API server on 127.0.0.1.
+            self._make_server(ca_key, ca_cert, "airun-webhooks", self.webhook_cert, self.webhook_key)
         for identity in IDENTITIES:
             if not self.user_cert(identity.context).exists():
                 self._make_client(ca_key, ca_cert, identity)
@@ -140,9 +145,16 @@ class PKI:
         _write_key(self.ca_key, key)
         _write_cert(self.ca_cert, cert)
 
-    def _make_server(self, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate) -> None:
+    def _make_server(
+        self,
+        ca_key: ec.EllipticCurvePrivateKey,
+        ca_cert: x509.Certificate,
+        common_name: str,
+        cert: Path,
+        key_file: Path,
+    ) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")])
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         sans = [
             x509.DNSName("localhost"),
             x509.DNSName("kubernetes"),
@@ -150,14 +162,14 @@ class PKI:
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
             x509.IPAddress(ipaddress.ip_address("::1")),
         ]
-        cert = (
+        signed = (
             _builder(name, ca_cert.subject, key.public_key())
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256())
         )
-        _write_key(self.server_key, key)
-        _write_cert(self.server_cert, cert)
+        _write_key(key_file, key)
+        _write_cert(cert, signed)
 
     def _make_client(self, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, identity: Identity) -> None:
         key = ec.generate_private_key(ec.SECP256R1())

@@ -10,10 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import kopf
+from kubernetes_asyncio import client
 
 from controller.capabilities import registry as capability_registry
-from controller.operator import handlers, kube
+from controller.operator import admission, handlers, kube
 from controller.operator.runtime import RuntimeSettings, WorkflowRuntime, workspaces_from_env
+
+WEBHOOK_CONFIGURATION = "airun.aifirst.dev"
+log = logging.getLogger("airun.operator")
 
 
 @dataclass
@@ -25,9 +29,14 @@ class OperatorOptions:
     verbose: bool = False
     workspaces: str | None = None
     test_capabilities: bool = False
+    webhook_port: int | None = None
+    webhook_host: str | None = None
+    webhook_cert: str | None = None
+    webhook_key: str | None = None
+    webhook_ca: str | None = None
 
 
-def _configure(settings: kopf.OperatorSettings) -> None:
+def _configure(settings: kopf.OperatorSettings, options: OperatorOptions) -> None:
     # kopf's defaults suit slow, few objects; these suit many short-lived ones (see NOTES.md).
     settings.networking.request_timeout = 30
     settings.networking.connect_timeout = 10
@@ -35,6 +44,24 @@ def _configure(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 330
     settings.batching.error_delays = (1, 1, 2, 3, 5, 8, 13)
     settings.posting.level = logging.WARNING
+    if options.webhook_port:
+        settings.admission.server = kopf.WebhookServer(
+            addr=options.bind,
+            port=options.webhook_port,
+            host=options.webhook_host or options.bind,
+            certfile=options.webhook_cert,
+            pkeyfile=options.webhook_key,
+            cafile=options.webhook_ca,
+        )
+        settings.admission.managed = WEBHOOK_CONFIGURATION
+
+
+async def whoami(connection: kube.Connection) -> str:
+    """The operator's own user name, as the API server authenticates it."""
+    review = await client.AuthenticationV1Api(connection.api).create_self_subject_review(
+        client.V1SelfSubjectReview(api_version="authentication.k8s.io/v1", kind="SelfSubjectReview")
+    )
+    return str(review.status.user_info.username)
 
 
 async def run(options: OperatorOptions) -> None:
@@ -44,10 +71,14 @@ async def run(options: OperatorOptions) -> None:
     workspaces = Path(options.workspaces) if options.workspaces else workspaces_from_env()
     runtime = WorkflowRuntime(connection, capabilities, RuntimeSettings(workspaces=workspaces))
     handlers.register(registry, runtime)
+    if options.webhook_port:
+        admission.register(registry, runtime, operator_user=await whoami(connection))
+    else:
+        log.warning("no --webhook-port: principals and approvers are not recorded from authentication")
 
     @kopf.on.startup(registry=registry)
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        _configure(settings)
+        _configure(settings, options)
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:

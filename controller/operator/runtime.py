@@ -92,6 +92,7 @@ class WorkflowRuntime:
             # caught up with the last write (nobody else writes status).
             finalizer = FINALIZER in (body.metadata.get("finalizers") or [])
             if dict(body.get("status") or {}) != last.status or finalizer != last.finalizer:
+                log.debug("%s/%s: stale watch event ignored", body.metadata.namespace, body.metadata.name)
                 return
             del self.finished[uid]
         if not needs_work(body):
@@ -146,7 +147,8 @@ class Runner:
         self.status = WorkflowStatus.model_validate(body.get("status") or {})
         self.written: dict[str, Any] = self.status.dump()  # what the API server holds
         self.principal = principal_of(body)
-        self.finalizers = list(meta.get("finalizers") or [])
+        self.finalizers = list(meta.get("finalizers") or [])  # as the watch last showed them
+        self.finalizer_set = FINALIZER in self.finalizers  # ours: changed only by our own writes
         self.actions: dict[str, asyncio.Task[None]] = {}
         self.compensations: dict[str, asyncio.Task[None]] = {}
         self.outcomes: list[saga.ActionResult | saga.CompensationResult] = []
@@ -208,11 +210,20 @@ class Runner:
             )
         finally:
             self.rt.runners.pop(self.ref.uid, None)
-            self.rt.finished[self.ref.uid] = LastWrite(self.written, FINALIZER in self.finalizers)
+            self.rt.finished[self.ref.uid] = LastWrite(self.written, self.finalizer_set)
 
     async def _run(self) -> None:
-        if not self.ref.deleting:
-            await self._ensure_finalizer()
+        while True:
+            if not self.ref.deleting:
+                await self._ensure_finalizer()
+            await self._drive()
+            await self._remove_finalizer()
+            # A rollback requested while this runner was finishing reached update(), not a new runner.
+            if not (self.spec.rollback and self.status.phase is WorkflowPhase.SUCCEEDED and not self.ref.deleting):
+                return
+
+    async def _drive(self) -> None:
+        """Plans and carries out until the workflow is finished and nothing runs."""
         while True:
             for outcome in self.outcomes:
                 if isinstance(outcome, saga.ActionResult):
@@ -251,7 +262,6 @@ class Runner:
             if not self.outcomes:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wakeup.wait(), timeout)
-        await self._remove_finalizer()
 
     async def _write(self, status: WorkflowStatus) -> None:
         self.status = status
@@ -266,24 +276,27 @@ class Runner:
         self.written = after
 
     async def _ensure_finalizer(self) -> None:
-        if FINALIZER in self.finalizers:
+        if self.finalizer_set:
             return
-        self.finalizers = [*self.finalizers, FINALIZER]
+        others = [f for f in self.finalizers if f != FINALIZER]
         await self.rt.connection.patch_workflow(
-            self.ref.namespace, self.ref.name, {"metadata": {"finalizers": self.finalizers}}
+            self.ref.namespace, self.ref.name, {"metadata": {"finalizers": [*others, FINALIZER]}}
         )
+        self.finalizer_set = True
 
     async def _remove_finalizer(self) -> None:
-        if FINALIZER not in self.finalizers:
+        if not self.finalizer_set:
             return
-        self.finalizers = [f for f in self.finalizers if f != FINALIZER]
+        # Echoes of earlier writes may still show our finalizer in self.finalizers: keep the others only.
+        others = [f for f in self.finalizers if f != FINALIZER]
         try:
             await self.rt.connection.patch_workflow(
-                self.ref.namespace, self.ref.name, {"metadata": {"finalizers": self.finalizers or None}}
+                self.ref.namespace, self.ref.name, {"metadata": {"finalizers": others or None}}
             )
         except ApiException as error:
             if error.status != 404:
                 raise
+        self.finalizer_set = False
 
     # -- carrying out --------------------------------------------------------------------------------
 

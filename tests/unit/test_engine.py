@@ -266,3 +266,36 @@ def test_gate_listed_after_its_dependent_still_frees_it_in_the_same_plan() -> No
     waiting = run(spec)
     done = run(spec, status=waiting.status, approvals={"gate": saga.ApprovalState("wf-gate", "Approved")})
     assert done.status.phase is WorkflowPhase.SUCCEEDED
+
+
+def test_step_runs_only_if_its_inputs_still_match_the_approved_hash() -> None:
+    from controller.api.policy import PolicyObject, PolicySpec, Rule
+    from controller.api.workflow import Decision
+
+    ask = [
+        PolicyObject(name="ask", spec=PolicySpec(rules=[Rule(capabilities=["*"], action=Decision.REQUIRE_APPROVAL)]))
+    ]
+    spec = workflow(step("a"))
+    waiting = run(spec, policies=ask)
+    request = waiting.approvals[0]
+    assert request.inputs_hash == saga.inputs_hash({"path": "a.txt", "content": "a"})
+    ok = run(
+        spec,
+        policies=ask,
+        status=waiting.status,
+        approvals={"a": saga.ApprovalState(request.name, "Approved", request.inputs_hash)},
+    )
+    assert ok.status.phase is WorkflowPhase.SUCCEEDED
+    tampered = run(
+        spec,
+        policies=ask,
+        status=waiting.status,
+        approvals={"a": saga.ApprovalState(request.name, "Approved", "sha256:" + "0" * 64)},
+    )
+    assert tampered.started == [] and "changed after they were approved" in (tampered.status.step("a").error or "")
+
+
+def test_secret_looking_inputs_are_redacted_for_approvers() -> None:
+    assert saga.redact(
+        {"token": "abc", "nested": [{"password": "p", "user": "u"}], "ref": {"secretKeyRef": {"name": "s"}}}
+    ) == {"token": "***", "nested": [{"password": "***", "user": "u"}], "ref": {"secretKeyRef": {"name": "s"}}}

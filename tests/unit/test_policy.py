@@ -87,3 +87,16 @@ def test_decision_names_the_policy_and_rule() -> None:
     p = policy("baseline", [{"capabilities": ["x.*"], "action": "DENY"}, {"capabilities": ["*"], "action": "ALLOW"}])
     result = evaluate([p], principal=AGENT, namespace="agents", capability="io.fs.read_file", risk=RiskLevel.LOW)
     assert result.reason == "ClusterPolicy baseline rule 1: ALLOW"
+
+
+def test_who_may_decide_an_approval() -> None:
+    from controller.api.policy import Approvers
+    from controller.policy.approvers import decision_refusal
+
+    sre = Approvers(groups=["sre"])
+    assert "no self-approval" in (decision_refusal(requested_by="bob", approvers=None, user="bob", groups=[]) or "")
+    assert decision_refusal(requested_by="bob", approvers=None, user="alice", groups=[]) is None
+    assert decision_refusal(requested_by="bob", approvers=sre, user="alice", groups=["sre"]) is None
+    assert decision_refusal(requested_by="bob", approvers=Approvers(users=["carol"]), user="carol", groups=[]) is None
+    refusal = decision_refusal(requested_by="bob", approvers=sre, user="alice", groups=["approvers"])
+    assert refusal == "alice is not among the approvers the policy names (groups sre)"
