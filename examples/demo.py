@@ -1,5 +1,137 @@
-"""`make demo`: runs the examples against the local environment of `make up` and prints what happened."""
+"""`make demo`: the examples end to end against the environment of `make up`, as a user would run them
+with kubectl. Reruns start afresh in namespace `demo`."""
 
 from __future__ import annotations
 
-print("make demo: the engine that runs workflows end to end is not built yet (issue 3); `make up` is ready.")
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from controller.localcluster.binaries import find_binaries
+
+REPO = Path(__file__).resolve().parents[1]
+STATE = Path(os.environ.get("AIRUN_STATE_DIR", REPO / ".airun"))
+NS = "demo"
+console = Console(width=None if sys.stdout.isatty() else 110)
+TERMINAL = {"Succeeded", "Failed", "Compensated", "CompensationFailed"}
+
+
+def kubectl(*args: str, context: str = "admin", check: bool = True, quiet: bool = False) -> str:
+    shown = ["kubectl", f"--context={context}", *args]
+    if not quiet:
+        console.print(f"[dim]$ {shlex.join(shown)}[/]")
+    argv = [str(find_binaries() / "kubectl"), f"--kubeconfig={STATE / 'kubeconfig'}", f"--context={context}", *args]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if check and result.returncode != 0:
+        console.print(f"[red]{result.stderr.strip()}[/]")
+        sys.exit(1)
+    return result.stdout if result.returncode == 0 else result.stderr
+
+
+def workflow(name: str) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(kubectl("get", "wf", name, "-n", NS, "-o", "json", quiet=True))
+    return out
+
+
+def wait(name: str, phases: set[str], timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        obj = workflow(name)
+        if obj.get("status", {}).get("phase") in phases:
+            return obj
+        time.sleep(0.3)
+    console.print(f"[red]{name} did not reach {phases} in {timeout} s[/]")
+    sys.exit(1)
+
+
+def show(obj: dict[str, Any]) -> None:
+    status = obj["status"]
+    table = Table(
+        title=f"workflow {obj['metadata']['name']}: {status['phase']}"
+        + (f" ({status['reason']})" if status.get("reason") else ""),
+        title_justify="left",
+    )
+    for column in ("step", "phase", "decision", "attempts", "compensation", "error"):
+        table.add_column(column)
+    for s in status["steps"]:
+        compensation = (s.get("compensation") or {}).get("phase", "")
+        compensation = "" if compensation == "Pending" else compensation  # recorded, not needed
+        table.add_row(
+            s["name"],
+            s["phase"],
+            s.get("decision", ""),
+            str(s.get("attempts", "")),
+            compensation,
+            (s.get("error") or "")[:60],
+        )
+    console.print(table)
+
+
+def main() -> None:
+    workspace = STATE / "workspaces" / NS
+    console.rule("[bold]AI-First Runtime demo")
+    kubectl("create", "namespace", NS, check=False, quiet=True)
+    kubectl("delete", "wf,policies", "--all", "-n", NS, "--wait=true", quiet=True)
+
+    console.rule("1. a saga that fails and compensates")
+    kubectl("apply", "-n", NS, "-f", str(REPO / "examples" / "saga.yaml"), context="bob")
+    show(wait("saga", TERMINAL))
+    console.print(f"files left in the workspace by the saga: {sorted(p.name for p in (workspace / 'saga').glob('*'))}")
+
+    console.rule("2. an approval granted with kubectl patch")
+    kubectl("apply", "-n", NS, "-f", str(REPO / "examples" / "approval.yaml"), context="bob")
+    obj = wait("approval-gate", {"AwaitingApproval"})
+    approval = next(s["approval"] for s in obj["status"]["steps"] if s.get("approval"))
+    console.print(kubectl("get", "approvals", "-n", NS))
+    result = kubectl(
+        "patch",
+        "approval",
+        approval,
+        "-n",
+        NS,
+        "--type",
+        "merge",
+        "-p",
+        '{"spec":{"decision":"Approved"}}',
+        context="bob",
+        check=False,
+    )
+    console.print(f"[yellow]bob may not approve:[/] {result.strip()}")
+    kubectl(
+        "patch",
+        "approval",
+        approval,
+        "-n",
+        NS,
+        "--type",
+        "merge",
+        "-p",
+        '{"spec":{"decision":"Approved"}}',
+        context="alice",
+    )
+    show(wait("approval-gate", TERMINAL))
+    console.print(kubectl("get", "approval", approval, "-n", NS, "-o", "wide"))
+
+    console.rule("3. a step denied by policy")
+    kubectl("apply", "-n", NS, "-f", str(REPO / "examples" / "denied.yaml"), context="admin")
+    show(wait("cleanup", TERMINAL))
+
+    console.rule("what the cluster shows")
+    console.print(kubectl("get", "wf", "-n", NS))
+    console.print(kubectl("describe", "wf", "saga", "-n", NS).split("Events:")[-1])
+    console.print(
+        "Next: [bold]export KUBECONFIG=$PWD/.airun/kubeconfig[/] and try examples/ yourself; "
+        "[bold]make down[/] stops everything (data is kept)."
+    )
+
+
+if __name__ == "__main__":
+    main()

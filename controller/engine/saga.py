@@ -316,6 +316,11 @@ def plan(world: World) -> Plan:
 
     if status.phase is WorkflowPhase.PENDING:
         errors = spec_errors(world.spec, world.capabilities)
+        if not world.principal.user:
+            errors.append(
+                "no principal was recorded for this workflow (it was created while the admission "
+                "webhooks were not installed); create it again"
+            )
         if errors:
             status.phase = WorkflowPhase.FAILED
             status.reason, status.message = Reason.INVALID_SPEC.value, _truncate("; ".join(errors))

@@ -7,6 +7,9 @@ Workflow UPDATE   refuses changes to the recorded principal, and removal of the 
                   anyone but the operator while the workflow is not finished.
 Approval UPDATE   records who decided (annotation), refuses self-approval, approvers the policy does
                   not name, and any change to a decided Approval.
+
+All of them are persistent (failurePolicy Fail, left in place when the operator stops): while the
+operator is down, nobody can create a workflow or decide an approval with an unrecorded identity.
 """
 
 from __future__ import annotations
@@ -37,7 +40,15 @@ def _user(userinfo: Mapping[str, Any]) -> tuple[str, list[str]]:
 
 
 def register(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime, operator_user: str) -> None:
-    @kopf.on.mutate(API_GROUP, API_VERSION, "workflows", operation="CREATE", registry=registry, id="workflow_principal")
+    @kopf.on.mutate(
+        API_GROUP,
+        API_VERSION,
+        "workflows",
+        operation="CREATE",
+        registry=registry,
+        persistent=True,
+        id="workflow_principal",
+    )
     def workflow_principal(body: kopf.Body, patch: kopf.Patch, userinfo: Mapping[str, Any], **_: Any) -> None:
         user, groups = _user(userinfo)
         patch.setdefault("metadata", {}).setdefault("annotations", {})
@@ -50,7 +61,13 @@ def register(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime, operator
             patch["metadata"]["finalizers"] = [*finalizers, FINALIZER]
 
     @kopf.on.validate(
-        API_GROUP, API_VERSION, "workflows", operation="CREATE", registry=registry, id="workflow_runnable"
+        API_GROUP,
+        API_VERSION,
+        "workflows",
+        operation="CREATE",
+        registry=registry,
+        persistent=True,
+        id="workflow_runnable",
     )
     def workflow_runnable(spec: kopf.Spec, **_: Any) -> None:
         try:
@@ -62,7 +79,13 @@ def register(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime, operator
             raise kopf.AdmissionError("; ".join(errors), code=422)
 
     @kopf.on.validate(
-        API_GROUP, API_VERSION, "workflows", operation="UPDATE", registry=registry, id="workflow_identity"
+        API_GROUP,
+        API_VERSION,
+        "workflows",
+        operation="UPDATE",
+        registry=registry,
+        persistent=True,
+        id="workflow_identity",
     )
     def workflow_identity(body: kopf.Body, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
         old: Mapping[str, Any] | None = kwargs.get("old")
@@ -86,7 +109,15 @@ def register(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime, operator
                 code=403,
             )
 
-    @kopf.on.mutate(API_GROUP, API_VERSION, "approvals", operation="UPDATE", registry=registry, id="approval_decider")
+    @kopf.on.mutate(
+        API_GROUP,
+        API_VERSION,
+        "approvals",
+        operation="UPDATE",
+        registry=registry,
+        persistent=True,
+        id="approval_decider",
+    )
     def approval_decider(body: kopf.Body, patch: kopf.Patch, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
         old: Mapping[str, Any] | None = kwargs.get("old")
         before = ((old or {}).get("spec") or {}).get("decision") or ""
@@ -96,7 +127,13 @@ def register(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime, operator
             patch.setdefault("metadata", {}).setdefault("annotations", {})[DECIDED_BY_ANNOTATION] = user
 
     @kopf.on.validate(
-        API_GROUP, API_VERSION, "approvals", operation="UPDATE", registry=registry, id="approval_decision"
+        API_GROUP,
+        API_VERSION,
+        "approvals",
+        operation="UPDATE",
+        registry=registry,
+        persistent=True,
+        id="approval_decision",
     )
     def approval_decision(body: kopf.Body, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
         old: Mapping[str, Any] | None = kwargs.get("old")

@@ -44,6 +44,8 @@ def _configure(settings: kopf.OperatorSettings, options: OperatorOptions) -> Non
     settings.watching.client_timeout = 330
     settings.batching.error_delays = (1, 1, 2, 3, 5, 8, 13)
     settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = "airun-operator"
+    settings.posting.event_name_prefix = "airun-"
     if options.webhook_port:
         settings.admission.server = kopf.WebhookServer(
             addr=options.bind,

@@ -299,3 +299,19 @@ def test_secret_looking_inputs_are_redacted_for_approvers() -> None:
     assert saga.redact(
         {"token": "abc", "nested": [{"password": "p", "user": "u"}], "ref": {"secretKeyRef": {"name": "s"}}}
     ) == {"token": "***", "nested": [{"password": "***", "user": "u"}], "ref": {"secretKeyRef": {"name": "s"}}}
+
+
+def test_a_workflow_without_a_recorded_principal_never_runs() -> None:
+    spec = workflow(step("a"))
+    world = saga.World(
+        ref=saga.WorkflowRef("wf", "ns", "uid"),
+        spec=spec,
+        status=WorkflowStatus(),
+        capabilities=CAPS,
+        policies=[],
+        principal=saga.Principal(user=""),
+        now=saga.datetime.now(saga.UTC),
+    )
+    plan = saga.plan(world)
+    assert plan.actions == [] and plan.status.reason == Reason.INVALID_SPEC
+    assert "no principal was recorded" in (plan.status.message or "")
