@@ -1,9 +1,10 @@
 """`make bench`: N workflows x M steps against a private local control plane.
 
-Prints throughput (steps per second between the first step's start and the last step's end), per-step overhead (p50, p95: the time from one step's end to the
-next one's end in a chain of no-op steps, i.e. checkpoint + scheduling), API write requests per step
-(from the API server's own apiserver_request_total), and the operator's peak RSS. Asserts nothing.
-etcd runs with fsync here (unlike the tests), so the figures include real disk writes.
+Prints throughput (steps per second between the first step's start and the last step's end), per-step
+overhead (p50, p95: the time from one step's end to the next one's end in a chain of no-op steps, i.e.
+checkpoint + scheduling), API write requests per step (from the API server's own apiserver_request_total),
+CPU time per step of each process, and the operator's peak RSS. Asserts nothing. etcd runs with fsync
+here (unlike the tests), so the figures include real disk writes.
 """
 
 from __future__ import annotations
