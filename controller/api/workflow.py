@@ -33,6 +33,10 @@ class CompensationOverride(_Model):
     inputs: dict[str, Any] = Field(default_factory=dict)
 
 
+class Notify(_Model):
+    webhook_url: str | None = Field(None, alias="webhookUrl")
+
+
 class Step(_Model):
     name: str
     type: StepType = StepType.ACTION
@@ -45,6 +49,7 @@ class Step(_Model):
     irreversible: bool = False
     message: str | None = None
     approval_timeout_seconds: int | None = Field(None, alias="approvalTimeoutSeconds")
+    notify: Notify | None = None
 
 
 class WorkflowSpec(_Model):

@@ -67,6 +67,12 @@ def down() -> None:
 @click.option("--webhook-cert", type=click.Path(exists=True), help="Serving certificate (PEM) of the webhooks.")
 @click.option("--webhook-key", type=click.Path(exists=True), help="Its private key (PEM).")
 @click.option("--webhook-ca", type=click.Path(exists=True), help="CA that signed it (goes into caBundle).")
+@click.option(
+    "--notify-secret-file",
+    envvar="AIRUN_NOTIFY_SECRET_FILE",
+    type=click.Path(exists=True),
+    help="Key that signs approval notifications (HMAC-SHA256).",
+)
 @click.option("-v", "--verbose", is_flag=True)
 def operator(**options: object) -> None:
     """Run the operator (kopf) against the cluster of KUBECONFIG."""

@@ -550,6 +550,7 @@ def _gate(
             if cap
             else f"Approve step {s.name} of workflow {world.ref.name}?"
         )
+        notify = (step.notify.webhook_url if step.notify else None) or notify
         result.approvals.append(
             RequestApproval(
                 s.name,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -78,6 +79,14 @@ class DevEnvironment:
             args += ["-f", str(BASELINE_POLICIES)]
         self.kubectl(*args)
 
+    def notify_secret(self) -> Path:
+        """The key that signs approval notifications (kept across restarts)."""
+        path = self.dir / "notify-secret"
+        if not path.exists():
+            path.write_text(secrets.token_hex(32) + "\n")
+            path.chmod(0o600)
+        return path
+
     def endpoints(self) -> dict[str, str]:
         if not self.endpoints_file.exists():
             return {}
@@ -96,6 +105,11 @@ class DevEnvironment:
         env["AIRUN_STATE_DIR"] = str(self.dir)
         env["AIRUN_WORKSPACES"] = str(self.workspaces)
         env.setdefault("AIRUN_TEST_CAPABILITIES", "1")  # the demo and the tests use the test.* family
+        # Locally, requests may go to loopback, never to the control plane or the operator itself.
+        env["AIRUN_EGRESS_ALLOW_LOOPBACK"] = "1"
+        cluster_ports = self.cluster.ports
+        own = [cluster_ports.apiserver, cluster_ports.etcd_client, cluster_ports.etcd_peer, *ports.values()]
+        env["AIRUN_EGRESS_FORBIDDEN"] = ",".join(f"127.0.0.1:{p},[::1]:{p}" for p in own)
         pki = self.cluster.pki
         argv = [
             sys.executable,
@@ -109,6 +123,7 @@ class DevEnvironment:
             f"--webhook-cert={pki.webhook_cert}",
             f"--webhook-key={pki.webhook_key}",
             f"--webhook-ca={pki.ca_cert}",
+            f"--notify-secret-file={self.notify_secret()}",
         ]
         processes.start(
             argv,

@@ -6,11 +6,13 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from controller import API_GROUP, API_VERSION
 from controller.engine import saga
 from controller.operator.kube import Connection
+from controller.operator.notify import Notifier, approval_message
 
 WORKFLOW_LABEL = "aifirst.dev/workflow"
 
@@ -32,7 +34,7 @@ def manifest(ref: saga.WorkflowRef, request: saga.RequestApproval, requested_by:
         spec["inputsHash"] = request.inputs_hash
     if request.approvers and (request.approvers.users or request.approvers.groups):
         spec["approvers"] = request.approvers.model_dump(exclude_defaults=True)
-    annotations = {"aifirst.dev/notify-url": request.notify_url} if request.notify_url else {}
+    annotations = {NOTIFY_ANNOTATION: request.notify_url} if request.notify_url else {}
     return {
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
         "kind": "Approval",
@@ -56,38 +58,45 @@ def manifest(ref: saga.WorkflowRef, request: saga.RequestApproval, requested_by:
     }
 
 
+NOTIFY_ANNOTATION = "aifirst.dev/notify-url"
+
+
 async def create(
     connection: Connection, ref: saga.WorkflowRef, request: saga.RequestApproval, requested_by: str = ""
-) -> None:
+) -> dict[str, Any] | None:
+    """The created Approval, or None when it existed already (created before a restart)."""
     body = manifest(ref, request, requested_by)
     try:
-        await connection.custom.create_namespaced_custom_object(
+        created: dict[str, Any] = await connection.custom.create_namespaced_custom_object(
             API_GROUP, API_VERSION, ref.namespace, "approvals", body
         )
     except ApiException as error:
-        if error.status != 409:  # already there: created before a restart
+        if error.status != 409:
             raise
-        return
-    await _set_status(connection, ref.namespace, request.name, {"phase": "Pending"})
+        return None
+    updated: dict[str, Any] = await _set_status(connection, ref.namespace, request.name, {"phase": "Pending"})
+    return updated or created
 
 
-async def expire(connection: Connection, namespace: str, name: str) -> None:
-    await _set_status(connection, namespace, name, {"phase": "Expired", "decidedAt": saga.iso(datetime.now(UTC))})
+async def expire(connection: Connection, namespace: str, name: str) -> dict[str, Any]:
+    return await _set_status(
+        connection, namespace, name, {"phase": "Expired", "decidedAt": saga.iso(datetime.now(UTC))}
+    )
 
 
 async def record_decision(
     connection: Connection, namespace: str, name: str, phase: str, decided_by: str | None, reason: str | None
-) -> None:
+) -> dict[str, Any]:
     status: dict[str, Any] = {"phase": phase, "decidedAt": saga.iso(datetime.now(UTC))}
     if decided_by:
         status["decidedBy"] = decided_by
     if reason:
         status["reason"] = reason
-    await _set_status(connection, namespace, name, status)
+    return await _set_status(connection, namespace, name, status)
 
 
-async def _set_status(connection: Connection, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-    await connection.custom.patch_namespaced_custom_object_status(
+async def _set_status(connection: Connection, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = await connection.custom.patch_namespaced_custom_object_status(
         API_GROUP,
         API_VERSION,
         namespace,
@@ -96,6 +105,24 @@ async def _set_status(connection: Connection, namespace: str, name: str, status:
         {"status": dict(status)},
         _content_type="application/merge-patch+json",  # type: ignore[call-arg]
     )
+    return result
+
+
+def announce(notifier: Notifier | None, event: str, approval: Mapping[str, Any]) -> None:
+    """Sends the approval's notification, if its rule or step named a webhook URL."""
+    url = ((approval.get("metadata") or {}).get("annotations") or {}).get(NOTIFY_ANNOTATION)
+    if notifier is None or not url:
+        return
+
+    def failed(error: str) -> None:
+        kopf.event(
+            approval,  # type: ignore[arg-type]
+            type="Warning",
+            reason="NotificationFailed",
+            message=f"{event} notification: {error}",
+        )
+
+    notifier.send(url, approval_message(event, approval), failed)
 
 
 def state_of(body: Mapping[str, Any]) -> saga.ApprovalState:

@@ -61,7 +61,7 @@ def register(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime) -> None:
         decision = spec.get("decision") or ""
         if decision and status.get("phase") in (None, "Pending"):
             state = approvals.state_of(body)
-            await approvals.record_decision(
+            decided = await approvals.record_decision(
                 runtime.connection,
                 namespace,
                 body.metadata.name or "",
@@ -69,4 +69,5 @@ def register(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime) -> None:
                 state.decided_by,
                 spec.get("reason"),
             )
+            approvals.announce(runtime.notifier, "decided", decided)
         runtime.wake(namespace, spec.get("workflow") or "")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,9 @@ import kopf
 from kubernetes_asyncio import client
 
 from controller.capabilities import registry as capability_registry
+from controller.capabilities.egress import EgressRules
 from controller.operator import admission, handlers, kube
+from controller.operator.notify import Notifier
 from controller.operator.runtime import RuntimeSettings, WorkflowRuntime, workspaces_from_env
 
 WEBHOOK_CONFIGURATION = "airun.aifirst.dev"
@@ -34,6 +37,7 @@ class OperatorOptions:
     webhook_cert: str | None = None
     webhook_key: str | None = None
     webhook_ca: str | None = None
+    notify_secret_file: str | None = None
 
 
 def _configure(settings: kopf.OperatorSettings, options: OperatorOptions) -> None:
@@ -71,7 +75,13 @@ async def run(options: OperatorOptions) -> None:
     connection = await kube.connect(options.kubeconfig, options.context)
     registry = kopf.OperatorRegistry()
     workspaces = Path(options.workspaces) if options.workspaces else workspaces_from_env()
-    runtime = WorkflowRuntime(connection, capabilities, RuntimeSettings(workspaces=workspaces))
+    if options.notify_secret_file:
+        secret = Path(options.notify_secret_file).read_bytes().strip()  # noqa: ASYNC240  (once, at start-up)
+    else:
+        secret = secrets.token_bytes(32)
+        log.warning("no --notify-secret-file: approval notifications are signed with a throw-away key")
+    notifier = Notifier(secret, EgressRules.from_env())
+    runtime = WorkflowRuntime(connection, capabilities, RuntimeSettings(workspaces=workspaces), notifier)
     handlers.register(registry, runtime)
     if options.webhook_port:
         admission.register(registry, runtime, operator_user=await whoami(connection))
@@ -100,6 +110,7 @@ async def run(options: OperatorOptions) -> None:
         )
     finally:
         await runtime.shutdown()
+        await notifier.close()
         await connection.close()
 
 

@@ -24,6 +24,7 @@ from controller.capabilities.registry import Registry
 from controller.engine import saga
 from controller.operator import approvals as approval_objects
 from controller.operator.kube import Connection
+from controller.operator.notify import Notifier
 
 FINALIZER = "aifirst.dev/saga"
 PRINCIPAL_ANNOTATION = "aifirst.dev/principal"
@@ -69,7 +70,10 @@ def principal_of(body: Mapping[str, Any]) -> Principal:
 
 
 class WorkflowRuntime:
-    def __init__(self, connection: Connection, registry: Registry, settings: RuntimeSettings) -> None:
+    def __init__(
+        self, connection: Connection, registry: Registry, settings: RuntimeSettings, notifier: Notifier | None = None
+    ) -> None:
+        self.notifier = notifier
         self.connection = connection
         self.registry = registry
         self.settings = settings
@@ -250,10 +254,13 @@ class Runner:
                 self.compensations[compensation.step] = asyncio.create_task(self._compensate(compensation))
             for request in plan.approvals:
                 if request.name not in self.requested:
-                    await approval_objects.create(self.rt.connection, self.ref, request, self.principal.user)
+                    created = await approval_objects.create(self.rt.connection, self.ref, request, self.principal.user)
+                    if created is not None:
+                        approval_objects.announce(self.rt.notifier, "requested", created)
                     self.requested.add(request.name)
             for expired in plan.expire:
-                await approval_objects.expire(self.rt.connection, self.ref.namespace, expired.name)
+                expired_body = await approval_objects.expire(self.rt.connection, self.ref.namespace, expired.name)
+                approval_objects.announce(self.rt.notifier, "expired", expired_body)
             if plan.finished and not self.actions and not self.compensations:
                 break
             timeout = None

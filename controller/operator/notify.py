@@ -1,0 +1,124 @@
+"""Approval notifications: a Slack-compatible JSON message to a webhook URL (from the policy rule or the
+step) when an approval is requested and when it is decided. Sent in the background with retries, signed
+with HMAC-SHA256, never blocking reconciliation; a failed delivery is recorded as a Warning event on the
+Approval and is otherwise harmless."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from controller.capabilities.egress import EgressRefused, EgressRules
+
+SIGNATURE_HEADER = "X-Airun-Signature"
+TIMESTAMP_HEADER = "X-Airun-Timestamp"
+log = logging.getLogger("airun.notify")
+
+
+def sign(secret: bytes, timestamp: str, body: bytes) -> str:
+    """`sha256=HEX` of HMAC(secret, "TIMESTAMP.BODY"): receivers check it and reject old timestamps."""
+    return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def approval_message(event: str, approval: Mapping[str, Any]) -> dict[str, Any]:
+    meta, spec, status = approval.get("metadata", {}), approval.get("spec", {}), approval.get("status") or {}
+    ns, name = meta.get("namespace", ""), meta.get("name", "")
+    what = f"step *{spec.get('step')}* of workflow *{ns}/{spec.get('workflow')}*"
+    if spec.get("capability"):
+        what += f" runs `{spec['capability']}` ({spec.get('riskLevel', '?')} risk)"
+    if event == "requested":
+        text = (
+            f":raised_hand: Approval requested by {spec.get('requestedBy') or 'unknown'}: {what}.\n"
+            f"{spec.get('message', '')}\n"
+            f'`kubectl -n {ns} patch approval {name} --type merge -p \'{{"spec":{{"decision":"Approved"}}}}\'`'
+        )
+    else:
+        phase = status.get("phase") or spec.get("decision") or event
+        by = f" by {status['decidedBy']}" if status.get("decidedBy") else ""
+        text = f"Approval {ns}/{name} {phase.lower()}{by}: {what}."
+    return {
+        "text": text,
+        "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}],
+        "airun": {
+            "event": event,
+            "approval": name,
+            "namespace": ns,
+            "workflow": spec.get("workflow"),
+            "step": spec.get("step"),
+            "phase": status.get("phase"),
+            "decidedBy": status.get("decidedBy"),
+        },
+    }
+
+
+@dataclass
+class Delivery:
+    url: str
+    payload: dict[str, Any]
+    on_failure: Callable[[str], None]
+
+
+class Notifier:
+    def __init__(self, secret: bytes, egress: EgressRules, *, attempts: int = 3, timeout: float = 5.0) -> None:
+        self.secret = secret
+        self.egress = egress
+        self.attempts = attempts
+        self.timeout = timeout
+        self.queue: asyncio.Queue[Delivery] = asyncio.Queue(maxsize=1000)
+        self._task: asyncio.Task[None] | None = None
+
+    def send(self, url: str, payload: dict[str, Any], on_failure: Callable[[str], None]) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._work(), name="approval notifications")
+        try:
+            self.queue.put_nowait(Delivery(url, payload, on_failure))
+        except asyncio.QueueFull:
+            on_failure("notification queue full; message dropped")
+
+    async def _work(self) -> None:
+        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
+            while True:
+                delivery = await self.queue.get()
+                error = await self._deliver(client, delivery)
+                if error:
+                    log.warning("notification to %s failed: %s", delivery.url, error)
+                    delivery.on_failure(error)
+
+    async def _deliver(self, client: httpx.AsyncClient, delivery: Delivery) -> str | None:
+        try:
+            await self.egress.check_url(delivery.url)
+        except EgressRefused as refused:
+            return f"refused by the egress rules: {refused}"
+        body = json.dumps(delivery.payload).encode()
+        error = "not sent"
+        for attempt in range(1, self.attempts + 1):
+            timestamp = str(int(time.time()))
+            headers = {
+                "Content-Type": "application/json",
+                TIMESTAMP_HEADER: timestamp,
+                SIGNATURE_HEADER: sign(self.secret, timestamp, body),
+            }
+            try:
+                response = await client.post(delivery.url, content=body, headers=headers)
+                if response.status_code < 300:
+                    return None
+                error = f"HTTP {response.status_code}"
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            if attempt < self.attempts:
+                await asyncio.sleep(0.5 * 2 ** (attempt - 1))
+        return f"{error} after {self.attempts} attempts"
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

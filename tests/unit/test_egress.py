@@ -1,0 +1,38 @@
+"""Egress rules: what the operator may call."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from controller.capabilities.egress import EgressRefused, EgressRules
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data",
+        "http://[fe80::1]/",
+        "http://127.0.0.1:8080/",
+        "http://[::1]/",
+        "http://localhost/",
+        "ftp://example.com/",
+        "http://0.0.0.0/",
+        "http://[::ffff:169.254.169.254]/",
+    ],
+)
+def test_refused_by_default(url: str) -> None:
+    with pytest.raises(EgressRefused):
+        asyncio.run(EgressRules().check_url(url))
+
+
+def test_loopback_allowed_locally_but_never_the_control_plane() -> None:
+    rules = EgressRules(allow_loopback=True, forbidden_endpoints=frozenset({("127.0.0.1", 6443)}))
+    asyncio.run(rules.check_url("http://127.0.0.1:8080/x"))
+    asyncio.run(rules.check_url("http://localhost:8080/x"))
+    for url in ("https://127.0.0.1:6443/api", "https://localhost:6443/api", "https://[::1]:6443/"):
+        with pytest.raises(EgressRefused, match="control plane"):
+            asyncio.run(rules.check_url(url))
+    with pytest.raises(EgressRefused, match="link-local"):
+        asyncio.run(rules.check_url("http://169.254.169.254/"))
