@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class RiskLevel(StrEnum):
@@ -27,11 +27,20 @@ class Risk(BaseModel):
 
 class CompensationSpec(BaseModel):
     """How to undo the capability: another capability and its inputs, rendered from the step's
-    `inputs`, `outputs` and `idempotencyKey`. It must be safe when the action never happened."""
+    `inputs`, `outputs` and `idempotencyKey`; it must be safe when the action never happened. Or
+    `fromStep: true`: only the step knows the inverse (an HTTP API's DELETE for its POST), so every step
+    must declare its own `compensation` (or say `irreversible: true`)."""
 
-    model_config = ConfigDict(extra="forbid")
-    capability: str
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    capability: str | None = None
     inputs: dict[str, Any] = Field(default_factory=dict)
+    from_step: bool = Field(False, alias="fromStep")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> CompensationSpec:
+        if bool(self.capability) == self.from_step:
+            raise ValueError("compensation names either a capability or fromStep: true")
+        return self
 
 
 class HttpEndpoint(BaseModel):

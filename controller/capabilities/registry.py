@@ -47,7 +47,7 @@ class Registry:
         problems = []
         for spec in self._specs.values():
             problems += [f"{spec.id}: {p}" for p in risk_problems(spec)]
-            if spec.compensation and spec.compensation.capability not in self._specs:
+            if spec.compensation and spec.compensation.capability and spec.compensation.capability not in self._specs:
                 problems.append(f"{spec.id}: compensation {spec.compensation.capability!r} is not a capability")
             if spec.id not in self._handlers and spec.http is None:
                 problems.append(f"{spec.id}: no handler and no http endpoint")

@@ -255,7 +255,12 @@ def spec_errors(spec: WorkflowSpec, capabilities: Mapping[str, CapabilitySpec]) 
             continue
         if step.compensation and step.compensation.capability not in capabilities:
             errors.append(f"step {step.name!r}: unknown compensation capability {step.compensation.capability!r}")
-        if cap.side_effects and not (cap.compensation or step.compensation) and not step.irreversible:
+        if cap.compensation and cap.compensation.from_step and not step.compensation and not step.irreversible:
+            errors.append(
+                f"step {step.name!r}: {cap.id} is undone by the inverse the step declares: add "
+                "compensation: {capability, inputs} (or irreversible: true, which needs approval)"
+            )
+        elif cap.side_effects and not (cap.compensation or step.compensation) and not step.irreversible:
             errors.append(
                 f"step {step.name!r}: {cap.id} has side effects ({', '.join(cap.side_effects)}) and no "
                 "compensation; set irreversible: true to acknowledge it (the step then needs approval)"
@@ -285,7 +290,7 @@ def _compensation_for(
     """Renders the undo of a completed (or in-doubt) step while everything it needs is at hand, so
     compensation after a restart needs nothing that lived only in memory."""
     chosen = step.compensation or (cap.compensation if cap else None)
-    if chosen is None:
+    if chosen is None or not chosen.capability:
         return None
     ctx = {**context, "inputs": dict(inputs), "outputs": dict(outputs), "idempotencyKey": key}
     try:

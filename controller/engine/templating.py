@@ -16,15 +16,16 @@ class TemplateError(ValueError):
     pass
 
 
-def render(value: Any, context: Mapping[str, Any], *, where: str = "inputs") -> Any:
-    """Renders every string inside VALUE (dicts and lists are walked). A string that is exactly one
-    expression, such as "{{ steps.a.outputs.count }}", keeps the type of its value."""
+def render(value: Any, context: Mapping[str, Any], *, where: str = "inputs", keep_types: bool = True) -> Any:
+    """Renders every string inside VALUE (dicts and lists are walked). With KEEP_TYPES a string that is
+    exactly one expression, such as "{{ steps.a.outputs.count }}", keeps the type of its value."""
     if isinstance(value, str):
         if "{{" not in value and "{%" not in value:
             return value
         try:
             stripped = value.strip()
-            if stripped.startswith("{{") and stripped.endswith("}}") and stripped.count("{{") == 1:
+            single = stripped.startswith("{{") and stripped.endswith("}}") and stripped.count("{{") == 1
+            if keep_types and single:
                 expression = _ENV.compile_expression(stripped[2:-2].strip(), undefined_to_none=False)
                 result = expression(**context)
                 if isinstance(result, jinja2.Undefined):
@@ -36,7 +37,7 @@ def render(value: Any, context: Mapping[str, Any], *, where: str = "inputs") -> 
         except jinja2.TemplateError as error:
             raise TemplateError(f"{where}: {error}") from error
     if isinstance(value, Mapping):
-        return {k: render(v, context, where=f"{where}.{k}") for k, v in value.items()}
+        return {k: render(v, context, where=f"{where}.{k}", keep_types=keep_types) for k, v in value.items()}
     if isinstance(value, list):
-        return [render(v, context, where=f"{where}[{i}]") for i, v in enumerate(value)]
+        return [render(v, context, where=f"{where}[{i}]", keep_types=keep_types) for i, v in enumerate(value)]
     return value

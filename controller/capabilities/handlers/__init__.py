@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from controller.capabilities.base import Handler
-from controller.capabilities.handlers import fs, sys, testing
+from controller.capabilities.handlers import data, fs, http, sys, testing
 
-HANDLERS: dict[str, Handler] = {**fs.HANDLERS, **sys.HANDLERS, **testing.HANDLERS}
+HANDLERS: dict[str, Handler] = {**data.HANDLERS, **fs.HANDLERS, **http.HANDLERS, **sys.HANDLERS, **testing.HANDLERS}

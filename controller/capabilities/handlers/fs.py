@@ -1,11 +1,20 @@
-"""io.fs.* handlers: confined to the namespace's workspace, undone from durable snapshots."""
+"""io.fs.* handlers: confined to the namespace's workspace, undone from durable snapshots.
+
+Every change first records, under the step's idempotency key, each path it is about to touch as it was
+(a file's content, a folder, or nothing). `io.fs.restore` puts all of them back, newest first. A re-run
+with the same key keeps the first record (the state before the step), and a restore without a record
+does nothing: the change never happened.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import os
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -13,6 +22,8 @@ from controller.capabilities.base import CapabilityError, Handler, Invocation
 
 RESERVED = ".airun"  # snapshots live here; workflows cannot touch it
 MAX_READ_BYTES = 1024 * 1024
+MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
+MAX_LIST_ENTRIES = 1000
 
 
 def confine(workspace: Path, relative: str) -> Path:
@@ -48,35 +59,67 @@ def _atomic_write(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def _snapshot_file(workspace: Path, key: str) -> Path:
+def _snapshot_dir(workspace: Path, key: str) -> Path:
     safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in key)
-    return workspace.resolve() / RESERVED / "snapshots" / f"{safe}.json"
+    return workspace.resolve() / RESERVED / "snapshots" / safe
 
 
-def take_snapshot(workspace: Path, key: str, target: Path) -> None:
-    """Records TARGET as it is, once per key: a re-run after a crash keeps the first snapshot, which is
-    the state before the step."""
-    snapshot = _snapshot_file(workspace, key)
-    if snapshot.exists():
+def take_snapshot(workspace: Path, key: str, relative: str, target: Path) -> None:
+    """Records TARGET as it is now, once per (key, path)."""
+    directory = _snapshot_dir(workspace, key)
+    record_file = _record_file(workspace, key, relative)
+    if record_file.exists():
         return
-    record: dict[str, Any] = {"existed": target.is_file()}
-    if record["existed"]:
+    record: dict[str, Any] = {
+        "path": relative,
+        "order": len(list(directory.glob("*.json"))) if directory.exists() else 0,
+    }
+    if target.is_file():
+        if target.stat().st_size > MAX_SNAPSHOT_BYTES:
+            raise CapabilityError(
+                f"{relative} is larger than {MAX_SNAPSHOT_BYTES} bytes: it cannot be snapshotted for compensation",
+                retryable=False,
+            )
+        record["kind"] = "file"
         record["content"] = base64.b64encode(target.read_bytes()).decode()
-    _atomic_write(snapshot, json.dumps(record).encode())
+    elif target.is_dir():
+        record["kind"] = "dir"
+    else:
+        record["kind"] = "absent"
+    _atomic_write(record_file, json.dumps(record).encode())
+
+
+def _record_file(workspace: Path, key: str, relative: str) -> Path:
+    return _snapshot_dir(workspace, key) / (hashlib.sha256(relative.encode()).hexdigest()[:24] + ".json")
+
+
+def _record(workspace: Path, key: str, relative: str) -> dict[str, Any] | None:
+    path = _record_file(workspace, key, relative)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _was_absent(workspace: Path, key: str, relative: str) -> bool:
+    record = _record(workspace, key, relative)
+    return record is not None and record["kind"] == "absent"
 
 
 def _write(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:
     target = confine(inv.workspace, inputs["path"])
-    take_snapshot(inv.workspace, inv.idempotency_key, target)
-    existed = json.loads(_snapshot_file(inv.workspace, inv.idempotency_key).read_text())["existed"]
+    if target.is_dir():
+        raise CapabilityError(f"{inputs['path']} is a folder", retryable=False)
+    take_snapshot(inv.workspace, inv.idempotency_key, inputs["path"], target)
     data = inputs["content"].encode()
     _atomic_write(target, data)
-    return {"path": inputs["path"], "bytes": len(data), "created": not existed}
+    return {
+        "path": inputs["path"],
+        "bytes": len(data),
+        "created": _was_absent(inv.workspace, inv.idempotency_key, inputs["path"]),
+    }
 
 
 def _append(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:
     target = confine(inv.workspace, inputs["path"])
-    take_snapshot(inv.workspace, inv.idempotency_key, target)
+    take_snapshot(inv.workspace, inv.idempotency_key, inputs["path"], target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
     try:
@@ -105,29 +148,106 @@ def _delete(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:
     target = confine(inv.workspace, inputs["path"])
     if target.is_dir():
         raise CapabilityError(f"{inputs['path']} is a folder; io.fs.delete removes files", retryable=False)
-    take_snapshot(inv.workspace, inv.idempotency_key, target)
+    take_snapshot(inv.workspace, inv.idempotency_key, inputs["path"], target)
     existed = target.exists()
     target.unlink(missing_ok=True)
     return {"path": inputs["path"], "existed": existed}
 
 
-def _restore(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:
+def _copy(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:
+    source = confine(inv.workspace, inputs["source"])
+    destination = confine(inv.workspace, inputs["destination"])
+    if not source.is_file():
+        raise CapabilityError(f"{inputs['source']}: no such file", retryable=False)
+    if destination.is_dir():
+        raise CapabilityError(f"{inputs['destination']} is a folder", retryable=False)
+    take_snapshot(inv.workspace, inv.idempotency_key, inputs["destination"], destination)
+    _atomic_write(destination, source.read_bytes())
+    return {"source": inputs["source"], "destination": inputs["destination"], "bytes": destination.stat().st_size}
+
+
+def _move(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:
+    source = confine(inv.workspace, inputs["source"])
+    destination = confine(inv.workspace, inputs["destination"])
+    key = inv.idempotency_key
+    if not source.is_file():
+        # A re-run (same key) after the move happened finds the source recorded and the file moved.
+        record = _record(inv.workspace, key, inputs["source"])
+        if record is not None and record["kind"] == "file" and destination.is_file():
+            return {"source": inputs["source"], "destination": inputs["destination"]}
+        raise CapabilityError(f"{inputs['source']}: no such file", retryable=False)
+    if destination.is_dir():
+        raise CapabilityError(f"{inputs['destination']} is a folder", retryable=False)
+    take_snapshot(inv.workspace, key, inputs["source"], source)
+    take_snapshot(inv.workspace, key, inputs["destination"], destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    source.replace(destination)
+    return {"source": inputs["source"], "destination": inputs["destination"]}
+
+
+def _mkdir(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:
     target = confine(inv.workspace, inputs["path"])
-    snapshot = _snapshot_file(inv.workspace, inputs["snapshot"])
-    if not snapshot.exists():
-        return {"restored": False}  # the change never happened
-    record = json.loads(snapshot.read_text())
-    if record["existed"]:
-        _atomic_write(target, base64.b64decode(record["content"]))
-    else:
-        target.unlink(missing_ok=True)
-    return {"restored": True}
+    if target.exists() and not target.is_dir():
+        raise CapabilityError(f"{inputs['path']} exists and is not a folder", retryable=False)
+    # Record every folder this creates, outermost first, so the restore removes them innermost first.
+    parts = PurePosixPath(inputs["path"]).parts
+    for i in range(1, len(parts) + 1):
+        relative = str(PurePosixPath(*parts[:i]))
+        take_snapshot(inv.workspace, inv.idempotency_key, relative, inv.workspace.resolve() / relative)
+    created = not target.exists()
+    target.mkdir(parents=True, exist_ok=True)
+    return {"path": inputs["path"], "created": created}
 
 
-def _threaded(function: Any) -> Handler:
+def _entry(path: Path) -> dict[str, Any]:
+    stat = path.lstat()
+    kind = "symlink" if path.is_symlink() else "dir" if path.is_dir() else "file"
+    return {
+        "name": path.name,
+        "type": kind,
+        "bytes": stat.st_size if kind == "file" else 0,
+        "modified": datetime.fromtimestamp(stat.st_mtime, UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _list_dir(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:
+    target = confine(inv.workspace, inputs.get("path") or ".")
+    if not target.is_dir():
+        raise CapabilityError(f"{inputs.get('path')}: no such folder", retryable=False)
+    names = sorted(p for p in target.iterdir() if not (p.name == RESERVED and p.parent == inv.workspace.resolve()))
+    entries = [_entry(p) for p in names[:MAX_LIST_ENTRIES]]
+    return {"entries": entries, "count": len(names), "truncated": len(names) > MAX_LIST_ENTRIES}
+
+
+def _stat(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:
+    target = confine(inv.workspace, inputs["path"])
+    if not target.exists():
+        return {"exists": False}
+    return {"exists": True, **{k: v for k, v in _entry(target).items() if k != "name"}}
+
+
+def _restore(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:
+    directory = _snapshot_dir(inv.workspace, inputs["snapshot"])
+    if not directory.exists():
+        return {"restored": 0}  # the change never happened
+    records = sorted((json.loads(f.read_text()) for f in directory.glob("*.json")), key=lambda r: r["order"])
+    for record in reversed(records):
+        target = confine(inv.workspace, record["path"])
+        if record["kind"] == "file":
+            _atomic_write(target, base64.b64decode(record["content"]))
+        elif record["kind"] == "absent":
+            if target.is_dir():
+                if not any(target.iterdir()):
+                    target.rmdir()
+            else:
+                target.unlink(missing_ok=True)
+        # "dir": the folder existed before; nothing to put back.
+    return {"restored": len(records)}
+
+
+def _threaded(function: Callable[[dict[str, Any], Invocation], dict[str, Any]]) -> Handler:
     async def handler(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:
-        result: dict[str, Any] = await asyncio.to_thread(function, inputs, inv)
-        return result
+        return await asyncio.to_thread(function, inputs, inv)
 
     return handler
 
@@ -137,5 +257,10 @@ HANDLERS: dict[str, Handler] = {
     "io.fs.write_file": _threaded(_write),
     "io.fs.append_file": _threaded(_append),
     "io.fs.delete": _threaded(_delete),
+    "io.fs.copy": _threaded(_copy),
+    "io.fs.move": _threaded(_move),
+    "io.fs.mkdir": _threaded(_mkdir),
+    "io.fs.list_dir": _threaded(_list_dir),
+    "io.fs.stat": _threaded(_stat),
     "io.fs.restore": _threaded(_restore),
 }

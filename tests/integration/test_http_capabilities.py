@@ -1,0 +1,99 @@
+"""net.http.* through the real operator, against a real loopback HTTP server; and the attacks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from controller.localcluster.devenv import DevEnvironment
+from tests.httpserver import LoopbackAPI
+from tests.integration.test_saga import steps_of, wait_terminal, wf
+from tests.kube import Kube
+
+
+@pytest.fixture
+def api() -> Iterator[LoopbackAPI]:
+    server = LoopbackAPI()
+    yield server
+    server.close()
+
+
+def create_item(api: LoopbackAPI, name: str = "create") -> dict[str, Any]:
+    return {
+        "name": name,
+        "capability": "net.http.request",
+        "inputs": {"method": "POST", "url": f"{api.url}/items", "json": {"size": "medium"}},
+        "compensation": {
+            "capability": "net.http.request",
+            "inputs": {"method": "DELETE", "url": "{{ outputs.json.url }}", "okStatus": [404]},
+        },
+    }
+
+
+def test_post_then_failure_compensates_with_the_declared_delete(
+    kube: Kube, namespace: str, operator: object, api: LoopbackAPI
+) -> None:
+    kube.apply(
+        wf(
+            "http-saga",
+            create_item(api),
+            {
+                "name": "check",
+                "capability": "net.http.get",
+                "dependsOn": ["create"],
+                "inputs": {"url": "{{ steps.create.outputs.json.url }}"},
+            },
+            {"name": "boom", "capability": "test.fail", "dependsOn": ["check"], "retry": {"limit": 0}},
+        ),
+        namespace=namespace,
+        as_="bob",
+    )
+    obj = wait_terminal(kube, namespace, "http-saga")
+    assert obj["status"]["phase"] == "Compensated", obj["status"]
+    s = steps_of(obj)
+    assert s["check"]["outputs"]["json"] == {"size": "medium"}
+    assert api.items == {}  # created, then deleted by the compensation
+    methods = [(m, p) for m, p, _, _ in api.requests]
+    assert methods == [("POST", "/items"), ("GET", "/items/1"), ("DELETE", "/items/1")]
+    post_headers = api.requests[0][2]
+    assert post_headers["Idempotency-Key"] == s["create"]["idempotencyKey"]
+
+
+def test_request_without_a_declared_inverse_is_refused_at_apply(kube: Kube, namespace: str, operator: object) -> None:
+    step = create_item(_Fake())  # type: ignore[arg-type]
+    step.pop("compensation")
+    result = kube.apply(wf("no-undo", step), namespace=namespace, as_="bob", check=False)
+    assert result.returncode != 0 and "undone by the inverse the step declares" in result.stderr
+
+
+class _Fake:
+    url = "http://example.invalid"
+
+
+def _get(name: str, url: str) -> dict[str, Any]:
+    return {"name": name, "capability": "net.http.get", "inputs": {"url": url}, "retry": {"limit": 0}}
+
+
+@pytest.mark.parametrize("target", ["metadata", "apiserver", "apiserver-ipv6", "apiserver-by-name", "redirect"])
+def test_ssrf_is_refused(kube: Kube, namespace: str, operator: DevEnvironment, api: LoopbackAPI, target: str) -> None:
+    port = operator.cluster.ports.apiserver
+    url = {
+        "metadata": "http://169.254.169.254/latest/meta-data/",
+        "apiserver": f"https://127.0.0.1:{port}/api",
+        "apiserver-ipv6": f"https://[::1]:{port}/api",
+        "apiserver-by-name": f"https://localhost:{port}/api",
+        "redirect": f"{api.url}/redirect-to-metadata",
+    }[target]
+    kube.apply(wf("ssrf", _get("probe", url)), namespace=namespace, as_="bob")
+    obj = wait_terminal(kube, namespace, "ssrf")
+    assert obj["status"]["phase"] == "Failed"
+    error = steps_of(obj)["probe"]["error"]
+    assert "refused by the egress rules" in error, error
+
+
+def test_response_size_is_limited(kube: Kube, namespace: str, operator: object, api: LoopbackAPI) -> None:
+    kube.apply(wf("big", _get("fetch", f"{api.url}/big")), namespace=namespace, as_="bob")
+    obj = wait_terminal(kube, namespace, "big")
+    assert "response larger than 1048576 bytes" in steps_of(obj)["fetch"]["error"]
