@@ -44,9 +44,10 @@ class CompensationSpec(BaseModel):
 
 
 class HttpEndpoint(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
     method: str = "POST"
     url: str
+    timeout_seconds: float = Field(30.0, alias="timeoutSeconds")
 
 
 class CapabilitySpec(BaseModel):

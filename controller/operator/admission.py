@@ -14,7 +14,7 @@ operator is down, nobody can create a workflow or decide an approval with an unr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from controller import API_GROUP, API_VERSION
 from controller.api.policy import Approvers
 from controller.api.workflow import TERMINAL_PHASES, WorkflowSpec
+from controller.capabilities import custom
 from controller.engine.saga import spec_errors
 from controller.operator.runtime import FINALIZER, GROUPS_ANNOTATION, PRINCIPAL_ANNOTATION, WorkflowRuntime
 from controller.policy.approvers import decision_refusal
@@ -39,7 +40,12 @@ def _user(userinfo: Mapping[str, Any]) -> tuple[str, list[str]]:
     return str(userinfo.get("username", "")), [str(g) for g in userinfo.get("groups") or []]
 
 
-def register(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime, operator_user: str) -> None:
+def register(
+    registry: kopf.OperatorRegistry,
+    runtime: WorkflowRuntime,
+    operator_user: str,
+    bind: Callable[[Mapping[str, Any]], None],
+) -> None:
     @kopf.on.mutate(
         API_GROUP,
         API_VERSION,
@@ -69,12 +75,14 @@ def register(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime, operator
         persistent=True,
         id="workflow_runnable",
     )
-    def workflow_runnable(spec: kopf.Spec, **_: Any) -> None:
+    async def workflow_runnable(spec: kopf.Spec, **kwargs: Any) -> None:
+        bind(kwargs)  # the custom capabilities of the cluster count too
         try:
             parsed = WorkflowSpec.model_validate(dict(spec))
         except ValidationError as error:
             raise kopf.AdmissionError(f"spec: {error}", code=422) from error
-        errors = spec_errors(parsed, runtime.capabilities)
+        known = await runtime.fetch_missing_capabilities(parsed)
+        errors = spec_errors(parsed, known)
         if errors:
             raise kopf.AdmissionError("; ".join(errors), code=422)
 
@@ -159,3 +167,22 @@ def register(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime, operator
                 "authentication and cannot be changed",
                 code=403,
             )
+
+    @kopf.on.validate(
+        API_GROUP,
+        API_VERSION,
+        "capabilities",
+        operations=["CREATE", "UPDATE"],
+        registry=registry,
+        persistent=True,
+        id="capability_coherent",
+    )
+    def capability_coherent(name: str, spec: kopf.Spec, **kwargs: Any) -> None:
+        bind(kwargs)
+        try:
+            parsed = custom.parse(name, spec)
+        except custom.InvalidCapability as error:
+            raise kopf.AdmissionError(str(error), code=422) from error
+        problems = custom.problems_with(parsed, {**runtime.capabilities, name: parsed}, runtime.builtin)
+        if problems:
+            raise kopf.AdmissionError(f"capability {name}: " + "; ".join(problems), code=422)

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
 
 from controller import API_GROUP, API_VERSION
+from controller.api.capability import CapabilitySpec
 from controller.api.policy import PolicyObject, PolicySpec
+from controller.capabilities import custom
 from controller.engine import saga
 from controller.operator import approvals
 from controller.operator.runtime import WorkflowRuntime
 
 ALL = "all"
+log = logging.getLogger("airun.handlers")
 
 
-def register(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime) -> None:
+def register(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime) -> Callable[[Mapping[str, Any]], None]:
+    """Registers the handlers; returns the function that binds the runtime to kopf's indexes."""
+
     # Indexes: kopf fills them before it calls any other handler, so no workflow is ever judged
     # against a half-loaded set of policies.
     @kopf.index(API_GROUP, API_VERSION, "clusterpolicies", registry=registry, id="cluster_policy_index")
@@ -30,24 +37,34 @@ def register(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime) -> None:
     def approval_index(body: kopf.Body, namespace: str | None, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
         return {(namespace, spec.get("workflow")): (spec.get("step"), approvals.state_of(body))}
 
-    def bind(
-        cluster_policy_index: kopf.Index[str, PolicyObject],
-        policy_index: kopf.Index[str, PolicyObject],
-        approval_index: kopf.Index[Any, Any],
-    ) -> None:
+    @kopf.index(API_GROUP, API_VERSION, "capabilities", registry=registry, id="capability_index")
+    def capability_index(name: str, spec: kopf.Spec, **_: Any) -> dict[str, CapabilitySpec]:
+        try:
+            return {ALL: custom.parse(name, spec)}
+        except custom.InvalidCapability as error:  # refused at admission; older objects are skipped
+            log.warning("ignoring %s", error)
+            return {}
+
+    def bind(kwargs: Mapping[str, Any]) -> None:
+        """Points the runtime at kopf's live indexes (handed to every handler as keyword arguments)."""
+        cluster_policy_index: kopf.Index[str, PolicyObject] = kwargs["cluster_policy_index"]
+        policy_index: kopf.Index[str, PolicyObject] = kwargs["policy_index"]
+        approval_index: kopf.Index[Any, Any] = kwargs["approval_index"]
+        capabilities: kopf.Index[str, CapabilitySpec] = kwargs["capability_index"]
         runtime.indexes.policies = lambda: [*cluster_policy_index.get(ALL, []), *policy_index.get(ALL, [])]
 
         def approvals_of(namespace: str, workflow: str) -> dict[str, saga.ApprovalState]:
             return dict(approval_index.get((namespace, workflow), []))
 
         runtime.indexes.approvals = approvals_of
+        runtime.indexes.custom_capabilities = lambda: {c.id: c for c in capabilities.get(ALL, [])}
 
     # on.event, not on.create/on.update: kopf's change-detecting handlers persist their progress with a
     # PATCH per handler, which would double the writes per step. The runtime keeps its own checkpoint
     # in .status (see docs/architecture.md).
     @kopf.on.event(API_GROUP, API_VERSION, "workflows", registry=registry, id="workflow_event")
     async def workflow_event(type: str, body: kopf.Body, **kwargs: Any) -> None:
-        bind(kwargs["cluster_policy_index"], kwargs["policy_index"], kwargs["approval_index"])
+        bind(kwargs)
         if type == "DELETED":
             runtime.forget(body)
             return
@@ -71,3 +88,5 @@ def register(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime) -> None:
             )
             approvals.announce(runtime.notifier, "decided", decided)
         runtime.wake(namespace, spec.get("workflow") or "")
+
+    return bind

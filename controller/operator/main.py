@@ -82,9 +82,9 @@ async def run(options: OperatorOptions) -> None:
         log.warning("no --notify-secret-file: approval notifications are signed with a throw-away key")
     notifier = Notifier(secret, EgressRules.from_env())
     runtime = WorkflowRuntime(connection, capabilities, RuntimeSettings(workspaces=workspaces), notifier)
-    handlers.register(registry, runtime)
+    bind = handlers.register(registry, runtime)
     if options.webhook_port:
-        admission.register(registry, runtime, operator_user=await whoami(connection))
+        admission.register(registry, runtime, operator_user=await whoami(connection), bind=bind)
     else:
         log.warning("no --webhook-port: principals and approvers are not recorded from authentication")
 

@@ -17,9 +17,12 @@ from typing import Any
 import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from controller import API_GROUP, API_VERSION
+from controller.api.capability import CapabilitySpec
 from controller.api.policy import Principal
 from controller.api.workflow import TERMINAL_PHASES, WorkflowPhase, WorkflowSpec, WorkflowStatus
-from controller.capabilities.base import CapabilityError, Invocation
+from controller.capabilities import custom
+from controller.capabilities.base import CapabilityError, Handler, Invocation
 from controller.capabilities.registry import Registry
 from controller.engine import saga
 from controller.operator import approvals as approval_objects
@@ -47,6 +50,7 @@ class Indexes:
     def __init__(self) -> None:
         self.policies: Callable[[], list[Any]] = list
         self.approvals: Callable[[str, str], Mapping[str, saga.ApprovalState]] = lambda ns, wf: {}
+        self.custom_capabilities: Callable[[], dict[str, CapabilitySpec]] = dict
 
 
 def needs_work(body: Mapping[str, Any]) -> bool:
@@ -80,8 +84,35 @@ class WorkflowRuntime:
         self.indexes = Indexes()
         self.runners: dict[str, Runner] = {}
         self.finished: dict[str, LastWrite] = {}
-        self.capabilities = registry.specs()
+        self.builtin = registry.specs()
+        self.fetched: dict[str, CapabilitySpec] = {}
         self.stats = {"status_writes": 0, "steps_run": 0}
+
+    @property
+    def capabilities(self) -> dict[str, CapabilitySpec]:
+        """Built-in capabilities and the Capability objects of the cluster (built-in ones win)."""
+        return {**self.fetched, **self.indexes.custom_capabilities(), **self.builtin}
+
+    async def fetch_missing_capabilities(self, spec: WorkflowSpec) -> dict[str, CapabilitySpec]:
+        """Capability objects the index has not seen yet (created just before the workflow), read from
+        the API server; the index takes over once it catches up."""
+        known = self.capabilities
+        wanted = {s.capability for s in spec.steps if s.capability}
+        wanted |= {s.compensation.capability for s in spec.steps if s.compensation}
+        for name in sorted(wanted - set(known)):
+            try:
+                body = await self.connection.custom.get_cluster_custom_object(
+                    API_GROUP, API_VERSION, "capabilities", name
+                )
+                self.fetched[name] = custom.parse(name, body.get("spec") or {})
+            except (ApiException, custom.InvalidCapability):
+                continue
+        return self.capabilities
+
+    def handler(self, capability: str) -> Handler:
+        if capability in self.builtin:
+            return self.registry.handler(capability)
+        return custom.http_handler(self.indexes.custom_capabilities()[capability])
 
     async def observe(self, body: kopf.Body) -> None:
         uid = body.metadata.uid or ""
@@ -220,6 +251,8 @@ class Runner:
         while True:
             if not self.ref.deleting:
                 await self._ensure_finalizer()
+            if self.status.phase in (None, WorkflowPhase.PENDING):
+                await self.rt.fetch_missing_capabilities(self.spec)
             await self._drive()
             await self._remove_finalizer()
             # A rollback requested while this runner was finishing reached update(), not a new runner.
@@ -325,7 +358,7 @@ class Runner:
         self.rt.stats["steps_run"] += 1
         inv = self._invocation(action.step, action.idempotency_key, action.attempt)
         try:
-            handler = self.rt.registry.handler(action.capability)
+            handler = self.rt.handler(action.capability)
             call = handler(dict(action.inputs), inv)
             outputs = await (asyncio.wait_for(call, action.timeout) if action.timeout else call)
             outcome = saga.ActionResult(action.step, True, action.inputs, outputs)
@@ -351,7 +384,7 @@ class Runner:
     async def _compensate(self, compensation: saga.RunCompensation) -> None:
         inv = self._invocation(compensation.step, compensation.idempotency_key, compensation.attempt)
         try:
-            handler = self.rt.registry.handler(compensation.capability)
+            handler = self.rt.handler(compensation.capability)
             await handler(dict(compensation.inputs), inv)
             outcome = saga.CompensationResult(compensation.step, True)
         except asyncio.CancelledError:

@@ -72,6 +72,13 @@ async def _send(inputs: dict[str, Any], inv: Invocation, method: str) -> dict[st
     return outputs
 
 
+async def call_endpoint(
+    method: str, url: str, payload: dict[str, Any], inv: Invocation, *, timeout_seconds: float
+) -> dict[str, Any]:
+    """A custom capability's endpoint: the rendered inputs as the JSON body."""
+    return await _send({"url": url, "json": payload, "timeoutSeconds": timeout_seconds}, inv, method)
+
+
 async def get(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:
     return await _send(inputs, inv, "GET")
 

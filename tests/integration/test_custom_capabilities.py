@@ -1,0 +1,114 @@
+"""Capability objects: HTTP-backed capabilities without Python, checked like the built-in ones."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.httpserver import LoopbackAPI
+from tests.integration.test_saga import steps_of, wait_terminal, wf
+from tests.kube import Kube
+
+
+def capability(name: str, url: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "aifirst.dev/v1alpha1",
+        "kind": "Capability",
+        "metadata": {"name": name},
+        "spec": {
+            "description": f"{name} over HTTP",
+            "risk": {"level": "MEDIUM", "reason": "creates billable things"},
+            "sideEffects": ["network.write"],
+            "idempotent": True,
+            "http": {"url": url},
+            **spec,
+        },
+    }
+
+
+@pytest.fixture
+def api() -> Iterator[LoopbackAPI]:
+    server = LoopbackAPI()
+    yield server
+    server.close()
+
+
+def test_custom_http_capability_runs_and_is_compensated(
+    kube: Kube, namespace: str, operator: object, api: LoopbackAPI
+) -> None:
+    suffix = namespace.replace("t-", "").replace("-", "")
+    create, delete = f"cloud{suffix}.db.create", f"cloud{suffix}.db.delete"
+    kube.apply(
+        capability(
+            delete,
+            f"{api.url}/items",
+            internal=True,
+            http={"method": "POST", "url": f"{api.url}/items"},
+            risk={"level": "MEDIUM", "reason": "deletes"},
+        )
+    )
+    # The undo endpoint of this toy API is DELETE /items/ID: declare the compensation as net.http.request.
+    kube.run("delete", "capability", delete)
+    kube.apply(
+        capability(
+            create,
+            f"{api.url}/items",
+            inputs={"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
+            compensation={"capability": "net.http.request", "inputs": {"method": "DELETE", "url": "{{ outputs.url }}"}},
+        )
+    )
+    time.sleep(0.5)  # the operator's capability index follows the watch
+    bad = kube.apply(
+        wf("bad-input", {"name": "db", "capability": create, "inputs": {"size": 3}}), namespace=namespace, as_="bob"
+    )
+    assert bad.returncode == 0
+    obj = wait_terminal(kube, namespace, "bad-input")
+    assert "'name' is a required property" in steps_of(obj)["db"]["error"]
+
+    kube.apply(
+        wf(
+            "custom",
+            {"name": "db", "capability": create, "inputs": {"name": "prod-db"}},
+            {"name": "boom", "capability": "test.fail", "dependsOn": ["db"], "retry": {"limit": 0}},
+        ),
+        namespace=namespace,
+        as_="bob",
+    )
+    obj = wait_terminal(kube, namespace, "custom")
+    assert obj["status"]["phase"] == "Compensated", obj["status"]
+    assert steps_of(obj)["db"]["outputs"]["id"] == "1"
+    assert [(m, p) for m, p, _, _ in api.requests if m != "GET"] == [("POST", "/items"), ("DELETE", "/items/1")]
+    assert api.items == {}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"risk": {"level": "LOW", "reason": "cheap"}}, "R3: network writes must be MEDIUM risk or above"),
+        ({"idempotent": False, "sideEffects": []}, "R4: a capability without side effects must be idempotent"),
+        (
+            {"compensation": {"capability": "cloud.nothing.here"}},
+            "compensation 'cloud.nothing.here' is not a capability",
+        ),
+    ],
+)
+def test_incoherent_capabilities_are_refused_at_apply(
+    kube: Kube, operator: object, change: dict[str, Any], message: str
+) -> None:
+    manifest = capability("cloud.bad.thing", "http://127.0.0.1:9/x", **change)
+    manifest["spec"].setdefault("compensation", {"capability": "net.http.request", "inputs": {}})
+    result = kube.apply(manifest, check=False)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_builtin_names_and_bad_names_are_refused(kube: Kube, operator: object) -> None:
+    result = kube.apply(capability("io.fs.write_file", "http://127.0.0.1:9/x"), check=False)
+    assert result.returncode != 0  # not even a valid object name (underscore)
+    result = kube.apply(
+        capability("sys.sleep", "http://127.0.0.1:9/x", compensation={"capability": "net.http.request", "inputs": {}}),
+        check=False,
+    )
+    assert result.returncode != 0 and "is a built-in capability" in result.stderr
