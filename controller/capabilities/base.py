@@ -23,7 +23,10 @@ class Invocation:
     step: str
     idempotency_key: str
     attempt: int
-    workspace: Path  # the io.fs root of this namespace
+    workspace: Path  # the io.fs root of this namespace (its .airun/ holds snapshots)
+    principal: str = ""  # the workflow's principal, from the API server's authentication
+    groups: tuple[str, ...] = ()
+    kube: Any = None  # controller.capabilities.handlers.k8s.KubeGateway, for k8s.* (None elsewhere)
 
 
 Handler = Callable[[dict[str, Any], Invocation], Awaitable[dict[str, Any]]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import yaml
@@ -14,6 +15,7 @@ from controller.capabilities.handlers import HANDLERS
 
 SPEC_DIR = Path(__file__).resolve().parents[2] / "capabilities"
 TEST_FAMILY = "test.yaml"
+ENTRY_POINT_GROUP = "airun.capabilities"
 NETWORK_WRITES = {"network.write"}
 DESTRUCTIVE = {"fs.delete", "k8s.delete", "data.delete"}
 
@@ -79,10 +81,39 @@ def load_file(path: Path) -> list[CapabilitySpec]:
     return specs
 
 
-def load(directory: Path = SPEC_DIR, *, include_test: bool = False) -> Registry:
+def plugins(group: str = ENTRY_POINT_GROUP) -> tuple[list[CapabilitySpec], dict[str, Handler]]:
+    """Capabilities from installed packages: each entry point of GROUP names an object (usually a
+    module) with SPECS (a list of capability specs as dicts, or the path of a YAML file like those in
+    capabilities/) and HANDLERS (capability id -> async handler)."""
+    specs: list[CapabilitySpec] = []
+    handlers: dict[str, Handler] = {}
+    for entry_point in entry_points(group=group):
+        plugin = entry_point.load()
+        raw = getattr(plugin, "SPECS", [])
+        if isinstance(raw, str | Path):
+            loaded = load_file(Path(raw))
+        else:
+            try:
+                loaded = [CapabilitySpec.model_validate(item) for item in raw]
+            except ValidationError as error:
+                raise CapabilitySpecError(f"plugin {entry_point.name}: {error}") from error
+        specs += loaded
+        handlers.update(getattr(plugin, "HANDLERS", {}))
+    return specs, handlers
+
+
+def load(directory: Path = SPEC_DIR, *, include_test: bool = False, include_plugins: bool = True) -> Registry:
     specs: list[CapabilitySpec] = []
     for path in sorted(directory.glob("*.yaml")):
         if path.name == TEST_FAMILY and not include_test:
             continue
         specs += load_file(path)
-    return Registry(specs, {k: v for k, v in HANDLERS.items() if any(s.id == k for s in specs)})
+    handlers = {k: v for k, v in HANDLERS.items() if any(s.id == k for s in specs)}
+    if include_plugins:
+        extra_specs, extra_handlers = plugins()
+        clashes = sorted({s.id for s in extra_specs} & {s.id for s in specs})
+        if clashes:
+            raise CapabilitySpecError(f"plugins redefine built-in capabilities: {', '.join(clashes)}")
+        specs += extra_specs
+        handlers.update(extra_handlers)
+    return Registry(specs, handlers)

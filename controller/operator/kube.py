@@ -3,6 +3,7 @@ operator's own status PATCHes (kubernetes_asyncio)."""
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,7 @@ import kopf
 from kubernetes_asyncio import client, config
 
 from controller import API_GROUP, API_VERSION
+from controller.capabilities.handlers.k8s import KubeGateway
 
 
 @dataclass
@@ -57,6 +59,20 @@ class Connection:
             patch,
             _content_type="application/merge-patch+json",  # type: ignore[call-arg]
         )
+
+    def gateway(self) -> KubeGateway:
+        """The same credentials for the k8s.* capabilities, which act as each workflow's principal."""
+        c = self.configuration
+        context = ssl.create_default_context(cafile=c.ssl_ca_cert) if c.ssl_ca_cert else ssl.create_default_context()
+        if not c.verify_ssl:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if c.cert_file and c.key_file:
+            context.load_cert_chain(c.cert_file, c.key_file)
+        token = None
+        if c.api_key.get("authorization", "").startswith("Bearer "):
+            token = c.api_key["authorization"].removeprefix("Bearer ")
+        return KubeGateway(str(c.host), context, token)
 
     async def close(self) -> None:
         await self.api.close()

@@ -21,7 +21,7 @@ from controller import API_GROUP, API_VERSION
 from controller.api.capability import CapabilitySpec
 from controller.api.policy import Principal
 from controller.api.workflow import TERMINAL_PHASES, WorkflowPhase, WorkflowSpec, WorkflowStatus
-from controller.capabilities import custom
+from controller.capabilities import custom, secrets
 from controller.capabilities.base import CapabilityError, Handler, Invocation
 from controller.capabilities.registry import Registry
 from controller.engine import saga
@@ -78,6 +78,7 @@ class WorkflowRuntime:
         self, connection: Connection, registry: Registry, settings: RuntimeSettings, notifier: Notifier | None = None
     ) -> None:
         self.notifier = notifier
+        self.kube = connection.gateway()
         self.connection = connection
         self.registry = registry
         self.settings = settings
@@ -148,6 +149,7 @@ class WorkflowRuntime:
                 runner.wakeup.set()
 
     async def shutdown(self) -> None:
+        await self.kube.close()
         tasks = [r.task for r in self.runners.values() if r.task]
         for task in tasks:
             task.cancel()
@@ -341,7 +343,17 @@ class Runner:
     # -- carrying out --------------------------------------------------------------------------------
 
     def _invocation(self, step: str, key: str, attempt: int) -> Invocation:
-        return Invocation(self.ref.namespace, self.ref.name, step, key, attempt, self.workspace)
+        return Invocation(
+            self.ref.namespace,
+            self.ref.name,
+            step,
+            key,
+            attempt,
+            self.workspace,
+            self.principal.user,
+            tuple(self.principal.groups),
+            self.rt.kube,
+        )
 
     def _done(
         self,
@@ -359,7 +371,9 @@ class Runner:
         inv = self._invocation(action.step, action.idempotency_key, action.attempt)
         try:
             handler = self.rt.handler(action.capability)
-            call = handler(dict(action.inputs), inv)
+            # Secret values exist only here, in memory, for the call: status, events, logs and the
+            # compensation's inputs keep the references.
+            call = handler(await secrets.resolve(action.inputs, inv), inv)
             outputs = await (asyncio.wait_for(call, action.timeout) if action.timeout else call)
             outcome = saga.ActionResult(action.step, True, action.inputs, outputs)
         except TimeoutError:
@@ -385,7 +399,7 @@ class Runner:
         inv = self._invocation(compensation.step, compensation.idempotency_key, compensation.attempt)
         try:
             handler = self.rt.handler(compensation.capability)
-            await handler(dict(compensation.inputs), inv)
+            await handler(await secrets.resolve(compensation.inputs, inv), inv)
             outcome = saga.CompensationResult(compensation.step, True)
         except asyncio.CancelledError:
             raise

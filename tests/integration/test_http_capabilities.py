@@ -97,3 +97,37 @@ def test_response_size_is_limited(kube: Kube, namespace: str, operator: object, 
     kube.apply(wf("big", _get("fetch", f"{api.url}/big")), namespace=namespace, as_="bob")
     obj = wait_terminal(kube, namespace, "big")
     assert "response larger than 1048576 bytes" in steps_of(obj)["fetch"]["error"]
+
+
+def test_secret_references_are_resolved_as_the_principal_and_never_stored(
+    kube: Kube, namespace: str, operator: object, api: LoopbackAPI
+) -> None:
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "api-token"},
+            "stringData": {"token": "s3cr3t-value"},
+        },
+        namespace=namespace,
+    )
+    step = {
+        "name": "call",
+        "capability": "net.http.get",
+        "retry": {"limit": 0},
+        "inputs": {
+            "url": f"{api.url}/items",
+            "headers": {"Authorization": {"secretKeyRef": {"name": "api-token", "key": "token"}}},
+        },
+    }
+    kube.apply(wf("with-secret", step), namespace=namespace, as_="admin")
+    obj = wait_terminal(kube, namespace, "with-secret")
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    assert api.requests[-1][2]["Authorization"] == "s3cr3t-value"
+    everything = kube.run("get", "wf,events,approvals", "-n", namespace, "-o", "json").stdout
+    assert "s3cr3t-value" not in everything
+
+    # bob may not read that secret: neither may his workflow.
+    kube.apply(wf("bobs-secret", step), namespace=namespace, as_="bob")
+    obj = wait_terminal(kube, namespace, "bobs-secret")
+    assert 'User "bob" cannot get resource "secrets"' in steps_of(obj)["call"]["error"]

@@ -1,0 +1,85 @@
+"""The capability registry: coherence rules, the shipped specs, and plugins from entry points."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from controller.api.capability import CapabilitySpec
+from controller.capabilities import registry
+
+
+def spec(**changes: object) -> CapabilitySpec:
+    base: dict[str, object] = {
+        "id": "x.y",
+        "description": "d",
+        "risk": {"level": "MEDIUM", "reason": "r"},
+        "sideEffects": ["fs.write"],
+        "idempotent": True,
+        "compensation": {"capability": "io.fs.restore", "inputs": {}},
+    }
+    return CapabilitySpec.model_validate({**base, **changes})
+
+
+@pytest.mark.parametrize(
+    ("changes", "rule"),
+    [
+        ({"compensation": None}, "R1"),
+        ({"sideEffects": ["fs.delete"], "risk": {"level": "LOW", "reason": "r"}}, "R2"),
+        ({"sideEffects": ["network.write"], "risk": {"level": "LOW", "reason": "r"}}, "R3"),
+        ({"sideEffects": [], "idempotent": False, "compensation": None}, "R4"),
+        ({"internal": True}, "R5"),
+    ],
+)
+def test_each_risk_rule_refuses_an_incoherent_spec(changes: dict[str, object], rule: str) -> None:
+    problems = registry.risk_problems(spec(**changes))
+    assert any(p.startswith(rule + ":") for p in problems), problems
+
+
+def test_shipped_specs_are_coherent_and_every_one_has_a_handler() -> None:
+    loaded = registry.load(include_test=True, include_plugins=False)
+    ids = {s.id for s in loaded.list()}
+    assert {"io.fs.write_file", "net.http.request", "k8s.apply", "data.json.query", "text.render", "sys.sleep"} <= ids
+    for capability in loaded.list():
+        assert loaded.handler(capability.id)
+
+
+def test_incoherent_file_is_refused_naming_the_rule(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text(
+        textwrap.dedent("""
+        capabilities:
+        - id: bad.cap
+          description: writes without undo
+          risk: {level: LOW, reason: none}
+          sideEffects: [fs.write]
+          idempotent: true
+    """)
+    )
+    with pytest.raises(registry.CapabilitySpecError, match="R1: side effects without compensation"):
+        registry.load(tmp_path, include_plugins=False)
+
+
+def test_plugin_capabilities_from_an_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "airun_demo_plugin.py").write_text(
+        textwrap.dedent("""
+        SPECS = [{"id": "demo.hello", "description": "says hello", "risk": {"level": "LOW", "reason": "pure"},
+                  "sideEffects": [], "idempotent": True}]
+
+        async def hello(inputs, inv):
+            return {"text": "hello " + inputs.get("who", "world")}
+
+        HANDLERS = {"demo.hello": hello}
+    """)
+    )
+    dist = tmp_path / "airun_demo_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: airun-demo-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[airun.capabilities]\ndemo = airun_demo_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    loaded = registry.load()
+    assert loaded.get("demo.hello").risk.level.value == "LOW"
+    assert loaded.handler("demo.hello")
+    sys.modules.pop("airun_demo_plugin", None)
