@@ -73,6 +73,7 @@ def down() -> None:
     type=click.Path(exists=True),
     help="Key that signs approval notifications (HMAC-SHA256).",
 )
+@click.option("--metrics-port", type=int, help="Serve Prometheus metrics (/metrics) on this port.")
 @click.option("-v", "--verbose", is_flag=True)
 def operator(**options: object) -> None:
     """Run the operator (kopf) against the cluster of KUBECONFIG."""

@@ -124,6 +124,7 @@ class DevEnvironment:
             f"--webhook-key={pki.webhook_key}",
             f"--webhook-ca={pki.ca_cert}",
             f"--notify-secret-file={self.notify_secret()}",
+            f"--metrics-port={ports['metrics']}",
         ]
         processes.start(
             argv,
@@ -136,6 +137,7 @@ class DevEnvironment:
         endpoints = {
             "health": f"http://127.0.0.1:{ports['health']}/healthz",
             "webhook": f"https://127.0.0.1:{ports['webhook']}",
+            "metrics": f"http://127.0.0.1:{ports['metrics']}/metrics",
         }
         self.endpoints_file.write_text(json.dumps(endpoints, indent=2) + "\n")
         self._wait_healthy(endpoints["health"], timeout)
@@ -144,7 +146,7 @@ class DevEnvironment:
     def _operator_ports(self) -> dict[str, int]:
         previous = self.endpoints()
         ports: dict[str, int] = {}
-        for name in ("health", "webhook"):
+        for name in ("health", "webhook", "metrics"):
             url = previous.get(name, "")
             port = int(url.split(":")[2].split("/")[0]) if url.count(":") >= 2 else 0
             ports[name] = port if port and port_free(port) else free_port()

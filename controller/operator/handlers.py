@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -58,6 +59,9 @@ def register(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime) -> Calla
 
         runtime.indexes.approvals = approvals_of
         runtime.indexes.custom_capabilities = lambda: {c.id: c for c in capabilities.get(ALL, [])}
+        runtime.indexes.pending_approvals = lambda: [
+            namespace for (namespace, _), store in approval_index.items() for _, s in store if s.phase == "Pending"
+        ]
 
     # on.event, not on.create/on.update: kopf's change-detecting handlers persist their progress with a
     # PATCH per handler, which would double the writes per step. The runtime keeps its own checkpoint
@@ -87,6 +91,10 @@ def register(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime) -> Calla
                 spec.get("reason"),
             )
             approvals.announce(runtime.notifier, "decided", decided)
+            created = saga.parse_time(body.metadata.get("creationTimestamp"))
+            if created is not None:
+                waited = (datetime.now(UTC) - created).total_seconds()
+                runtime.metrics.approval_wait.labels(decision).observe(waited)
         runtime.wake(namespace, spec.get("workflow") or "")
 
     return bind

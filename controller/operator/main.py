@@ -38,6 +38,7 @@ class OperatorOptions:
     webhook_key: str | None = None
     webhook_ca: str | None = None
     notify_secret_file: str | None = None
+    metrics_port: int | None = None
 
 
 def _configure(settings: kopf.OperatorSettings, options: OperatorOptions) -> None:
@@ -95,6 +96,9 @@ async def run(options: OperatorOptions) -> None:
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
         return connection.connection_info()
+
+    if options.metrics_port:
+        runtime.metrics.serve(options.metrics_port, options.bind)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from controller.capabilities import custom, secrets
 from controller.capabilities.base import CapabilityError, Handler, Invocation
 from controller.capabilities.registry import Registry
 from controller.engine import saga
+from controller.observability.metrics import Metrics
 from controller.operator import approvals as approval_objects
 from controller.operator.kube import Connection
 from controller.operator.notify import Notifier
@@ -51,6 +53,7 @@ class Indexes:
         self.policies: Callable[[], list[Any]] = list
         self.approvals: Callable[[str, str], Mapping[str, saga.ApprovalState]] = lambda ns, wf: {}
         self.custom_capabilities: Callable[[], dict[str, CapabilitySpec]] = dict
+        self.pending_approvals: Callable[[], list[str]] = list
 
 
 def needs_work(body: Mapping[str, Any]) -> bool:
@@ -78,6 +81,9 @@ class WorkflowRuntime:
         self, connection: Connection, registry: Registry, settings: RuntimeSettings, notifier: Notifier | None = None
     ) -> None:
         self.notifier = notifier
+        self.metrics = Metrics()
+        self.phases: dict[str, tuple[str, str]] = {}  # uid -> (namespace, phase), for airun_workflows
+        self.metrics.watch(lambda: list(self.phases.values()), lambda: self.indexes.pending_approvals())
         self.kube = connection.gateway()
         self.connection = connection
         self.registry = registry
@@ -117,6 +123,7 @@ class WorkflowRuntime:
 
     async def observe(self, body: kopf.Body) -> None:
         uid = body.metadata.uid or ""
+        self.phases[uid] = (body.metadata.namespace or "", (body.get("status") or {}).get("phase") or "Pending")
         runner = self.runners.get(uid)
         if runner is not None:
             runner.update(body)
@@ -138,6 +145,7 @@ class WorkflowRuntime:
         runner.task = asyncio.create_task(runner.run(), name=f"workflow {body.metadata.namespace}/{body.metadata.name}")
 
     def forget(self, body: kopf.Body) -> None:
+        self.phases.pop(body.metadata.uid or "", None)
         self.finished.pop(body.metadata.uid or "", None)
         runner = self.runners.pop(body.metadata.uid or "", None)
         if runner is not None and runner.task is not None:
@@ -240,6 +248,7 @@ class Runner:
                 task.cancel()
             raise
         except Exception:
+            self.rt.metrics.reconcile_errors.inc()
             log.exception(
                 "workflow %s/%s: the runner failed; it resumes from status on the next event",
                 self.ref.namespace,
@@ -271,7 +280,9 @@ class Runner:
                     self.status = saga.record_compensation(self.world(), outcome)
             self.outcomes.clear()
             self.wakeup.clear()
+            before = self.status
             plan = saga.plan(self.world())
+            self._count(before, plan)
             await self._write(plan.status)
             for event in plan.events:
                 kopf.event(
@@ -305,6 +316,20 @@ class Runner:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wakeup.wait(), timeout)
 
+    def _count(self, before: WorkflowStatus, plan: saga.Plan) -> None:
+        """Metrics of what this plan decided: new policy decisions, a workflow that just finished."""
+        decided = {s.name for s in before.steps if s.decision is not None}
+        for s in plan.status.steps:
+            if s.decision is not None and s.name not in decided:
+                self.rt.metrics.decisions.labels(s.decision.value).inc()
+        after = plan.status
+        if after.phase in TERMINAL_PHASES and before.phase not in TERMINAL_PHASES:
+            started, finished = saga.parse_time(after.started_at), saga.parse_time(after.finished_at)
+            if started and finished and after.phase:
+                self.rt.metrics.workflow_duration.labels(after.phase.value).observe(
+                    (finished - started).total_seconds()
+                )
+
     async def _write(self, status: WorkflowStatus) -> None:
         self.status = status
         after = status.dump()
@@ -315,6 +340,7 @@ class Runner:
             patch.setdefault(key, None)  # a merge patch removes a field only when told to
         await self.rt.connection.patch_workflow_status(self.ref.namespace, self.ref.name, {"status": patch})
         self.rt.stats["status_writes"] += 1
+        self.rt.metrics.status_writes.inc()
         self.written = after
 
     async def _ensure_finalizer(self) -> None:
@@ -368,6 +394,7 @@ class Runner:
 
     async def _act(self, action: saga.RunAction) -> None:
         self.rt.stats["steps_run"] += 1
+        started = time.monotonic()
         inv = self._invocation(action.step, action.idempotency_key, action.attempt)
         try:
             handler = self.rt.handler(action.capability)
@@ -393,6 +420,14 @@ class Runner:
         except Exception as error:  # a handler bug must fail the step, never the operator
             log.exception("step %s of %s/%s", action.step, self.ref.namespace, self.ref.name)
             outcome = saga.ActionResult(action.step, False, action.inputs, error=f"{type(error).__name__}: {error}")
+        metrics = self.rt.metrics
+        metrics.steps.labels(action.capability).inc()
+        if action.attempt > 1 and not action.recovered:
+            metrics.step_retries.labels(action.capability).inc()
+        if not outcome.ok:
+            metrics.step_failures.labels(action.capability).inc()
+        result = "succeeded" if outcome.ok else "failed"
+        metrics.step_duration.labels(action.capability, result).observe(time.monotonic() - started)
         self._done(self.actions, action.step, outcome)
 
     async def _compensate(self, compensation: saga.RunCompensation) -> None:
@@ -407,6 +442,8 @@ class Runner:
             if not isinstance(error, CapabilityError):
                 log.exception("compensation of %s in %s/%s", compensation.step, self.ref.namespace, self.ref.name)
             outcome = saga.CompensationResult(compensation.step, False, f"{error}")
+        result = "succeeded" if outcome.ok else "failed"
+        self.rt.metrics.compensations.labels(compensation.capability, result).inc()
         self._done(self.compensations, compensation.step, outcome)
 
 

@@ -1,0 +1,81 @@
+"""Prometheus metrics of the operator (prefix airun_). Served on --metrics-port by prometheus_client."""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600)
+WAIT_BUCKETS = (1, 5, 15, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400)
+
+
+class _Live(Collector):
+    """Gauges computed at scrape time from the operator's live state."""
+
+    def __init__(
+        self, workflow_phases: Callable[[], Iterable[tuple[str, str]]], pending_approvals: Callable[[], Iterable[str]]
+    ) -> None:
+        self.workflow_phases = workflow_phases
+        self.pending_approvals = pending_approvals
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        workflows = GaugeMetricFamily(
+            "airun_workflows", "Workflows by namespace and phase", labels=["namespace", "phase"]
+        )
+        for (namespace, phase), count in sorted(Tally(self.workflow_phases()).items()):
+            workflows.add_metric([namespace, phase], count)
+        yield workflows
+        pending = GaugeMetricFamily("airun_approvals_pending", "Approvals waiting for a decision", labels=["namespace"])
+        for namespace, count in sorted(Tally(self.pending_approvals()).items()):
+            pending.add_metric([namespace], count)
+        yield pending
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.workflow_duration = Histogram(
+            "airun_workflow_duration_seconds",
+            "Start to end of finished workflows",
+            ["phase"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.step_duration = Histogram(
+            "airun_step_duration_seconds",
+            "Duration of step attempts",
+            ["capability", "result"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.step_retries = Counter(
+            "airun_step_retries_total", "Step attempts after the first", ["capability"], registry=r
+        )
+        self.step_failures = Counter(
+            "airun_step_failures_total", "Step attempts that failed", ["capability"], registry=r
+        )
+        self.steps = Counter("airun_steps_total", "Step attempts", ["capability"], registry=r)
+        self.compensations = Counter(
+            "airun_compensations_total", "Compensations by result", ["capability", "result"], registry=r
+        )
+        self.decisions = Counter("airun_policy_decisions_total", "Policy decisions on steps", ["decision"], registry=r)
+        self.approval_wait = Histogram(
+            "airun_approval_wait_seconds", "Time from request to decision", ["result"], buckets=WAIT_BUCKETS, registry=r
+        )
+        self.reconcile_errors = Counter(
+            "airun_reconcile_errors_total", "Unexpected errors while driving workflows", registry=r
+        )
+        self.status_writes = Counter("airun_status_writes_total", "PATCHes of workflow status", registry=r)
+
+    def watch(
+        self, workflow_phases: Callable[[], Iterable[tuple[str, str]]], pending_approvals: Callable[[], Iterable[str]]
+    ) -> None:
+        self.registry.register(_Live(workflow_phases, pending_approvals))
+
+    def serve(self, port: int, address: str) -> None:
+        start_http_server(port, addr=address, registry=self.registry)

@@ -1,0 +1,52 @@
+"""The metrics endpoint shows what happened (scraped like Prometheus would)."""
+
+from __future__ import annotations
+
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from controller.localcluster.devenv import DevEnvironment
+from tests.integration.test_saga import wait_terminal, wf, write
+from tests.kube import Kube
+
+
+def scrape(env: DevEnvironment) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(env.endpoints()["metrics"], timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    return sum(v for (n, ls), v in samples.items() if n == name and all(dict(ls).get(k) == w for k, w in labels.items()))
+
+
+def test_metrics_follow_workflows(kube: Kube, namespace: str, operator: DevEnvironment) -> None:
+    before = scrape(operator)
+    kube.apply(wf("m-ok", write("a", "a.txt")), namespace=namespace, as_="bob")
+    kube.apply(wf("m-comp", write("a", "b.txt"), {"name": "boom", "capability": "test.fail", "dependsOn": ["a"],
+                                                   "retry": {"limit": 1, "backoffSeconds": 0.1}}),
+               namespace=namespace, as_="bob")
+    kube.apply(wf("m-wait", {"name": "gate", "type": "Approval"}), namespace=namespace, as_="bob")
+    wait_terminal(kube, namespace, "m-ok")
+    wait_terminal(kube, namespace, "m-comp")
+    kube.wait_for("wf", "m-wait", namespace, lambda o: o.get("status", {}).get("phase") == "AwaitingApproval")
+    after = scrape(operator)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert value(after, "airun_workflows", namespace=namespace, phase="Succeeded") == 1
+    assert value(after, "airun_workflows", namespace=namespace, phase="Compensated") == 1
+    assert value(after, "airun_approvals_pending", namespace=namespace) == 1
+    assert delta("airun_steps_total", capability="test.fail") == 2
+    assert delta("airun_step_retries_total", capability="test.fail") == 1
+    assert delta("airun_compensations_total", capability="io.fs.restore", result="succeeded") == 1
+    assert delta("airun_policy_decisions_total", decision="ALLOW") >= 3
+    assert delta("airun_workflow_duration_seconds_count", phase="Compensated") == 1
+    assert delta("airun_step_duration_seconds_count", capability="io.fs.write_file", result="succeeded") == 2
+    assert value(after, "airun_reconcile_errors_total") == 0
