@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export AIRUN_STATE_DIR ?= $(CURDIR)/.airun
 
-.PHONY: help venv binaries up down test test-unit test-integration demo bench lint clean
+.PHONY: help venv binaries postgres up down test test-unit test-integration demo bench lint clean
 help:
 	@echo "make demo    start everything and run the examples end to end"
 	@echo "make test    the whole test suite (starts a private control plane)"
@@ -25,19 +25,23 @@ venv: $(STAMP)
 binaries:
 	@bash tools/k8s/build.sh
 
+# Debian's PostgreSQL server, for the audit store's tests (installed when missing).
+postgres:
+	@bash tools/ensure-postgres.sh
+
 up: venv binaries
 	$(BIN)/airun up
 
 down: venv
 	$(BIN)/airun down
 
-test: venv binaries
+test: venv binaries postgres
 	$(BIN)/pytest tests
 
 test-unit: venv
 	$(BIN)/pytest tests/unit
 
-test-integration: venv binaries
+test-integration: venv binaries postgres
 	$(BIN)/pytest tests/integration
 
 demo: up

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -74,6 +77,11 @@ def down() -> None:
     help="Key that signs approval notifications (HMAC-SHA256).",
 )
 @click.option("--metrics-port", type=int, help="Serve Prometheus metrics (/metrics) on this port.")
+@click.option(
+    "--audit-url",
+    envvar="AIRUN_AUDIT_URL",
+    help="SQLAlchemy URL of the audit store: sqlite:///PATH or postgresql+psycopg://... (none: no audit)",
+)
 @click.option("-v", "--verbose", is_flag=True)
 def operator(**options: object) -> None:
     """Run the operator (kopf) against the cluster of KUBECONFIG."""
@@ -81,3 +89,87 @@ def operator(**options: object) -> None:
     from controller.operator.main import main as run_operator
 
     run_operator(OperatorOptions(**options))  # type: ignore[arg-type]
+
+
+def _audit_url(url: str | None) -> str:
+    if url:
+        return url
+    return f"sqlite:///{_state_dir().resolve() / 'audit.db'}"
+
+
+@main.group()
+def audit() -> None:
+    """Read and check the audit trail (who did what, who approved, what ran)."""
+
+
+_audit_db = click.option(
+    "--db", "url", envvar="AIRUN_AUDIT_URL", help="SQLAlchemy URL of the audit store (default: .airun/audit.db)."
+)
+_audit_filters = [
+    click.option("-n", "--namespace", help="Only this namespace."),
+    click.option("-w", "--workflow", help="Only this workflow."),
+]
+
+
+def _filters(function: Any) -> Any:
+    for option in reversed(_audit_filters):
+        function = option(function)
+    return _audit_db(function)
+
+
+@audit.command("show")
+@_filters
+def audit_show(url: str | None, namespace: str | None, workflow: str | None) -> None:
+    """The records as a table, oldest first."""
+    from rich.table import Table
+
+    from controller.audit.store import AuditStore
+
+    table = Table(show_lines=False)
+    for column in ("#", "time", "kind", "workflow", "step", "principal", "actor", "details"):
+        table.add_column(column, overflow="fold")
+    for record in AuditStore(_audit_url(url)).records(namespace=namespace, workflow=workflow):
+        payload = json.loads(record.payload)
+        details = ", ".join(f"{k}={json.dumps(v)}" for k, v in payload.items() if v not in (None, [], {}))
+        table.add_row(
+            str(record.id),
+            record.recorded_at[:23],
+            record.kind,
+            f"{record.namespace}/{record.workflow}",
+            record.step or "",
+            record.principal or "",
+            record.actor or "",
+            details,
+        )
+    # Piped output (grep, files) gets full lines instead of a table folded to 80 columns.
+    Console(width=None if sys.stdout.isatty() else 400).print(table)
+
+
+@audit.command("export")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@_filters
+def audit_export(fmt: str, url: str | None, namespace: str | None, workflow: str | None) -> None:
+    """Every record, as JSON Lines or CSV, on standard output."""
+    from controller.audit.store import AuditStore
+
+    click.echo(AuditStore(_audit_url(url)).export(fmt, namespace=namespace, workflow=workflow), nl=False)
+
+
+@audit.command("verify")
+@_audit_db
+def audit_verify(url: str | None) -> None:
+    """Check the hash chain: exits 1, naming the records, when any was edited, deleted or inserted."""
+    from controller.audit.store import AuditStore
+
+    store = AuditStore(_audit_url(url))
+    problems = store.verify()
+    count = sum(1 for _ in store.records())
+    if problems:
+        for problem in problems:
+            console.print(f"[red]record {problem.record}[/]: {problem.message}")
+        raise SystemExit(1)
+    console.print(f"[green]ok[/]: {count} records, hash chain intact")
+
+
+if __name__ == "__main__":
+    main()

@@ -79,6 +79,10 @@ class DevEnvironment:
             args += ["-f", str(BASELINE_POLICIES)]
         self.kubectl(*args)
 
+    @property
+    def audit_url(self) -> str:
+        return f"sqlite:///{self.dir / 'audit.db'}"
+
     def notify_secret(self) -> Path:
         """The key that signs approval notifications (kept across restarts)."""
         path = self.dir / "notify-secret"
@@ -125,6 +129,7 @@ class DevEnvironment:
             f"--webhook-ca={pki.ca_cert}",
             f"--notify-secret-file={self.notify_secret()}",
             f"--metrics-port={ports['metrics']}",
+            f"--audit-url={self.audit_url}",
         ]
         processes.start(
             argv,

@@ -91,6 +91,22 @@ def register(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime) -> Calla
                 spec.get("reason"),
             )
             approvals.announce(runtime.notifier, "decided", decided)
+            runtime.audit.record(
+                "approval.decided",
+                namespace=namespace,
+                workflow=spec.get("workflow") or "",
+                workflow_uid=((body.metadata.get("ownerReferences") or [{}])[0]).get("uid", ""),
+                step=spec.get("step"),
+                principal=spec.get("requestedBy"),
+                actor=state.decided_by,
+                payload={
+                    "approval": body.metadata.name,
+                    "decision": decision,
+                    "reason": spec.get("reason"),
+                    "inputsHash": spec.get("inputsHash"),
+                    "capability": spec.get("capability"),
+                },
+            )
             created = saga.parse_time(body.metadata.get("creationTimestamp"))
             if created is not None:
                 waited = (datetime.now(UTC) - created).total_seconds()

@@ -13,6 +13,8 @@ from typing import Any
 import kopf
 from kubernetes_asyncio import client
 
+from controller.audit.store import AuditStore
+from controller.audit.writer import AuditWriter
 from controller.capabilities import registry as capability_registry
 from controller.capabilities.egress import EgressRules
 from controller.operator import admission, handlers, kube
@@ -39,6 +41,7 @@ class OperatorOptions:
     webhook_ca: str | None = None
     notify_secret_file: str | None = None
     metrics_port: int | None = None
+    audit_url: str | None = None
 
 
 def _configure(settings: kopf.OperatorSettings, options: OperatorOptions) -> None:
@@ -82,7 +85,12 @@ async def run(options: OperatorOptions) -> None:
         secret = secrets.token_bytes(32)
         log.warning("no --notify-secret-file: approval notifications are signed with a throw-away key")
     notifier = Notifier(secret, EgressRules.from_env())
-    runtime = WorkflowRuntime(connection, capabilities, RuntimeSettings(workspaces=workspaces), notifier)
+    store = None
+    if options.audit_url:
+        store = AuditStore(options.audit_url)
+        store.migrate()  # once, at start-up, before anything else runs
+    audit = AuditWriter(store)
+    runtime = WorkflowRuntime(connection, capabilities, RuntimeSettings(workspaces=workspaces), notifier, audit)
     bind = handlers.register(registry, runtime)
     if options.webhook_port:
         admission.register(registry, runtime, operator_user=await whoami(connection), bind=bind)
@@ -115,6 +123,7 @@ async def run(options: OperatorOptions) -> None:
     finally:
         await runtime.shutdown()
         await notifier.close()
+        audit.close()
         await connection.close()
 
 

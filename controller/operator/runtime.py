@@ -22,6 +22,7 @@ from controller import API_GROUP, API_VERSION
 from controller.api.capability import CapabilitySpec
 from controller.api.policy import Principal
 from controller.api.workflow import TERMINAL_PHASES, WorkflowPhase, WorkflowSpec, WorkflowStatus
+from controller.audit.writer import AuditWriter
 from controller.capabilities import custom, secrets
 from controller.capabilities.base import CapabilityError, Handler, Invocation
 from controller.capabilities.registry import Registry
@@ -78,9 +79,15 @@ def principal_of(body: Mapping[str, Any]) -> Principal:
 
 class WorkflowRuntime:
     def __init__(
-        self, connection: Connection, registry: Registry, settings: RuntimeSettings, notifier: Notifier | None = None
+        self,
+        connection: Connection,
+        registry: Registry,
+        settings: RuntimeSettings,
+        notifier: Notifier | None = None,
+        audit: AuditWriter | None = None,
     ) -> None:
         self.notifier = notifier
+        self.audit = audit or AuditWriter(None)
         self.metrics = Metrics()
         self.phases: dict[str, tuple[str, str]] = {}  # uid -> (namespace, phase), for airun_workflows
         self.metrics.watch(lambda: list(self.phases.values()), lambda: self.indexes.pending_approvals())
@@ -316,19 +323,76 @@ class Runner:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wakeup.wait(), timeout)
 
+    def _audit(self, kind: str, step: str | None = None, actor: str | None = None, **payload: Any) -> None:
+        self.rt.audit.record(
+            kind,
+            namespace=self.ref.namespace,
+            workflow=self.ref.name,
+            workflow_uid=self.ref.uid,
+            step=step,
+            principal=self.principal.user,
+            actor=actor,
+            payload=payload,
+        )
+
     def _count(self, before: WorkflowStatus, plan: saga.Plan) -> None:
-        """Metrics of what this plan decided: new policy decisions, a workflow that just finished."""
+        """Metrics and audit records of what this plan decided and is about to do."""
+        after = plan.status
+        if before.phase in (None, WorkflowPhase.PENDING) and after.phase is not WorkflowPhase.PENDING:
+            self._audit(
+                "workflow.started",
+                groups=self.principal.groups,
+                description=self.spec.description,
+                steps=[s.name for s in self.spec.steps],
+                generation=self.ref.generation,
+            )
         decided = {s.name for s in before.steps if s.decision is not None}
-        for s in plan.status.steps:
+        for s in after.steps:
             if s.decision is not None and s.name not in decided:
                 self.rt.metrics.decisions.labels(s.decision.value).inc()
-        after = plan.status
+                self._audit("step.decision", s.name, decision=s.decision.value, policy=s.policy, audit=s.audit)
+        for request in plan.approvals:
+            if request.name not in self.requested:
+                self._audit(
+                    "approval.requested",
+                    request.step,
+                    approval=request.name,
+                    capability=request.capability,
+                    risk=request.risk.value if request.risk else None,
+                    inputs=request.inputs,
+                    inputsHash=request.inputs_hash,
+                    approvers=request.approvers.model_dump() if request.approvers else None,
+                )
+        for action in plan.actions:
+            self._audit(
+                "step.started",
+                action.step,
+                capability=action.capability,
+                attempt=action.attempt,
+                inputs=saga.redact(action.inputs),
+                idempotencyKey=action.idempotency_key,
+                recovered=action.recovered,
+            )
+        for comp in plan.compensations:
+            self._audit(
+                "compensation.started",
+                comp.step,
+                capability=comp.capability,
+                attempt=comp.attempt,
+                inputs=saga.redact(comp.inputs),
+            )
         if after.phase in TERMINAL_PHASES and before.phase not in TERMINAL_PHASES:
             started, finished = saga.parse_time(after.started_at), saga.parse_time(after.finished_at)
             if started and finished and after.phase:
                 self.rt.metrics.workflow_duration.labels(after.phase.value).observe(
                     (finished - started).total_seconds()
                 )
+            self._audit(
+                "workflow.finished",
+                phase=after.phase.value if after.phase else None,
+                reason=after.reason,
+                message=after.message,
+            )
 
     async def _write(self, status: WorkflowStatus) -> None:
         self.status = status
@@ -428,6 +492,16 @@ class Runner:
             metrics.step_failures.labels(action.capability).inc()
         result = "succeeded" if outcome.ok else "failed"
         metrics.step_duration.labels(action.capability, result).observe(time.monotonic() - started)
+        self._audit(
+            "step.finished",
+            action.step,
+            capability=action.capability,
+            attempt=action.attempt,
+            result=result,
+            outputs=outcome.outputs,
+            error=outcome.error,
+            seconds=round(time.monotonic() - started, 3),
+        )
         self._done(self.actions, action.step, outcome)
 
     async def _compensate(self, compensation: saga.RunCompensation) -> None:
@@ -444,6 +518,14 @@ class Runner:
             outcome = saga.CompensationResult(compensation.step, False, f"{error}")
         result = "succeeded" if outcome.ok else "failed"
         self.rt.metrics.compensations.labels(compensation.capability, result).inc()
+        self._audit(
+            "compensation.finished",
+            compensation.step,
+            capability=compensation.capability,
+            attempt=compensation.attempt,
+            result=result,
+            error=outcome.error,
+        )
         self._done(self.compensations, compensation.step, outcome)
 
 

@@ -176,15 +176,31 @@ def test_delete_needs_approval_and_is_undone_by_re_creating(
 ) -> None:
     name, cm = unique("k8s-delete"), unique("doomed")
     kube.apply(configmap(cm, NS, keep="me"))
-    kube.apply(wf(name, {"name": "remove", "capability": "k8s.delete",
-                         "inputs": {"apiVersion": "v1", "kind": "ConfigMap", "name": cm}},
-                  fail_step("remove")), namespace=NS, as_="agent")
-    obj = kube.wait_for("wf", name, NS, lambda o: o.get("status", {}).get("phase") == "AwaitingApproval",
-                        what="AwaitingApproval (k8s.delete is HIGH risk)")
+    kube.apply(
+        wf(
+            name,
+            {
+                "name": "remove",
+                "capability": "k8s.delete",
+                "inputs": {"apiVersion": "v1", "kind": "ConfigMap", "name": cm},
+            },
+            fail_step("remove"),
+        ),
+        namespace=NS,
+        as_="agent",
+    )
+    obj = kube.wait_for(
+        "wf",
+        name,
+        NS,
+        lambda o: o.get("status", {}).get("phase") == "AwaitingApproval",
+        what="AwaitingApproval (k8s.delete is HIGH risk)",
+    )
     approval = steps_of(obj)["remove"]["approval"]
     assert kube.get("approval", approval, NS)["spec"]["riskLevel"] == "HIGH"
-    kube.run("patch", "approval", approval, "-n", NS, "--type=merge", "-p", '{"spec":{"decision":"Approved"}}',
-             as_="alice")
+    kube.run(
+        "patch", "approval", approval, "-n", NS, "--type=merge", "-p", '{"spec":{"decision":"Approved"}}', as_="alice"
+    )
     obj = wait_terminal(kube, NS, name)
     assert obj["status"]["phase"] == "Compensated", obj["status"]
     assert steps_of(obj)["remove"]["outputs"] == {"existed": True}

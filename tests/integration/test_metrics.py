@@ -22,15 +22,28 @@ def scrape(env: DevEnvironment) -> dict[tuple[str, tuple[tuple[str, str], ...]],
 
 
 def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
-    return sum(v for (n, ls), v in samples.items() if n == name and all(dict(ls).get(k) == w for k, w in labels.items()))
+    return sum(
+        v for (n, ls), v in samples.items() if n == name and all(dict(ls).get(k) == w for k, w in labels.items())
+    )
 
 
 def test_metrics_follow_workflows(kube: Kube, namespace: str, operator: DevEnvironment) -> None:
     before = scrape(operator)
     kube.apply(wf("m-ok", write("a", "a.txt")), namespace=namespace, as_="bob")
-    kube.apply(wf("m-comp", write("a", "b.txt"), {"name": "boom", "capability": "test.fail", "dependsOn": ["a"],
-                                                   "retry": {"limit": 1, "backoffSeconds": 0.1}}),
-               namespace=namespace, as_="bob")
+    kube.apply(
+        wf(
+            "m-comp",
+            write("a", "b.txt"),
+            {
+                "name": "boom",
+                "capability": "test.fail",
+                "dependsOn": ["a"],
+                "retry": {"limit": 1, "backoffSeconds": 0.1},
+            },
+        ),
+        namespace=namespace,
+        as_="bob",
+    )
     kube.apply(wf("m-wait", {"name": "gate", "type": "Approval"}), namespace=namespace, as_="bob")
     wait_terminal(kube, namespace, "m-ok")
     wait_terminal(kube, namespace, "m-comp")
