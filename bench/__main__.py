@@ -28,18 +28,22 @@ from controller.localcluster.devenv import DevEnvironment
 WRITE_VERBS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
-def workflows(count: int, steps: int, namespace: str) -> dict[str, Any]:
+KINDS: dict[str, Any] = {
+    # No side effects: their transitions ride along with the next checkpoint (docs/architecture.md).
+    "pure": lambda i, j: {"capability": "sys.sleep", "inputs": {"seconds": 0}},
+    # A side effect per step: a durable checkpoint before each one.
+    "effects": lambda i, j: {
+        "capability": "io.fs.write_file",
+        "inputs": {"path": f"bench/{i}/{j}.txt", "content": "x"},
+    },
+}
+LABELS = {"effects": "io.fs.write_file: a side effect per step", "pure": "sys.sleep 0: no side effects"}
+
+
+def workflows(count: int, steps: int, namespace: str, kind: str = "pure") -> dict[str, Any]:
     items = []
     for i in range(count):
-        chain = [
-            {
-                "name": f"s{j}",
-                "capability": "sys.sleep",
-                "inputs": {"seconds": 0},
-                "dependsOn": [f"s{j - 1}"] if j else [],
-            }
-            for j in range(steps)
-        ]
+        chain = [{"name": f"s{j}", **KINDS[kind](i, j), "dependsOn": [f"s{j - 1}"] if j else []} for j in range(steps)]
         items.append(
             {
                 "apiVersion": "aifirst.dev/v1alpha1",
@@ -70,13 +74,13 @@ def parse(ts: str) -> float:
     return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
 
 
-def run(env: DevEnvironment, count: int, steps: int, namespace: str) -> dict[str, Any]:
+def run(env: DevEnvironment, count: int, steps: int, namespace: str, kind: str = "pure") -> dict[str, Any]:
     """All COUNT workflows are created in one `kubectl create` (under a second for 100; the operator
     cannot be stopped meanwhile: its admission webhooks fail closed)."""
     env.kubectl("create", "namespace", namespace)
     before = write_requests(env)
     cpu_before = cpu_seconds(env)  # creation included: admission webhooks are part of a workflow's cost
-    manifest = json.dumps(workflows(count, steps, namespace))
+    manifest = json.dumps(workflows(count, steps, namespace, kind))
     started = time.monotonic()
     subprocess.run(
         [*env.kubectl_argv(), "create", "-f", "-"], input=manifest, text=True, check=True, capture_output=True
@@ -157,26 +161,23 @@ def main() -> None:
         try:
             timing = env.up()
             print(f"control plane up in {timing.control_plane:.1f} s (etcd with fsync)")
-            print(f"\n== latency: {args.sequential} workflows of {args.steps} steps, one at a time")
-            results = [run(env, 1, args.steps, f"seq-{i}") for i in range(args.sequential)]
-            gaps = [r["step_overhead_ms_p50"] for r in results if r["step_overhead_ms_p50"] is not None]
-            print(
-                f"per-step overhead p50 over runs: {statistics.median(gaps):.1f} ms "
-                f"(min {min(gaps):.1f}, max {max(gaps):.1f})"
-            )
-            print(
-                f"status writes per step: {results[-1]['status_writes_per_step']}, "
-                f"all operator writes per step: {results[-1]['operator_writes_per_step']}"
-            )
-            print(f"\n== throughput: {args.workflows} concurrent workflows x {args.steps} steps")
-            result = run(
-                env,
-                args.workflows,
-                args.steps,
-                "throughput",
-            )
-            for key, value in result.items():
-                print(f"  {key}: {value}")
+            for kind in ("effects", "pure"):
+                print(f"\n== {LABELS[kind]}")
+                print(f"latency: {args.sequential} workflows of {args.steps} steps, one at a time")
+                results = [run(env, 1, args.steps, f"seq-{kind}-{i}", kind) for i in range(args.sequential)]
+                gaps = [r["step_overhead_ms_p50"] for r in results if r["step_overhead_ms_p50"] is not None]
+                print(
+                    f"  per-step overhead p50 over runs: {statistics.median(gaps):.1f} ms "
+                    f"(min {min(gaps):.1f}, max {max(gaps):.1f})"
+                )
+                print(
+                    f"  status writes per step: {results[-1]['status_writes_per_step']}, "
+                    f"all operator writes per step: {results[-1]['operator_writes_per_step']}"
+                )
+                print(f"throughput: {args.workflows} concurrent workflows x {args.steps} steps")
+                result = run(env, args.workflows, args.steps, f"throughput-{kind}", kind)
+                for key, value in result.items():
+                    print(f"  {key}: {value}")
             print(f"\noperator peak RSS: {peak_rss_mib(env)} MiB")
         finally:
             env.down()

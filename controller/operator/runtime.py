@@ -33,6 +33,7 @@ from controller.operator.kube import Connection
 from controller.operator.notify import Notifier
 
 FINALIZER = "aifirst.dev/saga"
+FLUSH_AFTER = 0.5  # seconds a deferred (side-effect-free) transition may wait for the next checkpoint
 PRINCIPAL_ANNOTATION = "aifirst.dev/principal"
 GROUPS_ANNOTATION = "aifirst.dev/principal-groups"
 log = logging.getLogger("airun.runtime")
@@ -198,6 +199,7 @@ class Runner:
         self.spec = self._parse_spec(body)
         self.status = WorkflowStatus.model_validate(body.get("status") or {})
         self.written: dict[str, Any] = self.status.dump()  # what the API server holds
+        self.unwritten_since: float | None = None  # when status first moved ahead of `written`
         self.principal = principal_of(body)
         self.finalizers = list(meta.get("finalizers") or [])  # as the watch last showed them
         self.finalizer_set = FINALIZER in self.finalizers  # ours: changed only by our own writes
@@ -290,7 +292,11 @@ class Runner:
             before = self.status
             plan = saga.plan(self.world())
             self._count(before, plan)
-            await self._write(plan.status)
+            if self._must_checkpoint(plan):
+                await self._write(plan.status)
+            else:
+                self.status = plan.status  # written with the next checkpoint, or within FLUSH_AFTER
+                self.unwritten_since = self.unwritten_since or time.monotonic()
             for event in plan.events:
                 kopf.event(
                     self.body,  # type: ignore[arg-type]  # any mapping with metadata will do
@@ -319,6 +325,9 @@ class Runner:
             timeout = None
             if plan.wake_at is not None:
                 timeout = max(0.0, (plan.wake_at - now()).total_seconds())
+            if self.unwritten_since is not None:  # people watching kubectl see progress soon enough
+                flush = max(0.0, FLUSH_AFTER - (time.monotonic() - self.unwritten_since))
+                timeout = flush if timeout is None else min(timeout, flush)
             if not self.outcomes:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wakeup.wait(), timeout)
@@ -394,6 +403,35 @@ class Runner:
                 message=after.message,
             )
 
+    def _has_side_effects(self, step: str) -> bool:
+        spec = next((s for s in self.spec.steps if s.name == step), None)
+        if spec is None or not spec.capability:
+            return True  # approval gates and anything unknown: always durable
+        capability = self.rt.capabilities.get(spec.capability)
+        return capability is None or bool(capability.side_effects)
+
+    def _must_checkpoint(self, plan: saga.Plan) -> bool:
+        """Whether the status must be durable before the plan is carried out. Always, except when the
+        plan only starts steps without side effects and nothing else changed but steps without side
+        effects: re-running those after a crash is harmless (rule R4 makes them idempotent), so their
+        transitions ride along with the next checkpoint. A side effect never starts, and a side effect's
+        result never waits, without a write."""
+        if self.unwritten_since is not None and time.monotonic() - self.unwritten_since >= FLUSH_AFTER:
+            return True
+        if not plan.actions or plan.finished or plan.compensations or plan.approvals or plan.expire or plan.cancel:
+            return True
+        if any(self._has_side_effects(a.step) for a in plan.actions):
+            return True
+        after = plan.status.dump()
+        if {k: v for k, v in after.items() if k not in ("steps", "conditions", "progress")} != {
+            k: v for k, v in self.written.items() if k not in ("steps", "conditions", "progress")
+        }:
+            return True  # the workflow itself changed (phase, reason, ...)
+        written_steps = {s["name"]: s for s in self.written.get("steps", [])}
+        return any(
+            step != written_steps.get(step["name"]) and self._has_side_effects(step["name"]) for step in after["steps"]
+        )
+
     async def _write(self, status: WorkflowStatus) -> None:
         self.status = status
         after = status.dump()
@@ -406,6 +444,7 @@ class Runner:
         self.rt.stats["status_writes"] += 1
         self.rt.metrics.status_writes.inc()
         self.written = after
+        self.unwritten_since = None
 
     async def _ensure_finalizer(self) -> None:
         if self.finalizer_set:
