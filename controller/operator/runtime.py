@@ -407,7 +407,7 @@ class Runner:
         spec = next((s for s in self.spec.steps if s.name == step), None)
         if spec is None or not spec.capability:
             return True  # approval gates and anything unknown: always durable
-        capability = self.rt.capabilities.get(spec.capability)
+        capability = self.rt.builtin.get(spec.capability) or self.rt.capabilities.get(spec.capability)
         return capability is None or bool(capability.side_effects)
 
     def _must_checkpoint(self, plan: saga.Plan) -> bool:
