@@ -17,6 +17,7 @@ from controller.audit.store import AuditStore
 from controller.audit.writer import AuditWriter
 from controller.capabilities import registry as capability_registry
 from controller.capabilities.egress import EgressRules
+from controller.observability import logs
 from controller.operator import admission, handlers, kube
 from controller.operator.notify import Notifier
 from controller.operator.runtime import RuntimeSettings, WorkflowRuntime, workspaces_from_env
@@ -128,8 +129,5 @@ async def run(options: OperatorOptions) -> None:
 
 
 def main(options: OperatorOptions) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if options.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    logs.configure(verbose=options.verbose)
     asyncio.run(run(options))

@@ -258,11 +258,7 @@ class Runner:
             raise
         except Exception:
             self.rt.metrics.reconcile_errors.inc()
-            log.exception(
-                "workflow %s/%s: the runner failed; it resumes from status on the next event",
-                self.ref.namespace,
-                self.ref.name,
-            )
+            log.exception("the runner failed; it resumes from status on the next event", extra=self._log_context())
         finally:
             self.rt.runners.pop(self.ref.uid, None)
             self.rt.finished[self.ref.uid] = LastWrite(self.written, self.finalizer_set)
@@ -298,6 +294,8 @@ class Runner:
                 self.status = plan.status  # written with the next checkpoint, or within FLUSH_AFTER
                 self.unwritten_since = self.unwritten_since or time.monotonic()
             for event in plan.events:
+                level = logging.WARNING if event.type == "Warning" else logging.INFO
+                log.log(level, "%s: %s", event.reason, event.message, extra=self._log_context())
                 kopf.event(
                     self.body,  # type: ignore[arg-type]  # any mapping with metadata will do
                     type=event.type,
@@ -402,6 +400,12 @@ class Runner:
                 reason=after.reason,
                 message=after.message,
             )
+
+    def _log_context(self, step: str | None = None) -> dict[str, str]:
+        context = {"workflow": f"{self.ref.namespace}/{self.ref.name}"}
+        if step:
+            context["step"] = step
+        return context
 
     def _has_side_effects(self, step: str) -> bool:
         spec = next((s for s in self.spec.steps if s.name == step), None)
@@ -521,7 +525,7 @@ class Runner:
         except CapabilityError as error:
             outcome = saga.ActionResult(action.step, False, action.inputs, error=str(error), retryable=error.retryable)
         except Exception as error:  # a handler bug must fail the step, never the operator
-            log.exception("step %s of %s/%s", action.step, self.ref.namespace, self.ref.name)
+            log.exception("step %s failed unexpectedly", action.step, extra=self._log_context(action.step))
             outcome = saga.ActionResult(action.step, False, action.inputs, error=f"{type(error).__name__}: {error}")
         metrics = self.rt.metrics
         metrics.steps.labels(action.capability).inc()
@@ -553,7 +557,11 @@ class Runner:
             raise
         except Exception as error:
             if not isinstance(error, CapabilityError):
-                log.exception("compensation of %s in %s/%s", compensation.step, self.ref.namespace, self.ref.name)
+                log.exception(
+                    "compensation of %s failed unexpectedly",
+                    compensation.step,
+                    extra=self._log_context(compensation.step),
+                )
             outcome = saga.CompensationResult(compensation.step, False, f"{error}")
         result = "succeeded" if outcome.ok else "failed"
         self.rt.metrics.compensations.labels(compensation.capability, result).inc()

@@ -36,3 +36,16 @@ def test_loopback_allowed_locally_but_never_the_control_plane() -> None:
             asyncio.run(rules.check_url(url))
     with pytest.raises(EgressRefused, match="link-local"):
         asyncio.run(rules.check_url("http://169.254.169.254/"))
+
+
+def test_json_log_lines_carry_the_workflow_and_step() -> None:
+    import json
+    import logging
+
+    from controller.observability.logs import JsonFormatter
+
+    record = logging.LogRecord("airun.runtime", logging.INFO, __file__, 1, "%s: %s", ("Started", "3 steps"), None)
+    record.workflow, record.step = "team-a/deploy", "create_db"
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "Started: 3 steps" and line["workflow"] == "team-a/deploy" and line["step"] == "create_db"
+    assert line["level"] == "info" and line["time"].endswith("+00:00")
