@@ -171,5 +171,13 @@ def audit_verify(url: str | None) -> None:
     console.print(f"[green]ok[/]: {count} records, hash chain intact")
 
 
+def _register_commands() -> None:
+    from controller.cli import workflows
+
+    workflows.register(main)
+
+
+_register_commands()
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,224 @@
+"""`airun run|status|approve|reject|rollback|events`: the front door, always as the current kubeconfig
+identity (the API server authenticates it; nothing here can act as anyone else)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from rich.console import Console
+from rich.tree import Tree
+
+from controller import API_GROUP, API_VERSION
+
+TERMINAL = {"Succeeded", "Failed", "Compensated", "CompensationFailed"}
+EXIT_CODES = {"Succeeded": 0, "Failed": 1, "Compensated": 1, "CompensationFailed": 2}
+PHASE_STYLE = {
+    "Succeeded": "green",
+    "Compensated": "yellow",
+    "Failed": "red",
+    "CompensationFailed": "bold red",
+    "Running": "cyan",
+    "AwaitingApproval": "magenta",
+    "Compensating": "yellow",
+    "Skipped": "dim",
+}
+console = Console()
+
+
+class Kube:
+    def __init__(self, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
+        try:
+            config.load_kube_config(config_file=kubeconfig, context=context)  # type: ignore[no-untyped-call]
+            contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        except config.ConfigException as error:
+            raise click.ClickException(f"no usable kubeconfig: {error}") from error
+        chosen = context and next((c for c in contexts if c["name"] == context), None)
+        self.namespace = namespace or ((chosen or active).get("context", {}).get("namespace")) or "default"
+        self.custom = client.CustomObjectsApi()
+        self.core = client.CoreV1Api()
+
+    def get(self, plural: str, name: str) -> dict[str, Any]:
+        try:
+            result: Any = self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, self.namespace, plural, name)
+        except ApiException as error:
+            raise click.ClickException(_reason(error)) from error
+        return dict(result)
+
+    def patch(self, plural: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            result: Any = self.custom.patch_namespaced_custom_object(
+                API_GROUP, API_VERSION, self.namespace, plural, name, body
+            )
+        except ApiException as error:
+            raise click.ClickException(_reason(error)) from error
+        return dict(result)
+
+
+def _reason(error: ApiException) -> str:
+    try:
+        return str(yaml.safe_load(error.body or "").get("message", error.reason))
+    except (yaml.YAMLError, AttributeError):
+        return f"{error.status} {error.reason}"
+
+
+def _styled(phase: str | None) -> str:
+    phase = phase or "Pending"
+    style = PHASE_STYLE.get(phase, "white")
+    return f"[{style}]{phase}[/]"
+
+
+def tree(obj: dict[str, Any]) -> Tree:
+    status = obj.get("status") or {}
+    meta = obj["metadata"]
+    title = f"[bold]{meta['namespace']}/{meta['name']}[/] {_styled(status.get('phase'))}"
+    if status.get("reason"):
+        title += f" ({status['reason']})"
+    root = Tree(title)
+    if status.get("principal"):
+        root.add(f"principal: {status['principal']}")
+    for step in status.get("steps", []):
+        line = f"{step['name']}: {_styled(step.get('phase'))}"
+        if step.get("decision"):
+            line += f"  decision {step['decision']}"
+        if step.get("attempts"):
+            line += f"  attempts {step['attempts']}"
+        node = root.add(line)
+        if step.get("policy"):
+            node.add(f"[dim]policy: {step['policy']}[/]")
+        if step.get("approval"):
+            node.add(f"approval: {step['approval']}")
+        if step.get("error"):
+            node.add(f"[red]error: {step['error']}[/]")
+        compensation = step.get("compensation") or {}
+        if compensation.get("phase") and compensation["phase"] != "Pending":
+            node.add(f"compensation: {compensation.get('capability')} {_styled(compensation['phase'])}")
+    if status.get("message"):
+        root.add(f"[dim]{status['message']}[/]")
+    return root
+
+
+def register(main: click.Group) -> None:
+    identity = [
+        click.option("--kubeconfig", envvar="KUBECONFIG", help="Kubeconfig file (default: ~/.kube/config)."),
+        click.option("--context", help="Kubeconfig context: whose identity to use."),
+        click.option("-n", "--namespace", help="Namespace (default: the context's, or default)."),
+    ]
+
+    def with_identity(function: Any) -> Any:
+        for option in reversed(identity):
+            function = option(function)
+        return function
+
+    @main.command()
+    @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    @click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the workflow until it ends.")
+    @click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds to follow it.")
+    @with_identity
+    def run(
+        file: Path, wait: bool, timeout: float, kubeconfig: str | None, context: str | None, namespace: str | None
+    ) -> None:
+        """Create the Workflow in FILE and follow it; the exit code says how it ended
+        (0 Succeeded, 1 Failed or Compensated, 2 CompensationFailed, 3 still running at --timeout)."""
+        kube = Kube(kubeconfig, context, namespace)
+        manifest = yaml.safe_load(file.read_text())
+        if not isinstance(manifest, dict) or manifest.get("kind") != "Workflow":
+            raise click.ClickException(f"{file} does not hold one Workflow")
+        namespace = manifest.get("metadata", {}).get("namespace") or kube.namespace
+        kube.namespace = namespace
+        try:
+            created: Any = kube.custom.create_namespaced_custom_object(
+                API_GROUP, API_VERSION, namespace, "workflows", manifest
+            )
+        except ApiException as error:
+            raise click.ClickException(_reason(error)) from error
+        name = created["metadata"]["name"]
+        console.print(f"workflow {namespace}/{name} created")
+        if not wait:
+            return
+        seen: dict[str, str] = {}
+        deadline = time.monotonic() + timeout
+        obj: dict[str, Any] = dict(created)
+        while time.monotonic() < deadline:
+            obj = kube.get("workflows", name)
+            status = obj.get("status") or {}
+            for step in status.get("steps", []):
+                phase = step.get("phase", "Pending")
+                if seen.get(step["name"]) != phase:
+                    seen[step["name"]] = phase
+                    extra = (
+                        f" ({step['approval']}: airun approve {step['approval']})"
+                        if phase == "AwaitingApproval"
+                        else ""
+                    )
+                    console.print(f"  {step['name']}: {_styled(phase)}{extra}")
+            if status.get("phase") in TERMINAL:
+                console.print(tree(obj))
+                sys.exit(EXIT_CODES[status["phase"]])
+            time.sleep(0.5)
+        console.print(tree(obj))
+        sys.exit(3)
+
+    @main.command()
+    @click.argument("name")
+    @with_identity
+    def status(name: str, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
+        """A workflow as a tree: steps, phases, decisions, approvals, compensation."""
+        console.print(tree(Kube(kubeconfig, context, namespace).get("workflows", name)))
+
+    def decide(
+        name: str, decision: str, reason: str | None, kubeconfig: str | None, context: str | None, namespace: str | None
+    ) -> None:
+        spec: dict[str, Any] = {"decision": decision}
+        if reason:
+            spec["reason"] = reason
+        # The same merge patch kubectl would send; the API server records who sent it.
+        result = Kube(kubeconfig, context, namespace).patch("approvals", name, {"spec": spec})
+        console.print(f"approval {result['metadata']['name']}: {decision}")
+
+    @main.command()
+    @click.argument("name")
+    @click.option("--reason", help="Why (kept with the decision).")
+    @with_identity
+    def approve(
+        name: str, reason: str | None, kubeconfig: str | None, context: str | None, namespace: str | None
+    ) -> None:
+        """Approve the Approval NAME (as your own identity)."""
+        decide(name, "Approved", reason, kubeconfig, context, namespace)
+
+    @main.command()
+    @click.argument("name")
+    @click.option("--reason", help="Why (kept with the decision).")
+    @with_identity
+    def reject(
+        name: str, reason: str | None, kubeconfig: str | None, context: str | None, namespace: str | None
+    ) -> None:
+        """Reject the Approval NAME: its workflow fails and is compensated."""
+        decide(name, "Rejected", reason, kubeconfig, context, namespace)
+
+    @main.command()
+    @click.argument("name")
+    @with_identity
+    def rollback(name: str, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
+        """Compensate the finished workflow NAME (sets spec.rollback: true)."""
+        Kube(kubeconfig, context, namespace).patch("workflows", name, {"spec": {"rollback": True}})
+        console.print(f"workflow {name}: rollback requested")
+
+    @main.command()
+    @click.argument("name")
+    @with_identity
+    def events(name: str, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
+        """The events of workflow NAME, oldest first."""
+        kube = Kube(kubeconfig, context, namespace)
+        items = kube.core.list_namespaced_event(kube.namespace, field_selector=f"involvedObject.name={name}").items
+        items.sort(key=lambda e: str(e.last_timestamp or e.event_time or e.metadata.creation_timestamp))
+        for event in items:
+            when = event.last_timestamp or event.event_time or event.metadata.creation_timestamp
+            style = "yellow" if event.type == "Warning" else "white"
+            console.print(f"{when:%H:%M:%S} [{style}]{event.type:<7} {event.reason}[/] {event.message}")

@@ -1,0 +1,64 @@
+"""The airun command as a user runs it: the kubeconfig identity, clear errors, meaningful exit codes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from controller.localcluster.devenv import DevEnvironment
+from tests.kube import Kube
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def airun(env: DevEnvironment, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "controller.cli.main", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env={**os.environ, "KUBECONFIG": str(env.kubeconfig)},
+    )
+
+
+@pytest.fixture
+def env(operator: DevEnvironment) -> DevEnvironment:
+    return operator
+
+
+def test_run_follows_and_the_exit_code_says_how_it_ended(env: DevEnvironment, namespace: str) -> None:
+    ok = airun(env, "run", str(REPO / "examples" / "hello.yaml"), "--context", "bob", "-n", namespace)
+    assert ok.returncode == 0, ok.stderr
+    assert "greet: Succeeded" in ok.stdout and "principal: bob" in ok.stdout
+    failed = airun(env, "run", str(REPO / "examples" / "saga.yaml"), "--context", "bob", "-n", namespace)
+    assert failed.returncode == 1 and "Compensated (StepFailed)" in failed.stdout
+
+
+def test_approve_uses_the_callers_identity(env: DevEnvironment, kube: Kube, namespace: str) -> None:
+    started = airun(
+        env, "run", str(REPO / "examples" / "approval.yaml"), "--no-wait", "--context", "bob", "-n", namespace
+    )
+    assert started.returncode == 0, started.stderr
+    kube.wait_for("approval", "approval-gate-review", namespace, lambda o: True, what="the approval")
+    refused = airun(env, "approve", "approval-gate-review", "--context", "bob", "-n", namespace)
+    assert refused.returncode != 0 and 'User "bob" cannot patch resource "approvals"' in refused.stderr
+    approved = airun(
+        env, "approve", "approval-gate-review", "--reason", "reviewed", "--context", "alice", "-n", namespace
+    )
+    assert approved.returncode == 0, approved.stderr
+    kube.wait_for("wf", "approval-gate", namespace, lambda o: o.get("status", {}).get("phase") == "Succeeded")
+    status = airun(env, "status", "approval-gate", "--context", "alice", "-n", namespace)
+    assert "approval: approval-gate-review" in status.stdout
+    assert kube.get("approval", "approval-gate-review", namespace)["status"]["decidedBy"] == "alice"
+
+
+def test_errors_are_clear(env: DevEnvironment, namespace: str) -> None:
+    missing = airun(env, "status", "no-such-workflow", "--context", "bob", "-n", namespace)
+    assert missing.returncode != 0 and 'workflows.aifirst.dev "no-such-workflow" not found' in missing.stderr
+    not_a_workflow = airun(env, "run", str(REPO / "policies" / "baseline.yaml"), "--context", "bob")
+    assert not_a_workflow.returncode != 0 and "does not hold one Workflow" in not_a_workflow.stderr
