@@ -96,14 +96,8 @@ async def record_decision(
 
 
 async def _set_status(connection: Connection, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = await connection.custom.patch_namespaced_custom_object_status(
-        API_GROUP,
-        API_VERSION,
-        namespace,
-        "approvals",
-        name,
-        {"status": dict(status)},
-        _content_type="application/merge-patch+json",  # type: ignore[call-arg]
+    result: dict[str, Any] = await connection.merge_patch(
+        "approvals", namespace, name, {"status": dict(status)}, status=True
     )
     return result
 

@@ -37,28 +37,29 @@ class Connection:
     def custom(self) -> client.CustomObjectsApi:
         return client.CustomObjectsApi(self.api)
 
-    async def patch_workflow_status(self, namespace: str, name: str, patch: dict[str, Any]) -> Any:
-        """One merge PATCH of /status: the only way the operator writes a workflow's status."""
-        return await self.custom.patch_namespaced_custom_object_status(
+    async def merge_patch(
+        self, plural: str, namespace: str, name: str, patch: dict[str, Any], *, status: bool = False
+    ) -> Any:
+        """One JSON merge PATCH of an aifirst.dev object (of its /status subresource with STATUS)."""
+        method = (
+            self.custom.patch_namespaced_custom_object_status if status else self.custom.patch_namespaced_custom_object
+        )
+        return await method(
             API_GROUP,
             API_VERSION,
             namespace,
-            "workflows",
+            plural,
             name,
             patch,
             _content_type="application/merge-patch+json",  # type: ignore[call-arg]  # not in its stubs
         )
 
+    async def patch_workflow_status(self, namespace: str, name: str, patch: dict[str, Any]) -> Any:
+        """The only way the operator writes a workflow's status."""
+        return await self.merge_patch("workflows", namespace, name, patch, status=True)
+
     async def patch_workflow(self, namespace: str, name: str, patch: dict[str, Any]) -> Any:
-        return await self.custom.patch_namespaced_custom_object(
-            API_GROUP,
-            API_VERSION,
-            namespace,
-            "workflows",
-            name,
-            patch,
-            _content_type="application/merge-patch+json",  # type: ignore[call-arg]
-        )
+        return await self.merge_patch("workflows", namespace, name, patch)
 
     def gateway(self) -> KubeGateway:
         """The same credentials for the k8s.* capabilities, which act as each workflow's principal."""
