@@ -172,9 +172,10 @@ def audit_verify(url: str | None) -> None:
 
 
 def _register_commands() -> None:
-    from controller.cli import workflows
+    from controller.cli import governance, workflows
 
     workflows.register(main)
+    governance.register(main)
 
 
 _register_commands()

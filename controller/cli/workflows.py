@@ -48,7 +48,7 @@ class Kube:
         try:
             result: Any = self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, self.namespace, plural, name)
         except ApiException as error:
-            raise click.ClickException(_reason(error)) from error
+            raise click.ClickException(reason_of(error)) from error
         return dict(result)
 
     def patch(self, plural: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -57,11 +57,11 @@ class Kube:
                 API_GROUP, API_VERSION, self.namespace, plural, name, body
             )
         except ApiException as error:
-            raise click.ClickException(_reason(error)) from error
+            raise click.ClickException(reason_of(error)) from error
         return dict(result)
 
 
-def _reason(error: ApiException) -> str:
+def reason_of(error: ApiException) -> str:
     try:
         return str(yaml.safe_load(error.body or "").get("message", error.reason))
     except (yaml.YAMLError, AttributeError):
@@ -104,18 +104,21 @@ def tree(obj: dict[str, Any]) -> Tree:
     return root
 
 
+IDENTITY_OPTIONS = [
+    click.option("--kubeconfig", envvar="KUBECONFIG", help="Kubeconfig file (default: ~/.kube/config)."),
+    click.option("--context", help="Kubeconfig context: whose identity to use."),
+    click.option("-n", "--namespace", help="Namespace (default: the context's, or default)."),
+]
+
+
+def with_identity(function: Any) -> Any:
+    """The options that pick the kubeconfig identity and namespace."""
+    for option in reversed(IDENTITY_OPTIONS):
+        function = option(function)
+    return function
+
+
 def register(main: click.Group) -> None:
-    identity = [
-        click.option("--kubeconfig", envvar="KUBECONFIG", help="Kubeconfig file (default: ~/.kube/config)."),
-        click.option("--context", help="Kubeconfig context: whose identity to use."),
-        click.option("-n", "--namespace", help="Namespace (default: the context's, or default)."),
-    ]
-
-    def with_identity(function: Any) -> Any:
-        for option in reversed(identity):
-            function = option(function)
-        return function
-
     @main.command()
     @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
     @click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the workflow until it ends.")
@@ -137,7 +140,7 @@ def register(main: click.Group) -> None:
                 API_GROUP, API_VERSION, namespace, "workflows", manifest
             )
         except ApiException as error:
-            raise click.ClickException(_reason(error)) from error
+            raise click.ClickException(reason_of(error)) from error
         name = created["metadata"]["name"]
         console.print(f"workflow {namespace}/{name} created")
         if not wait:

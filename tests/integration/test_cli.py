@@ -62,3 +62,27 @@ def test_errors_are_clear(env: DevEnvironment, namespace: str) -> None:
     assert missing.returncode != 0 and 'workflows.aifirst.dev "no-such-workflow" not found' in missing.stderr
     not_a_workflow = airun(env, "run", str(REPO / "policies" / "baseline.yaml"), "--context", "bob")
     assert not_a_workflow.returncode != 0 and "does not hold one Workflow" in not_a_workflow.stderr
+
+
+def test_capabilities_and_policy_explain(env: DevEnvironment, kube: Kube, namespace: str) -> None:
+    listed = airun(env, "capabilities", "list", "--context", "bob")
+    assert listed.returncode == 0 and "io.fs.write_file" in listed.stdout
+    # internal (undo-only) capabilities are not listed as capabilities of their own
+    assert not any(line.startswith("│ io.fs.restore ") for line in listed.stdout.splitlines())
+    inspected = airun(env, "capabilities", "inspect", "net.http.request", "--local")
+    assert "fromStep: true" in inspected.stdout and "network.write" in inspected.stdout
+    kube.apply(
+        {
+            "apiVersion": "aifirst.dev/v1alpha1",
+            "kind": "Policy",
+            "metadata": {"name": "no-deletes"},
+            "spec": {"default": "ALLOW", "rules": [{"capabilities": ["io.fs.delete"], "action": "DENY"}]},
+        },
+        namespace=namespace,
+    )
+    explained = airun(env, "policy", "explain", "io.fs.delete", "--context", "bob", "-n", namespace)
+    assert explained.returncode == 0, explained.stderr
+    assert "bob" in explained.stdout and ": DENY" in explained.stdout
+    assert f"Policy {namespace}/no-deletes rule 0: DENY" in explained.stdout
+    agent = airun(env, "policy", "explain", "io.fs.delete", "--context", "agent", "-n", "agents")
+    assert agent.returncode != 0 and "cannot read the policies that apply" in agent.stderr
