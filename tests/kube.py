@@ -90,6 +90,26 @@ class Kube:
             time.sleep(0.2)
         raise AssertionError(f"{kind}/{name}: no {what} after {timeout} s; last: {json.dumps(obj)[:2000]}")
 
+    def events_of(
+        self, name: str, namespace: str, *, field: str = "reason", contains: str = "", timeout: float = 20.0
+    ) -> str:
+        """The FIELD of the events about object NAME, space-separated; waits until CONTAINS is among them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.run(
+                "get",
+                "events",
+                "-n",
+                namespace,
+                "--field-selector",
+                f"involvedObject.name={name}",
+                "-o",
+                f"jsonpath={{.items[*].{field}}}",
+            ).stdout
+            if contains in text or time.monotonic() >= deadline:
+                return text
+            time.sleep(0.3)
+
     def create_namespace(self, name: str) -> str:
         self.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
         return name
