@@ -116,7 +116,7 @@ def test_step_three_of_four_fails_and_steps_two_then_one_are_compensated(
     assert not (workspace / "two.txt").exists() and not (workspace / "four.txt").exists()
     completed = next(c for c in status["conditions"] if c["type"] == "Completed")
     assert completed["status"] == "True" and completed["reason"] == "Compensated"
-    events = kube.run("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=saga").stdout
+    events = kube.events_of("saga", namespace, contains="Compensated")
     assert "Compensated" in events
 
 
@@ -278,7 +278,7 @@ def test_crash_idempotent_step_runs_again_with_the_same_key(
     assert [line.split()[0] for line in starts] == [key, key]  # ran again, with the same key
     assert _lines(workspace / "ledgers" / "book.log") == [f"{key} slow"]  # one side effect, not two
     assert (workspace / "after.txt").exists() and (workspace / "before.txt").read_text() == "before"
-    reasons = kube.run("get", "events", "-n", namespace, "-o", "jsonpath={.items[*].reason}").stdout
+    reasons = kube.events_of("crash-idem", namespace, contains="Recovered")
     assert "Recovered" in reasons
 
 
