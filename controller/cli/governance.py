@@ -16,7 +16,7 @@ from controller import API_GROUP, API_VERSION
 from controller.api.capability import CapabilitySpec, RiskLevel
 from controller.api.policy import PolicyObject, PolicySpec, Principal
 from controller.capabilities import custom, registry
-from controller.cli.workflows import Kube, reason_of, with_identity
+from controller.cli.workflows import Kube, read_workflow, reason_of, with_identity
 from controller.policy.evaluate import evaluate
 
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -39,7 +39,8 @@ def _cluster_capabilities(kube: Kube | None) -> dict[str, CapabilitySpec]:
 
 
 def all_capabilities(kube: Kube | None) -> dict[str, CapabilitySpec]:
-    builtin = registry.load(include_plugins=True).specs()
+    # The test family too: the local environment's operator runs with it (AIRUN_TEST_CAPABILITIES=1).
+    builtin = registry.load(include_test=True, include_plugins=True).specs()
     return {**_cluster_capabilities(kube), **builtin}
 
 
@@ -161,3 +162,82 @@ def register(main: click.Group) -> None:
         console.print(f"  because: {result.reason}")
         for verdict in result.verdicts:
             console.print(f"  {verdict.explanation} ({verdict.mode.value})")
+
+
+def register_plan(main: click.Group) -> None:
+    @main.command()
+    @click.argument("file", type=click.Path(exists=True, dir_okay=False))
+    @with_identity
+    def plan(file: str, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
+        """Dry run of the Workflow in FILE, with no side effects: validate it, render the inputs it can,
+        evaluate the cluster's policies for you, and show which steps would run, ask or be denied, and how
+        each would be undone. Exit 1 when it could not run as it is."""
+        from pathlib import Path
+
+        from controller.api.workflow import StepType, WorkflowSpec
+        from controller.engine import dag
+        from controller.engine.saga import spec_errors
+        from controller.engine.templating import TemplateError, render
+
+        manifest = read_workflow(Path(file))
+        kube = Kube(kubeconfig, context, namespace or manifest.get("metadata", {}).get("namespace"))
+        spec = WorkflowSpec.model_validate(manifest.get("spec") or {})
+        capabilities = all_capabilities(kube)
+        errors = spec_errors(spec, capabilities)
+        principal = whoami(kube)
+        policies = policies_for(kube)
+        name = manifest.get("metadata", {}).get("name", "?")
+        console.print(f"plan of workflow {kube.namespace}/{name} for {principal.user}")
+        table = Table()
+        for column in ("step", "capability", "risk", "decision", "why", "undone by", "inputs"):
+            table.add_column(column, overflow="fold")
+        context_values = {
+            "params": spec.params,
+            "steps": {},
+            "workflow": {"name": name, "namespace": kube.namespace, "uid": "<uid>"},
+        }
+        blocked = bool(errors)
+        undo_of: dict[str, str] = {}
+        order = dag.topological_order(spec.steps) if not errors else [s.name for s in spec.steps]
+        steps = {s.name: s for s in spec.steps}
+        for step_name in order:
+            step = steps[step_name]
+            if step.type is StepType.APPROVAL:
+                table.add_row(step.name, "-", "-", "REQUIRE_APPROVAL", "an explicit approval step", "-", "-")
+                continue
+            cap = capabilities.get(step.capability or "")
+            if cap is None:
+                table.add_row(step.name, step.capability or "", "?", "-", "unknown capability", "-", "-")
+                continue
+            result = evaluate(
+                policies,
+                principal=principal,
+                namespace=kube.namespace,
+                capability=cap.id,
+                risk=cap.risk.level,
+                irreversible=step.irreversible,
+            )
+            blocked |= result.decision.value == "DENY"
+            try:
+                inputs = yaml.safe_dump(render(step.inputs, context_values), default_flow_style=True).strip()
+            except TemplateError:
+                inputs = "(rendered at run time: uses outputs of earlier steps)"
+            undo = (
+                step.compensation.capability
+                if step.compensation
+                else (cap.compensation.capability if cap.compensation and cap.compensation.capability else "-")
+            )
+            table.add_row(
+                step.name, cap.id, cap.risk.level.value, result.decision.value, result.reason, undo or "-", inputs
+            )
+            if undo and undo != "-":
+                undo_of[step.name] = undo
+        console.print(table)
+        for error in errors:
+            console.print(f"[red]invalid:[/] {error}")
+        undoable = [n for n in order if n in undo_of]
+        if undoable:
+            chain = " <- ".join(f"{n} ({undo_of[n]})" for n in reversed(undoable))
+            console.print(f"if a later step fails, these are undone, newest first: {chain}")
+        if blocked:
+            raise SystemExit(1)

@@ -176,6 +176,7 @@ def _register_commands() -> None:
 
     workflows.register(main)
     governance.register(main)
+    governance.register_plan(main)
 
 
 _register_commands()

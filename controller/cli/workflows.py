@@ -68,6 +68,18 @@ def reason_of(error: ApiException) -> str:
         return f"{error.status} {error.reason}"
 
 
+def read_workflow(file: Path) -> dict[str, Any]:
+    """The one Workflow in FILE (other documents, such as a Policy beside it, are not this command's)."""
+    try:
+        documents = [d for d in yaml.safe_load_all(file.read_text()) if isinstance(d, dict)]
+    except yaml.YAMLError as error:
+        raise click.ClickException(f"{file}: {error}") from error
+    workflows = [d for d in documents if d.get("kind") == "Workflow"]
+    if len(workflows) != 1:
+        raise click.ClickException(f"{file} does not hold one Workflow (it holds {len(workflows)})")
+    return workflows[0]
+
+
 def _styled(phase: str | None) -> str:
     phase = phase or "Pending"
     style = PHASE_STYLE.get(phase, "white")
@@ -130,9 +142,7 @@ def register(main: click.Group) -> None:
         """Create the Workflow in FILE and follow it; the exit code says how it ended
         (0 Succeeded, 1 Failed or Compensated, 2 CompensationFailed, 3 still running at --timeout)."""
         kube = Kube(kubeconfig, context, namespace)
-        manifest = yaml.safe_load(file.read_text())
-        if not isinstance(manifest, dict) or manifest.get("kind") != "Workflow":
-            raise click.ClickException(f"{file} does not hold one Workflow")
+        manifest = read_workflow(file)
         namespace = manifest.get("metadata", {}).get("namespace") or kube.namespace
         kube.namespace = namespace
         try:

@@ -86,3 +86,23 @@ def test_capabilities_and_policy_explain(env: DevEnvironment, kube: Kube, namesp
     assert f"Policy {namespace}/no-deletes rule 0: DENY" in explained.stdout
     agent = airun(env, "policy", "explain", "io.fs.delete", "--context", "agent", "-n", "agents")
     assert agent.returncode != 0 and "cannot read the policies that apply" in agent.stderr
+
+
+def test_plan_is_a_dry_run_with_the_callers_policies(env: DevEnvironment, kube: Kube, namespace: str) -> None:
+    kube.apply(
+        {
+            "apiVersion": "aifirst.dev/v1alpha1",
+            "kind": "Policy",
+            "metadata": {"name": "no-deletes"},
+            "spec": {"default": "ALLOW", "rules": [{"capabilities": ["io.fs.delete"], "action": "DENY"}]},
+        },
+        namespace=namespace,
+    )
+    denied = airun(env, "plan", str(REPO / "examples" / "denied.yaml"), "--context", "bob", "-n", namespace)
+    assert denied.returncode == 1
+    assert f"Policy {namespace}/no-deletes rule 0: DENY" in denied.stdout
+    ok = airun(env, "plan", str(REPO / "examples" / "saga.yaml"), "--context", "bob", "-n", namespace)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "saga/config.json" in ok.stdout  # inputs rendered with params
+    assert "write_report (io.fs.restore) <- write_config (io.fs.restore)" in ok.stdout
+    assert kube.run("get", "wf", "-n", namespace, "-o", "name").stdout == ""  # nothing was created
