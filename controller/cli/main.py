@@ -40,8 +40,8 @@ def up(no_operator: bool) -> None:
         f"[green]up[/] control plane {timing.control_plane:.1f} s, manifests {timing.manifests:.1f} s, "
         f"operator {timing.operator:.1f} s"
     )
-    console.print(f"  export KUBECONFIG={env.kubeconfig}   # contexts: admin alice bob agent")
-    console.print(f"  logs: {env.dir / 'logs'}")
+    console.print(f"  export KUBECONFIG={env.kubeconfig}   # contexts: admin alice bob agent", soft_wrap=True)
+    console.print(f"  logs: {env.dir / 'logs'}", soft_wrap=True)
 
 
 @main.command()
