@@ -56,7 +56,7 @@ def down() -> None:
 @main.command()
 @click.option("--kubeconfig", envvar="KUBECONFIG", help="Kubeconfig file (default: in-cluster or ~/.kube/config).")
 @click.option("--context", help="Kubeconfig context.")
-@click.option("--health-port", type=int, default=8081, show_default=True, help="Liveness endpoint port.")
+@click.option("--health-port", type=int, default=8081, show_default=True, help="Port of /healthz and /readyz.")
 @click.option("--bind", default="127.0.0.1", show_default=True, help="Address of the operator's endpoints.")
 @click.option("--workspaces", envvar="AIRUN_WORKSPACES", help="Root of the io.fs workspaces (a folder per namespace).")
 @click.option(

@@ -141,11 +141,12 @@ class DevEnvironment:
         )
         endpoints = {
             "health": f"http://127.0.0.1:{ports['health']}/healthz",
+            "ready": f"http://127.0.0.1:{ports['health']}/readyz",
             "webhook": f"https://127.0.0.1:{ports['webhook']}",
             "metrics": f"http://127.0.0.1:{ports['metrics']}/metrics",
         }
         self.endpoints_file.write_text(json.dumps(endpoints, indent=2) + "\n")
-        self._wait_healthy(endpoints["health"], timeout)
+        self._wait_healthy(endpoints["ready"], timeout)
         self._wait_webhooks(ports["webhook"], timeout)
 
     def _operator_ports(self) -> dict[str, int]:

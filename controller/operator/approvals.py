@@ -103,7 +103,25 @@ async def _set_status(connection: Connection, namespace: str, name: str, status:
 
 
 def announce(notifier: Notifier | None, event: str, approval: Mapping[str, Any]) -> None:
-    """Sends the approval's notification, if its rule or step named a webhook URL."""
+    """Tells the story of the approval: a Kubernetes Event on it (kubectl describe approval), and the
+    notification, if its rule or step named a webhook URL."""
+    spec, status = approval.get("spec") or {}, approval.get("status") or {}
+    what = f"step {spec.get('step')} of workflow {spec.get('workflow')}"
+    if spec.get("capability"):
+        what += f": {spec['capability']} ({spec.get('riskLevel', '?')} risk)"
+    if event == "requested":
+        reason, message = "ApprovalRequested", f"{what}, requested by {spec.get('requestedBy') or 'unknown'}"
+    elif event == "expired":
+        reason, message = "Expired", f"{what}: nobody decided before {spec.get('expiresAt')}"
+    else:
+        phase = status.get("phase") or spec.get("decision") or "Decided"
+        reason, message = phase, f"{what}: {phase.lower()} by {status.get('decidedBy') or 'unknown'}"
+    kopf.event(
+        approval,  # type: ignore[arg-type]
+        type="Warning" if event == "expired" else "Normal",
+        reason=reason,
+        message=message,
+    )
     url = ((approval.get("metadata") or {}).get("annotations") or {}).get(NOTIFY_ANNOTATION)
     if notifier is None or not url:
         return

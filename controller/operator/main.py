@@ -18,7 +18,7 @@ from controller.audit.writer import AuditWriter
 from controller.capabilities import registry as capability_registry
 from controller.capabilities.egress import EgressRules
 from controller.observability import logs
-from controller.operator import admission, handlers, kube
+from controller.operator import admission, handlers, health, kube
 from controller.operator.notify import Notifier
 from controller.operator.runtime import RuntimeSettings, WorkflowRuntime, workspaces_from_env
 
@@ -113,15 +113,18 @@ async def run(options: OperatorOptions) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    ready = asyncio.Event()
+    probes = await health.serve(options.bind, options.health_port, ready)
     try:
         await kopf.operator(
             registry=registry,
             clusterwide=True,
             standalone=True,  # peering needs kopf's own CRDs; run one replica (leader election: chart)
-            liveness_endpoint=f"http://{options.bind}:{options.health_port}/healthz",
             stop_flag=stop,
+            ready_flag=ready,
         )
     finally:
+        await probes.cleanup()
         await runtime.shutdown()
         await notifier.close()
         audit.close()

@@ -125,6 +125,8 @@ def test_require_approval_is_decided_by_a_named_approver_only(kube: Kube, namesp
     assert not (workspace / "a.txt").exists()
     decided = kube.get("approval", name, namespace)
     assert decided["status"]["phase"] == "Approved" and decided["status"]["decidedBy"] == "alice"
+    story = kube.events_of(name, namespace, field="message", contains="approved by alice")
+    assert "requested by bob" in story and "io.fs.delete (MEDIUM risk): approved by alice" in story
     code, err = decide(kube, namespace, name, "Rejected", "alice")
     assert code != 0 and "final" in err
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,10 @@ def test_cold_and_warm_start_keep_data_and_leave_nothing_behind(tmp_path: Path) 
     try:
         cold = env.up()
         assert all(_pids(env))
+        for probe in ("health", "ready"):
+            with urllib.request.urlopen(env.endpoints()[probe], timeout=5) as response:
+                assert response.status == 200
+        assert set(env.endpoints()) == {"health", "ready", "webhook", "metrics"}
         env.kubectl("create", "namespace", "kept")
         kubeconfig = env.kubeconfig.read_text()
         env.down()
