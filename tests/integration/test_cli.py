@@ -13,6 +13,12 @@ from controller.localcluster.devenv import DevEnvironment
 from tests.kube import Kube
 
 REPO = Path(__file__).resolve().parents[2]
+NO_DELETES = {
+    "apiVersion": "aifirst.dev/v1alpha1",
+    "kind": "Policy",
+    "metadata": {"name": "no-deletes"},
+    "spec": {"default": "ALLOW", "rules": [{"capabilities": ["io.fs.delete"], "action": "DENY"}]},
+}
 
 
 def airun(env: DevEnvironment, *args: str) -> subprocess.CompletedProcess[str]:
@@ -71,15 +77,7 @@ def test_capabilities_and_policy_explain(env: DevEnvironment, kube: Kube, namesp
     assert not any(line.startswith("│ io.fs.restore ") for line in listed.stdout.splitlines())
     inspected = airun(env, "capabilities", "inspect", "net.http.request", "--local")
     assert "fromStep: true" in inspected.stdout and "network.write" in inspected.stdout
-    kube.apply(
-        {
-            "apiVersion": "aifirst.dev/v1alpha1",
-            "kind": "Policy",
-            "metadata": {"name": "no-deletes"},
-            "spec": {"default": "ALLOW", "rules": [{"capabilities": ["io.fs.delete"], "action": "DENY"}]},
-        },
-        namespace=namespace,
-    )
+    kube.apply(NO_DELETES, namespace=namespace)
     explained = airun(env, "policy", "explain", "io.fs.delete", "--context", "bob", "-n", namespace)
     assert explained.returncode == 0, explained.stderr
     assert "bob" in explained.stdout and ": DENY" in explained.stdout
@@ -89,15 +87,7 @@ def test_capabilities_and_policy_explain(env: DevEnvironment, kube: Kube, namesp
 
 
 def test_plan_is_a_dry_run_with_the_callers_policies(env: DevEnvironment, kube: Kube, namespace: str) -> None:
-    kube.apply(
-        {
-            "apiVersion": "aifirst.dev/v1alpha1",
-            "kind": "Policy",
-            "metadata": {"name": "no-deletes"},
-            "spec": {"default": "ALLOW", "rules": [{"capabilities": ["io.fs.delete"], "action": "DENY"}]},
-        },
-        namespace=namespace,
-    )
+    kube.apply(NO_DELETES, namespace=namespace)
     denied = airun(env, "plan", str(REPO / "examples" / "denied.yaml"), "--context", "bob", "-n", namespace)
     assert denied.returncode == 1
     assert f"Policy {namespace}/no-deletes rule 0: DENY" in denied.stdout
