@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -250,8 +251,32 @@ class Runner:
     # -- the loop ------------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        delay = 1.0
         try:
-            await self._run()
+            while True:
+                try:
+                    await self._run()
+                    return
+                except ApiException as error:
+                    if error.status == 404:  # the workflow is gone
+                        return
+                    self.rt.metrics.reconcile_errors.inc()
+                    log.warning(
+                        "API error %s (%s); trying again in %.0f s",
+                        error.status,
+                        error.reason,
+                        delay,
+                        extra=self._log_context(),
+                    )
+                except (OSError, TimeoutError, aiohttp.ClientError) as error:
+                    self.rt.metrics.reconcile_errors.inc()
+                    log.warning(
+                        "%s: %s; trying again in %.0f s", type(error).__name__, error, delay, extra=self._log_context()
+                    )
+                # Transient trouble (the API server restarting, a timeout): the loop starts over from what
+                # is known; in-flight attempts go on and their outcomes are folded in when they come.
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
         except asyncio.CancelledError:
             for task in [*self.actions.values(), *self.compensations.values()]:
                 task.cancel()
@@ -437,18 +462,19 @@ class Runner:
         )
 
     async def _write(self, status: WorkflowStatus) -> None:
-        self.status = status
+        """Makes STATUS durable. If the PATCH fails, self.status stays as it was: nothing the plan meant
+        to start has started, and the next plan starts it again."""
         after = status.dump()
-        if after == self.written:
-            return
-        patch: dict[str, Any] = dict(after)
-        for key in self.written:
-            patch.setdefault(key, None)  # a merge patch removes a field only when told to
-        await self.rt.connection.patch_workflow_status(self.ref.namespace, self.ref.name, {"status": patch})
-        self.rt.stats["status_writes"] += 1
-        self.rt.metrics.status_writes.inc()
-        self.written = after
-        self.unwritten_since = None
+        if after != self.written:
+            patch: dict[str, Any] = dict(after)
+            for key in self.written:
+                patch.setdefault(key, None)  # a merge patch removes a field only when told to
+            await self.rt.connection.patch_workflow_status(self.ref.namespace, self.ref.name, {"status": patch})
+            self.rt.stats["status_writes"] += 1
+            self.rt.metrics.status_writes.inc()
+            self.written = after
+            self.unwritten_since = None
+        self.status = status
 
     async def _ensure_finalizer(self) -> None:
         if self.finalizer_set:

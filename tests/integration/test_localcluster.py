@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -68,5 +69,63 @@ def test_up_restarts_a_killed_operator(tmp_path: Path) -> None:
         env.up()
         new = _pids(env)[2]
         assert new and new != pid
+    finally:
+        env.down()
+
+
+def test_a_workflow_survives_an_api_server_restart(tmp_path: Path) -> None:
+    """The operator's writes fail while the API server is down; the runner retries and finishes."""
+    import json
+
+    env = DevEnvironment(tmp_path / "state", fast_etcd=True, die_with_parent=True)
+    try:
+        env.up()
+        env.kubectl("create", "namespace", "survive")
+        workflow = {
+            "apiVersion": "aifirst.dev/v1alpha1",
+            "kind": "Workflow",
+            "metadata": {"name": "w"},
+            "spec": {
+                "steps": [
+                    {"name": "a", "capability": "io.fs.write_file", "inputs": {"path": "a.txt", "content": "a"}},
+                    {"name": "nap", "capability": "sys.sleep", "inputs": {"seconds": 3}, "dependsOn": ["a"]},
+                    {
+                        "name": "b",
+                        "capability": "io.fs.write_file",
+                        "inputs": {"path": "b.txt", "content": "b"},
+                        "dependsOn": ["nap"],
+                    },
+                ]
+            },
+        }
+        subprocess.run(
+            [*env.kubectl_argv("bob"), "apply", "-n", "survive", "-f", "-"],
+            input=json.dumps(workflow),
+            text=True,
+            check=True,
+            capture_output=True,
+        )
+
+        def phase_of(step: str | None = None) -> str:
+            out = env.kubectl("get", "wf", "w", "-n", "survive", "-o", "json", check=False)
+            if out.returncode != 0:
+                return ""
+            status = json.loads(out.stdout).get("status", {})
+            if step is None:
+                return str(status.get("phase", ""))
+            return next((s.get("phase", "") for s in status.get("steps", []) if s["name"] == step), "")
+
+        deadline = time.monotonic() + 30
+        while (workspace_a := (env.workspaces / "survive" / "a.txt")) and not workspace_a.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        processes.stop(env.cluster.run / "kube-apiserver.pid", "kube-apiserver")
+        time.sleep(4)  # the sleep step ends while the API server is away: its result cannot be written
+        env.cluster.start()
+        deadline = time.monotonic() + 90
+        while phase_of() != "Succeeded":
+            assert time.monotonic() < deadline, f"still {phase_of()}"
+            time.sleep(0.5)
+        assert (env.workspaces / "survive" / "b.txt").read_text() == "b"
     finally:
         env.down()
