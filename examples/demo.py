@@ -36,6 +36,14 @@ def kubectl(*args: str, context: str = "admin", check: bool = True, quiet: bool 
     return result.stdout if result.returncode == 0 else result.stderr
 
 
+def approve(approval: str, context: str, check: bool = True) -> str:
+    """What an approver types: the same merge patch, as their own identity."""
+    patch = '{"spec":{"decision":"Approved"}}'
+    return kubectl(
+        "patch", "approval", approval, "-n", NS, "--type", "merge", "-p", patch, context=context, check=check
+    )
+
+
 def workflow(name: str) -> dict[str, Any]:
     out: dict[str, Any] = json.loads(kubectl("get", "wf", name, "-n", NS, "-o", "json", quiet=True))
     return out
@@ -91,32 +99,9 @@ def main() -> None:
     obj = wait("approval-gate", {"AwaitingApproval"})
     approval = next(s["approval"] for s in obj["status"]["steps"] if s.get("approval"))
     console.print(kubectl("get", "approvals", "-n", NS))
-    result = kubectl(
-        "patch",
-        "approval",
-        approval,
-        "-n",
-        NS,
-        "--type",
-        "merge",
-        "-p",
-        '{"spec":{"decision":"Approved"}}',
-        context="bob",
-        check=False,
-    )
+    result = approve(approval, "bob", check=False)
     console.print(f"[yellow]bob may not approve:[/] {result.strip()}")
-    kubectl(
-        "patch",
-        "approval",
-        approval,
-        "-n",
-        NS,
-        "--type",
-        "merge",
-        "-p",
-        '{"spec":{"decision":"Approved"}}',
-        context="alice",
-    )
+    approve(approval, "alice")
     show(wait("approval-gate", TERMINAL))
     console.print(kubectl("get", "approval", approval, "-n", NS, "-o", "wide"))
 

@@ -249,34 +249,38 @@ def _lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def test_crash_idempotent_step_runs_again_with_the_same_key(
-    kube: Kube, namespace: str, workspace: Path, restartable: DevEnvironment
-) -> None:
+def _crash_during_middle_step(
+    kube: Kube, namespace: str, workspace: Path, env: DevEnvironment, name: str, capability: str
+) -> dict[str, Any]:
+    """Runs before -> middle (a 3 s ledger step of CAPABILITY) -> after, kills the operator with SIGKILL
+    while the middle step runs, restarts it, and returns the workflow once it has ended."""
     kube.apply(
         wf(
-            "crash-idem",
+            name,
             write("before", "before.txt"),
-            ledger("slow", "test.ledger.record", 3, ("before",)),
-            write("after", "after.txt", ("slow",)),
+            ledger("middle", capability, 3, ("before",)),
+            write("after", "after.txt", ("middle",)),
         ),
         namespace=namespace,
         as_="bob",
     )
     kube.wait_for(
-        "wf",
-        "crash-idem",
-        namespace,
-        lambda o: bool(_lines(workspace / "ledgers" / "book.starts")),
-        what="slow step started",
+        "wf", name, namespace, lambda o: bool(_lines(workspace / "ledgers" / "book.starts")), what="middle step started"
     )
-    _kill_operator(restartable)
-    restartable.start_operator()
-    obj = wait_terminal(kube, namespace, "crash-idem")
+    _kill_operator(env)
+    env.start_operator()
+    return wait_terminal(kube, namespace, name)
+
+
+def test_crash_idempotent_step_runs_again_with_the_same_key(
+    kube: Kube, namespace: str, workspace: Path, restartable: DevEnvironment
+) -> None:
+    obj = _crash_during_middle_step(kube, namespace, workspace, restartable, "crash-idem", "test.ledger.record")
     assert obj["status"]["phase"] == "Succeeded", obj["status"]
-    key = steps_of(obj)["slow"]["idempotencyKey"]
+    key = steps_of(obj)["middle"]["idempotencyKey"]
     starts = _lines(workspace / "ledgers" / "book.starts")
     assert [line.split()[0] for line in starts] == [key, key]  # ran again, with the same key
-    assert _lines(workspace / "ledgers" / "book.log") == [f"{key} slow"]  # one side effect, not two
+    assert _lines(workspace / "ledgers" / "book.log") == [f"{key} middle"]  # one side effect, not two
     assert (workspace / "after.txt").exists() and (workspace / "before.txt").read_text() == "before"
     reasons = kube.events_of("crash-idem", namespace, contains="Recovered")
     assert "Recovered" in reasons
@@ -285,32 +289,13 @@ def test_crash_idempotent_step_runs_again_with_the_same_key(
 def test_crash_non_idempotent_step_ends_in_doubt_and_is_compensated(
     kube: Kube, namespace: str, workspace: Path, restartable: DevEnvironment
 ) -> None:
-    kube.apply(
-        wf(
-            "crash-once",
-            write("before", "before.txt"),
-            ledger("once", "test.ledger.append", 3, ("before",)),
-            write("after", "after.txt", ("once",)),
-        ),
-        namespace=namespace,
-        as_="bob",
-    )
-    kube.wait_for(
-        "wf",
-        "crash-once",
-        namespace,
-        lambda o: bool(_lines(workspace / "ledgers" / "book.starts")),
-        what="step started",
-    )
-    _kill_operator(restartable)
-    restartable.start_operator()
-    obj = wait_terminal(kube, namespace, "crash-once")
+    obj = _crash_during_middle_step(kube, namespace, workspace, restartable, "crash-once", "test.ledger.append")
     status = obj["status"]
     assert status["phase"] == "Compensated" and status["reason"] == "InDoubt", status
     s = steps_of(obj)
-    assert s["once"].get("inDoubt") is True and s["once"]["phase"] == "Compensated"
+    assert s["middle"].get("inDoubt") is True and s["middle"]["phase"] == "Compensated"
     assert s["before"]["phase"] == "Compensated" and s["after"]["phase"] == "Skipped"
-    key = s["once"]["idempotencyKey"]
+    key = s["middle"]["idempotencyKey"]
     assert len(_lines(workspace / "ledgers" / "book.starts")) == 1  # never run twice
     assert _lines(workspace / "ledgers" / "book.log") == []  # whatever happened was undone
     assert [line.split()[0] for line in _lines(workspace / "ledgers" / "book.erasures")] == [key]
