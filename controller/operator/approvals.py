@@ -64,16 +64,28 @@ NOTIFY_ANNOTATION = "aifirst.dev/notify-url"
 async def create(
     connection: Connection, ref: saga.WorkflowRef, request: saga.RequestApproval, requested_by: str = ""
 ) -> dict[str, Any] | None:
-    """The created Approval, or None when it existed already (created before a restart)."""
+    """The created Approval, or None when this workflow created it already (before a restart). One left by
+    an earlier workflow of the same name is deleted first: its decision was about other inputs."""
     body = manifest(ref, request, requested_by)
-    try:
-        created: dict[str, Any] = await connection.custom.create_namespaced_custom_object(
-            API_GROUP, API_VERSION, ref.namespace, "approvals", body
+    for _ in range(2):
+        try:
+            created: dict[str, Any] = await connection.custom.create_namespaced_custom_object(
+                API_GROUP, API_VERSION, ref.namespace, "approvals", body
+            )
+            break
+        except ApiException as error:
+            if error.status != 409:
+                raise
+        existing: Any = await connection.custom.get_namespaced_custom_object(
+            API_GROUP, API_VERSION, ref.namespace, "approvals", request.name
         )
-    except ApiException as error:
-        if error.status != 409:
-            raise
-        return None
+        if owner_uid(existing) == ref.uid:
+            return None
+        await connection.custom.delete_namespaced_custom_object(
+            API_GROUP, API_VERSION, ref.namespace, "approvals", request.name
+        )
+    else:
+        raise RuntimeError(f"approval {request.name} could not be created")
     updated: dict[str, Any] = await _set_status(connection, ref.namespace, request.name, {"phase": "Pending"})
     return updated or created
 
@@ -135,6 +147,14 @@ def announce(notifier: Notifier | None, event: str, approval: Mapping[str, Any])
         )
 
     notifier.send(url, approval_message(event, approval), failed)
+
+
+def owner_uid(body: Mapping[str, Any]) -> str:
+    """The uid of the Workflow that owns this Approval ("" when none does)."""
+    for owner in (body.get("metadata") or {}).get("ownerReferences") or []:
+        if owner.get("kind") == "Workflow":
+            return str(owner.get("uid", ""))
+    return ""
 
 
 def state_of(body: Mapping[str, Any]) -> saga.ApprovalState:

@@ -36,7 +36,10 @@ def register(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime) -> Calla
 
     @kopf.index(API_GROUP, API_VERSION, "approvals", registry=registry, id="approval_index")
     def approval_index(body: kopf.Body, namespace: str | None, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
-        return {(namespace, spec.get("workflow")): (spec.get("step"), approvals.state_of(body))}
+        # Keyed by the owning workflow's uid, not its name: an Approval left by an earlier workflow of the
+        # same name (garbage collection is asynchronous, and absent without a controller-manager) must
+        # never decide for a new one.
+        return {(namespace, approvals.owner_uid(body)): (spec.get("step"), approvals.state_of(body))}
 
     @kopf.index(API_GROUP, API_VERSION, "capabilities", registry=registry, id="capability_index")
     def capability_index(name: str, spec: kopf.Spec, **_: Any) -> dict[str, CapabilitySpec]:
@@ -54,8 +57,8 @@ def register(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime) -> Calla
         capabilities: kopf.Index[str, CapabilitySpec] = kwargs["capability_index"]
         runtime.indexes.policies = lambda: [*cluster_policy_index.get(ALL, []), *policy_index.get(ALL, [])]
 
-        def approvals_of(namespace: str, workflow: str) -> dict[str, saga.ApprovalState]:
-            return dict(approval_index.get((namespace, workflow), []))
+        def approvals_of(namespace: str, workflow_uid: str) -> dict[str, saga.ApprovalState]:
+            return dict(approval_index.get((namespace, workflow_uid), []))
 
         runtime.indexes.approvals = approvals_of
         runtime.indexes.custom_capabilities = lambda: {c.id: c for c in capabilities.get(ALL, [])}
@@ -95,7 +98,7 @@ def register(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime) -> Calla
                 "approval.decided",
                 namespace=namespace,
                 workflow=spec.get("workflow") or "",
-                workflow_uid=((body.metadata.get("ownerReferences") or [{}])[0]).get("uid", ""),
+                workflow_uid=approvals.owner_uid(body),
                 step=spec.get("step"),
                 principal=spec.get("requestedBy"),
                 actor=state.decided_by,

@@ -54,7 +54,7 @@ class Indexes:
 
     def __init__(self) -> None:
         self.policies: Callable[[], list[Any]] = list
-        self.approvals: Callable[[str, str], Mapping[str, saga.ApprovalState]] = lambda ns, wf: {}
+        self.approvals: Callable[[str, str], Mapping[str, saga.ApprovalState]] = lambda ns, uid: {}
         self.custom_capabilities: Callable[[], dict[str, CapabilitySpec]] = dict
         self.pending_approvals: Callable[[], list[str]] = list
 
@@ -243,7 +243,7 @@ class Runner:
             policies=self.rt.indexes.policies(),
             principal=self.principal,
             now=now(),
-            approvals=self.rt.indexes.approvals(self.ref.namespace, self.ref.name),
+            approvals=self.rt.indexes.approvals(self.ref.namespace, self.ref.uid),
             in_flight=frozenset(self.actions),
             compensating=frozenset(self.compensations),
         )

@@ -240,3 +240,21 @@ def test_unknown_capability_and_cycles_are_refused_at_apply_time(kube: Kube, nam
     )
     assert result.returncode != 0
     assert "dependency cycle: " in result.stderr and "unknown capability 'io.fs.teleport'" in result.stderr
+
+
+def test_an_old_approval_never_decides_for_a_new_workflow_of_the_same_name(
+    kube: Kube, namespace: str, operator: object
+) -> None:
+    gated = wf("reused", {"name": "gate", "type": "Approval"})
+    kube.apply(gated, namespace=namespace, as_="bob")
+    obj = wait_phase(kube, namespace, "reused", "AwaitingApproval")
+    name = steps_of(obj)["gate"]["approval"]
+    assert decide(kube, namespace, name, "Approved", "alice")[0] == 0
+    wait_terminal(kube, namespace, "reused")
+    kube.run("delete", "wf", "reused", "-n", namespace)
+    # Garbage collection may not have removed the approved Approval yet (here it never does).
+    kube.apply(gated, namespace=namespace, as_="bob")
+    obj = wait_phase(kube, namespace, "reused", "AwaitingApproval")
+    fresh = kube.get("approval", name, namespace)
+    assert fresh["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+    assert fresh["spec"]["decision"] == "" and fresh["status"]["phase"] == "Pending"
