@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export AIRUN_STATE_DIR ?= $(CURDIR)/.airun
 
-.PHONY: help venv binaries postgres up down test test-unit test-integration demo bench lint clean
+.PHONY: help venv binaries tools postgres up down test test-unit test-integration demo bench lint clean
 help:
 	@echo "make demo    start everything and run the examples end to end"
 	@echo "make test    the whole test suite (starts a private control plane)"
@@ -25,6 +25,11 @@ venv: $(STAMP)
 binaries:
 	@bash tools/k8s/build.sh
 
+# Checking tools (helm, promtool, a Lua interpreter) built from the Go modules under tools/ (cached by go.sum).
+GO_TOOLS :=
+tools:
+	@for module in $(GO_TOOLS); do bash tools/build-go-tools.sh $$module >/dev/null || exit 1; done
+
 # Debian's PostgreSQL server, for the audit store's tests (installed when missing).
 postgres:
 	@bash tools/ensure-postgres.sh
@@ -35,13 +40,13 @@ up: venv binaries
 down: venv
 	$(BIN)/airun down
 
-test: venv binaries postgres
+test: venv binaries tools postgres
 	$(BIN)/pytest tests
 
 test-unit: venv
 	$(BIN)/pytest tests/unit
 
-test-integration: venv binaries postgres
+test-integration: venv binaries tools postgres
 	$(BIN)/pytest tests/integration
 
 demo: up
