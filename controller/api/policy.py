@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -56,3 +57,35 @@ class PolicyObject(BaseModel):
 class Principal(BaseModel):
     user: str
     groups: list[str] = Field(default_factory=list)
+
+
+class CasePrincipal(Principal):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PolicyTestCase(BaseModel):
+    """One expectation: PRINCIPAL running CAPABILITY in NAMESPACE gets EXPECT (and, when asked, these approvers)."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+    name: str
+    principal: CasePrincipal
+    capability: str
+    namespace: str | None = None  # default: the suite's
+    irreversible: bool = False
+    risk: RiskLevel | None = None  # default: the capability's own risk
+    expect: Decision
+    expect_approvers: Approvers | None = Field(None, alias="expectApprovers")
+
+
+class PolicyTestSuite(BaseModel):
+    """A file of policy expectations (`airun policy test`), in the manner of `opa test` or `kyverno test`.
+
+    `policies` names Policy/ClusterPolicy files relative to the suite (tested offline); without it the
+    cluster's own policies are tested."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+    api_version: str = Field("aifirst.dev/v1alpha1", alias="apiVersion")
+    kind: Literal["PolicyTest"]
+    namespace: str = "default"
+    policies: list[str] | None = None
+    cases: list[PolicyTestCase] = Field(min_length=1)

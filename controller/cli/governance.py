@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from controller import API_GROUP, API_VERSION
 from controller.api.capability import CapabilitySpec, RiskLevel
-from controller.api.policy import PolicyObject, PolicySpec, Principal
+from controller.api.policy import PolicyObject, PolicySpec, PolicyTestSuite, Principal
 from controller.capabilities import custom, registry
 from controller.cli.workflows import Kube, read_workflow, reason_of, with_identity
 from controller.policy.evaluate import evaluate
@@ -45,24 +47,31 @@ def all_capabilities(kube: Kube | None) -> dict[str, CapabilitySpec]:
 
 
 def policies_for(kube: Kube) -> list[PolicyObject]:
+    """The ClusterPolicies and the Policies of the command's namespace."""
+    return cluster_policies(kube, {kube.namespace})
+
+
+def cluster_policies(kube: Kube, namespaces: set[str]) -> list[PolicyObject]:
+    """The ClusterPolicies and the Policies of NAMESPACES, as the caller may read them."""
     try:
-        return _policies(kube)
+        return _policies(kube, namespaces)
     except ApiException as error:
         raise click.ClickException(f"cannot read the policies that apply: {reason_of(error)}") from error
 
 
-def _policies(kube: Kube) -> list[PolicyObject]:
+def _policies(kube: Kube, namespaces: set[str]) -> list[PolicyObject]:
     result: list[PolicyObject] = []
     cluster: Any = kube.custom.list_cluster_custom_object(API_GROUP, API_VERSION, "clusterpolicies")
     for item in cluster.get("items", []):
         result.append(PolicyObject(name=item["metadata"]["name"], spec=PolicySpec.model_validate(item["spec"])))
-    local: Any = kube.custom.list_namespaced_custom_object(API_GROUP, API_VERSION, kube.namespace, "policies")
-    for item in local.get("items", []):
-        result.append(
-            PolicyObject(
-                name=item["metadata"]["name"], namespace=kube.namespace, spec=PolicySpec.model_validate(item["spec"])
+    for namespace in sorted(namespaces):
+        local: Any = kube.custom.list_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "policies")
+        for item in local.get("items", []):
+            result.append(
+                PolicyObject(
+                    name=item["metadata"]["name"], namespace=namespace, spec=PolicySpec.model_validate(item["spec"])
+                )
             )
-        )
     return result
 
 
@@ -123,7 +132,7 @@ def register(main: click.Group) -> None:
 
     @main.group()
     def policy() -> None:
-        """Why a principal may or may not use a capability."""
+        """Why a principal may or may not use a capability (`explain`), and tests of policies (`test`)."""
 
     @policy.command("explain")
     @click.argument("capability")
@@ -163,6 +172,84 @@ def register(main: click.Group) -> None:
         for verdict in result.verdicts:
             console.print(f"  {verdict.explanation} ({verdict.mode.value})")
 
+    @policy.command("test")
+    @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    @with_identity
+    def policy_test(
+        files: tuple[Path, ...], kubeconfig: str | None, context: str | None, namespace: str | None
+    ) -> None:
+        """Check the expectations in FILES (kind: PolicyTest) against the policies they name, offline, or
+        against the cluster's policies when a file names none. Exit 1 when any case fails."""
+        from controller.policy.cases import run_cases
+
+        failed = total = 0
+        for file in files:
+            suite = _read_suite(file)
+            kube = None if suite.policies is not None else Kube(kubeconfig, context, namespace)
+            if suite.policies is not None:
+                policies = [p for name in suite.policies for p in _read_policies(file.parent / name, suite.namespace)]
+                source = ", ".join(suite.policies)
+            else:
+                assert kube is not None
+                namespaces = {case.namespace or suite.namespace for case in suite.cases}
+                policies = cluster_policies(kube, namespaces)
+                source = "the cluster's policies"
+            risks = {cap_id: spec.risk.level for cap_id, spec in all_capabilities(kube).items()}
+            results = run_cases(suite, policies, risks)
+            console.print(f"[bold]{file}[/] against {source}", soft_wrap=True)
+            table = Table()
+            for column in ("case", "expected", "got", "", "why"):
+                table.add_column(column, overflow="fold")
+            for result in results:
+                got = result.result.decision.value if result.result else "-"
+                why = (
+                    "; ".join(result.failures) if not result.passed else (result.result.reason if result.result else "")
+                )
+                mark = "[green]PASS[/]" if result.passed else "[red]FAIL[/]"
+                table.add_row(result.case.name, result.case.expect.value, got, mark, why)
+            console.print(table)
+            total += len(results)
+            failed += sum(1 for r in results if not r.passed)
+        style = "red" if failed else "green"
+        console.print(f"[{style}]{total - failed} passed, {failed} failed[/]")
+        if failed:
+            raise SystemExit(1)
+
+
+def _read_suite(file: Path) -> PolicyTestSuite:
+    try:
+        return PolicyTestSuite.model_validate(yaml.safe_load(file.read_text()) or {})
+    except yaml.YAMLError as error:
+        raise click.ClickException(f"{file}: not YAML: {error}") from error
+    except ValidationError as error:
+        raise click.ClickException(f"{file}: not a PolicyTest: {_errors(error)}") from error
+
+
+def _read_policies(file: Path, default_namespace: str) -> list[PolicyObject]:
+    """The Policy and ClusterPolicy objects in FILE (a Policy without a namespace gets the suite's)."""
+    try:
+        documents = [d for d in yaml.safe_load_all(file.read_text()) if isinstance(d, dict)]
+    except (OSError, yaml.YAMLError) as error:
+        raise click.ClickException(f"cannot read policies from {file}: {error}") from error
+    found: list[PolicyObject] = []
+    for document in documents:
+        kind, meta = document.get("kind"), document.get("metadata") or {}
+        if kind not in ("Policy", "ClusterPolicy"):
+            continue
+        try:
+            spec = PolicySpec.model_validate(document.get("spec") or {})
+        except ValidationError as error:
+            raise click.ClickException(f"{file}: {kind} {meta.get('name')}: {_errors(error)}") from error
+        namespace = (meta.get("namespace") or default_namespace) if kind == "Policy" else None
+        found.append(PolicyObject(name=meta.get("name", "?"), namespace=namespace, spec=spec))
+    if not found:
+        raise click.ClickException(f"{file} holds no Policy or ClusterPolicy")
+    return found
+
+
+def _errors(error: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in error.errors())
+
 
 def register_plan(main: click.Group) -> None:
     @main.command()
@@ -172,7 +259,6 @@ def register_plan(main: click.Group) -> None:
         """Dry run of the Workflow in FILE, with no side effects: validate it, render the inputs it can,
         evaluate the cluster's policies for you, and show which steps would run, ask or be denied, and how
         each would be undone. Exit 1 when it could not run as it is."""
-        from pathlib import Path
 
         from controller.api.workflow import StepType, WorkflowSpec
         from controller.engine import dag

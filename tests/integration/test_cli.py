@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from controller.localcluster.devenv import DevEnvironment
 from tests.kube import Kube
@@ -84,6 +85,23 @@ def test_capabilities_and_policy_explain(env: DevEnvironment, kube: Kube, namesp
     assert f"Policy {namespace}/no-deletes rule 0: DENY" in explained.stdout
     agent = airun(env, "policy", "explain", "io.fs.delete", "--context", "agent", "-n", "agents")
     assert agent.returncode != 0 and "cannot read the policies that apply" in agent.stderr
+
+
+def test_policy_test_checks_the_clusters_policies(
+    env: DevEnvironment, kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    kube.apply(NO_DELETES, namespace=namespace)
+    cases = [
+        {"name": "no deletes here", "principal": {"user": "bob"}, "capability": "io.fs.delete", "expect": "DENY"},
+        {"name": "reads", "principal": {"user": "bob"}, "capability": "io.fs.read_file", "expect": "ALLOW"},
+        {"name": "wrong on purpose", "principal": {"user": "bob"}, "capability": "io.fs.stat", "expect": "DENY"},
+    ]
+    suite = tmp_path / "cluster.test.yaml"
+    suite.write_text(yaml.safe_dump({"kind": "PolicyTest", "namespace": namespace, "cases": cases}))
+    result = airun(env, "policy", "test", str(suite), "--context", "bob")
+    assert result.returncode == 1, result.stderr
+    assert "the cluster's policies" in result.stdout and "2 passed, 1 failed" in result.stdout
+    assert "expected DENY, got ALLOW" in result.stdout
 
 
 def test_plan_is_a_dry_run_with_the_callers_policies(env: DevEnvironment, kube: Kube, namespace: str) -> None:
