@@ -4,7 +4,6 @@ identity (the API server authenticates it; nothing here can act as anyone else).
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +15,10 @@ from rich.console import Console
 from rich.tree import Tree
 
 from controller import API_GROUP, API_VERSION
+from controller.cli import progress
+from controller.cli.progress import styled
 
-TERMINAL = {"Succeeded", "Failed", "Compensated", "CompensationFailed"}
 EXIT_CODES = {"Succeeded": 0, "Failed": 1, "Compensated": 1, "CompensationFailed": 2}
-PHASE_STYLE = {
-    "Succeeded": "green",
-    "Compensated": "yellow",
-    "Failed": "red",
-    "CompensationFailed": "bold red",
-    "Running": "cyan",
-    "AwaitingApproval": "magenta",
-    "Compensating": "yellow",
-    "Skipped": "dim",
-}
 console = Console()
 
 
@@ -80,23 +70,17 @@ def read_workflow(file: Path) -> dict[str, Any]:
     return workflows[0]
 
 
-def _styled(phase: str | None) -> str:
-    phase = phase or "Pending"
-    style = PHASE_STYLE.get(phase, "white")
-    return f"[{style}]{phase}[/]"
-
-
 def tree(obj: dict[str, Any]) -> Tree:
     status = obj.get("status") or {}
     meta = obj["metadata"]
-    title = f"[bold]{meta['namespace']}/{meta['name']}[/] {_styled(status.get('phase'))}"
+    title = f"[bold]{meta['namespace']}/{meta['name']}[/] {styled(status.get('phase'))}"
     if status.get("reason"):
         title += f" ({status['reason']})"
     root = Tree(title)
     if status.get("principal"):
         root.add(f"principal: {status['principal']}")
     for step in status.get("steps", []):
-        line = f"{step['name']}: {_styled(step.get('phase'))}"
+        line = f"{step['name']}: {styled(step.get('phase'))}"
         if step.get("decision"):
             line += f"  decision {step['decision']}"
         if step.get("attempts"):
@@ -110,7 +94,7 @@ def tree(obj: dict[str, Any]) -> Tree:
             node.add(f"[red]error: {step['error']}[/]")
         compensation = step.get("compensation") or {}
         if compensation.get("phase") and compensation["phase"] != "Pending":
-            node.add(f"compensation: {compensation.get('capability')} {_styled(compensation['phase'])}")
+            node.add(f"compensation: {compensation.get('capability')} {styled(compensation['phase'])}")
     if status.get("message"):
         root.add(f"[dim]{status['message']}[/]")
     return root
@@ -155,28 +139,9 @@ def register(main: click.Group) -> None:
         console.print(f"workflow {namespace}/{name} created")
         if not wait:
             return
-        seen: dict[str, str] = {}
-        deadline = time.monotonic() + timeout
-        obj: dict[str, Any] = dict(created)
-        while time.monotonic() < deadline:
-            obj = kube.get("workflows", name)
-            status = obj.get("status") or {}
-            for step in status.get("steps", []):
-                phase = step.get("phase", "Pending")
-                if seen.get(step["name"]) != phase:
-                    seen[step["name"]] = phase
-                    extra = (
-                        f" ({step['approval']}: airun approve {step['approval']})"
-                        if phase == "AwaitingApproval"
-                        else ""
-                    )
-                    console.print(f"  {step['name']}: {_styled(phase)}{extra}")
-            if status.get("phase") in TERMINAL:
-                console.print(tree(obj))
-                sys.exit(EXIT_CODES[status["phase"]])
-            time.sleep(0.5)
+        obj = progress.follow(lambda: kube.get("workflows", name), console, timeout)
         console.print(tree(obj))
-        sys.exit(3)
+        sys.exit(EXIT_CODES.get((obj.get("status") or {}).get("phase", ""), 3))
 
     @main.command()
     @click.argument("name")
