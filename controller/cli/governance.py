@@ -84,7 +84,7 @@ def whoami(kube: Kube) -> Principal:
 
 
 def register(main: click.Group) -> None:
-    @main.group()
+    @main.group(short_help="What workflows may use: risk, side effects, how each is undone.")
     def capabilities() -> None:
         """The capabilities workflows may use: built-in, plugins and the cluster's Capability objects."""
 
@@ -130,7 +130,7 @@ def register(main: click.Group) -> None:
             yaml.safe_dump(specs[capability].model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)
         )
 
-    @main.group()
+    @main.group(short_help="Explain and test policy decisions.")
     def policy() -> None:
         """Why a principal may or may not use a capability (`explain`), and tests of policies (`test`)."""
 
@@ -252,7 +252,7 @@ def _errors(error: ValidationError) -> str:
 
 
 def register_plan(main: click.Group) -> None:
-    @main.command()
+    @main.command(short_help="Dry run of a Workflow: validity, rendered inputs, your policy decisions, undo chain.")
     @click.argument("file", type=click.Path(exists=True, dir_okay=False))
     @with_identity
     def plan(file: str, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:

@@ -18,13 +18,29 @@ def _state_dir() -> Path:
     return Path(os.environ.get("AIRUN_STATE_DIR", ".airun"))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Airun(click.Group):
+    """Turns "the API server cannot be reached" into one clear line instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return super().invoke(ctx)
+        except HTTPError as error:
+            cause = getattr(error, "reason", None) or error
+            raise click.ClickException(
+                f"cannot reach the API server: {cause} (is it running? `airun up` starts the local one; "
+                "--kubeconfig/--context choose another)"
+            ) from error
+
+
+@click.group(cls=_Airun, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="airun")
 def main() -> None:
     """AI-First Runtime: the transactional control plane for AI agents."""
 
 
-@main.command()
+@main.command(short_help="Start the local control plane and the operator.")
 @click.option("--no-operator", is_flag=True, help="Start the control plane only.")
 def up(no_operator: bool) -> None:
     """Start the local control plane and the operator (idempotent: starts only what is not running)."""
@@ -141,6 +157,10 @@ def audit_show(url: str | None, namespace: str | None, workflow: str | None) -> 
             record.actor or "",
             details,
         )
+    if not table.row_count:
+        where = " ".join(f"{k} {v}" for k, v in (("namespace", namespace), ("workflow", workflow)) if v)
+        console.print(f"no audit records{' for ' + where if where else ''} in {_audit_url(url)}")
+        return
     # Piped output (grep, files) gets full lines instead of a table folded to 80 columns.
     Console(width=None if sys.stdout.isatty() else 400).print(table)
 

@@ -115,7 +115,7 @@ def with_identity(function: Any) -> Any:
 
 
 def register(main: click.Group) -> None:
-    @main.command()
+    @main.command(short_help="Create the Workflow in FILE and follow it live; the exit code says how it ended.")
     @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
     @click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the workflow until it ends.")
     @click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds to follow it.")
@@ -194,7 +194,10 @@ def register(main: click.Group) -> None:
     def events(name: str, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
         """The events of workflow NAME, oldest first."""
         kube = Kube(kubeconfig, context, namespace)
+        kube.get("workflows", name)  # a clear "not found" rather than an empty list
         items = kube.core.list_namespaced_event(kube.namespace, field_selector=f"involvedObject.name={name}").items
+        if not items:
+            console.print(f"no events for workflow {kube.namespace}/{name} (events expire after an hour)")
         items.sort(key=lambda e: str(e.last_timestamp or e.event_time or e.metadata.creation_timestamp))
         for event in items:
             when = event.last_timestamp or event.event_time or event.metadata.creation_timestamp

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,11 +65,17 @@ def test_approve_uses_the_callers_identity(env: DevEnvironment, kube: Kube, name
     assert kube.get("approval", "approval-gate-review", namespace)["status"]["decidedBy"] == "alice"
 
 
-def test_errors_are_clear(env: DevEnvironment, namespace: str) -> None:
+def test_errors_are_clear(env: DevEnvironment, namespace: str, tmp_path: Path) -> None:
     missing = airun(env, "status", "no-such-workflow", "--context", "bob", "-n", namespace)
     assert missing.returncode != 0 and 'workflows.aifirst.dev "no-such-workflow" not found' in missing.stderr
     not_a_workflow = airun(env, "run", str(REPO / "policies" / "baseline.yaml"), "--context", "bob")
     assert not_a_workflow.returncode != 0 and "does not hold one Workflow" in not_a_workflow.stderr
+    no_events = airun(env, "events", "no-such-workflow", "--context", "bob", "-n", namespace)
+    assert no_events.returncode != 0 and "not found" in no_events.stderr
+    unreachable = tmp_path / "kubeconfig"
+    unreachable.write_text(re.sub(r"https://127\.0\.0\.1:\d+", "https://127.0.0.1:1", env.kubeconfig.read_text()))
+    down = airun(env, "status", "x", "--kubeconfig", str(unreachable))
+    assert down.returncode == 1 and "cannot reach the API server" in down.stderr and "Traceback" not in down.stderr
 
 
 def test_capabilities_and_policy_explain(env: DevEnvironment, kube: Kube, namespace: str) -> None:
