@@ -147,13 +147,18 @@ class AuditStore:
             connection.execute(insert(AuditRecord), rows)  # executemany: one round trip per batch
             return list(range(next_id, next_id + len(rows)))
 
-    def records(self, *, namespace: str | None = None, workflow: str | None = None) -> Iterator[AuditRecord]:
+    def records(
+        self, *, namespace: str | None = None, workflow: str | None = None, run: str | None = None
+    ) -> Iterator[AuditRecord]:
+        """The records, oldest first; RUN picks one run of a workflow by (a prefix of) its uid."""
         with Session(self.engine) as session:
             query = select(AuditRecord).order_by(AuditRecord.id)
             if namespace:
                 query = query.where(AuditRecord.namespace == namespace)
             if workflow:
                 query = query.where(AuditRecord.workflow == workflow)
+            if run:
+                query = query.where(AuditRecord.workflow_uid.startswith(run, autoescape=True))
             yield from session.scalars(query)
 
     def verify(self) -> list[Problem]:

@@ -124,6 +124,7 @@ _audit_db = click.option(
 _audit_filters = [
     click.option("-n", "--namespace", help="Only this namespace."),
     click.option("-w", "--workflow", help="Only this workflow."),
+    click.option("--run", help="Only this run of it: its uid, or the first characters (the `run` column)."),
 ]
 
 
@@ -135,16 +136,16 @@ def _filters(function: Any) -> Any:
 
 @audit.command("show")
 @_filters
-def audit_show(url: str | None, namespace: str | None, workflow: str | None) -> None:
+def audit_show(url: str | None, namespace: str | None, workflow: str | None, run: str | None) -> None:
     """The records as a table, oldest first."""
     from rich.table import Table
 
     from controller.audit.store import AuditStore
 
     table = Table(show_lines=False)
-    for column in ("#", "time", "kind", "workflow", "step", "principal", "actor", "details"):
+    for column in ("#", "time", "kind", "workflow", "run", "step", "principal", "actor", "details"):
         table.add_column(column, overflow="fold")
-    for record in AuditStore(_audit_url(url)).records(namespace=namespace, workflow=workflow):
+    for record in AuditStore(_audit_url(url)).records(namespace=namespace, workflow=workflow, run=run):
         payload = json.loads(record.payload)
         details = ", ".join(f"{k}={json.dumps(v)}" for k, v in payload.items() if v not in (None, [], {}))
         table.add_row(
@@ -152,13 +153,14 @@ def audit_show(url: str | None, namespace: str | None, workflow: str | None) -> 
             record.recorded_at[:23],
             record.kind,
             f"{record.namespace}/{record.workflow}",
+            record.workflow_uid[:8],
             record.step or "",
             record.principal or "",
             record.actor or "",
             details,
         )
     if not table.row_count:
-        where = " ".join(f"{k} {v}" for k, v in (("namespace", namespace), ("workflow", workflow)) if v)
+        where = " ".join(f"{k} {v}" for k, v in (("namespace", namespace), ("workflow", workflow), ("run", run)) if v)
         console.print(f"no audit records{' for ' + where if where else ''} in {_audit_url(url)}")
         return
     # Piped output (grep, files) gets full lines instead of a table folded to 80 columns.
@@ -168,11 +170,11 @@ def audit_show(url: str | None, namespace: str | None, workflow: str | None) -> 
 @audit.command("export")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
 @_filters
-def audit_export(fmt: str, url: str | None, namespace: str | None, workflow: str | None) -> None:
+def audit_export(fmt: str, url: str | None, namespace: str | None, workflow: str | None, run: str | None) -> None:
     """Every record, as JSON Lines or CSV, on standard output."""
     from controller.audit.store import AuditStore
 
-    click.echo(AuditStore(_audit_url(url)).export(fmt, namespace=namespace, workflow=workflow), nl=False)
+    click.echo(AuditStore(_audit_url(url)).export(fmt, namespace=namespace, workflow=workflow, run=run), nl=False)
 
 
 @audit.command("verify")

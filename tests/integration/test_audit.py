@@ -100,6 +100,13 @@ def test_chain_verifies_and_exports(store: AuditStore) -> None:
     assert store.export("csv").splitlines()[0].startswith("id,recorded_at,kind")
 
 
+def test_runs_of_the_same_workflow_name_are_told_apart(store: AuditStore) -> None:
+    for uid in ("3f2a-first", "9c1b-second"):
+        store.append("workflow.started", namespace="ns", workflow="wf", workflow_uid=uid, principal="bob", payload={})
+    assert [r.workflow_uid for r in store.records(workflow="wf", run="9c1b")] == ["9c1b-second"]
+    assert list(store.records(workflow="wf", run="%")) == []  # a prefix, not a pattern
+
+
 def test_edited_record_is_detected(store: AuditStore) -> None:
     fill(store)
     with store.engine.begin() as c:
