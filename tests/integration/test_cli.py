@@ -65,6 +65,25 @@ def test_approve_uses_the_callers_identity(env: DevEnvironment, kube: Kube, name
     assert kube.get("approval", "approval-gate-review", namespace)["status"]["decidedBy"] == "alice"
 
 
+def test_kubectl_finds_it_as_a_plugin(env: DevEnvironment, kube: Kube, namespace: str) -> None:
+    """`kubectl airun ...`: kubectl runs kubectl-airun from PATH (installed beside airun by pip)."""
+    run = airun(env, "run", str(REPO / "examples" / "approval.yaml"), "--no-wait", "--context", "bob", "-n", namespace)
+    assert run.returncode == 0, run.stderr
+    kube.wait_for("approval", "approval-gate-review", namespace, lambda o: True, what="the approval")
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    plugin = subprocess.run(
+        [str(kube.kubectl_binary), "airun", "reject", "approval-gate-review", "--context", "alice", "-n", namespace],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env={**os.environ, "KUBECONFIG": str(env.kubeconfig), "PATH": path},
+    )
+    assert plugin.returncode == 0, plugin.stderr
+    assert "approval-gate-review: Rejected" in plugin.stdout
+    assert kube.get("approval", "approval-gate-review", namespace)["status"]["decidedBy"] == "alice"
+
+
 def test_errors_are_clear(env: DevEnvironment, namespace: str, tmp_path: Path) -> None:
     missing = airun(env, "status", "no-such-workflow", "--context", "bob", "-n", namespace)
     assert missing.returncode != 0 and 'workflows.aifirst.dev "no-such-workflow" not found' in missing.stderr
