@@ -9,6 +9,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from controller.api.workflow import Decision
+
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600)
 WAIT_BUCKETS = (1, 5, 15, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400)
 
@@ -26,12 +28,15 @@ class _Live(Collector):
         workflows = GaugeMetricFamily(
             "airun_workflows", "Workflows by namespace and phase", labels=["namespace", "phase"]
         )
-        for (namespace, phase), count in sorted(Tally(self.workflow_phases()).items()):
+        phases = Tally(self.workflow_phases())
+        for (namespace, phase), count in sorted(phases.items()):
             workflows.add_metric([namespace, phase], count)
         yield workflows
         pending = GaugeMetricFamily("airun_approvals_pending", "Approvals waiting for a decision", labels=["namespace"])
-        for namespace, count in sorted(Tally(self.pending_approvals()).items()):
-            pending.add_metric([namespace], count)
+        # 0 rather than no series for namespaces with workflows, so that "went back to 0" is visible.
+        counts = Tally(self.pending_approvals())
+        for namespace in sorted(set(counts) | {namespace for namespace, _ in phases}):
+            pending.add_metric([namespace], counts[namespace])
         yield pending
 
 
@@ -64,6 +69,8 @@ class Metrics:
             "airun_compensations_total", "Compensations by result", ["capability", "result"], registry=r
         )
         self.decisions = Counter("airun_policy_decisions_total", "Policy decisions on steps", ["decision"], registry=r)
+        for decision in Decision:  # every decision has a series from the start (rate() needs two samples)
+            self.decisions.labels(decision.value)
         self.approval_wait = Histogram(
             "airun_approval_wait_seconds", "Time from request to decision", ["result"], buckets=WAIT_BUCKETS, registry=r
         )

@@ -63,6 +63,14 @@ def test_metrics_follow_workflows(kube: Kube, namespace: str, operator: DevEnvir
     assert delta("airun_workflow_duration_seconds_count", phase="Compensated") == 1
     assert delta("airun_step_duration_seconds_count", capability="io.fs.write_file", result="succeeded") == 2
     assert value(after, "airun_reconcile_errors_total") == 0
+    # every decision has a series before it first happens; pending approvals go back to 0, not to nothing
+    assert ("airun_policy_decisions_total", (("decision", "DENY"),)) in before
+    patch = '{"spec":{"decision":"Approved"}}'
+    kube.run("patch", "approval", "m-wait-gate", "-n", namespace, "--type", "merge", "-p", patch, as_="alice")
+    wait_terminal(kube, namespace, "m-wait")
+    decided = scrape(operator)
+    assert decided[("airun_approvals_pending", (("namespace", namespace),))] == 0
+    assert value(decided, "airun_approval_wait_seconds_count", result="Approved") >= 1
 
 
 def test_side_effect_free_steps_ride_along_with_the_next_checkpoint(
