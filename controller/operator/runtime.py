@@ -466,6 +466,7 @@ class Runner:
         to start has started, and the next plan starts it again."""
         after = status.dump()
         if after != self.written:
+            await self.rt.audit.durable()  # write-ahead: the audit trail never lags a checkpoint
             patch: dict[str, Any] = dict(after)
             for key in self.written:
                 patch.setdefault(key, None)  # a merge patch removes a field only when told to

@@ -3,6 +3,7 @@ audit trail the operator writes, read back with `airun audit`."""
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import json
 import os
@@ -17,6 +18,7 @@ import pytest
 from sqlalchemy import text
 
 from controller.audit.store import AuditStore
+from controller.audit.writer import AuditWriter
 from controller.localcluster.cluster import free_port
 from controller.localcluster.devenv import DevEnvironment
 from tests.integration.test_governance import decide, wait_phase
@@ -98,6 +100,22 @@ def test_chain_verifies_and_exports(store: AuditStore) -> None:
     lines = store.export("jsonl").splitlines()
     assert len(lines) == 5 and json.loads(lines[2])["payload"]["i"] == 2
     assert store.export("csv").splitlines()[0].startswith("id,recorded_at,kind")
+
+
+def test_durable_returns_once_the_records_are_in_the_store(store: AuditStore) -> None:
+    """Write-ahead: the runner awaits this before each status checkpoint."""
+    writer = AuditWriter(store)
+
+    async def record_then_wait() -> int:
+        for i in range(200):
+            writer.record("step.finished", namespace="ns", workflow="wf", workflow_uid="u", step=f"s{i}", payload={})
+        await writer.durable()
+        return sum(1 for _ in store.records())
+
+    try:
+        assert asyncio.run(record_then_wait()) == 200
+    finally:
+        writer.close()
 
 
 def test_runs_of_the_same_workflow_name_are_told_apart(store: AuditStore) -> None:
