@@ -100,7 +100,8 @@ class DevEnvironment:
     def operator_running(self) -> bool:
         return processes.alive(self.operator_pid, "controller") is not None
 
-    def start_operator(self, timeout: float = 60.0) -> None:
+    def start_operator(self, timeout: float = 60.0, context: str = "operator") -> None:
+        """Starts the operator as CONTEXT of the kubeconfig (its own least-privilege identity by default)."""
         if self.operator_running():
             return
         ports = self._operator_ports()
@@ -120,7 +121,7 @@ class DevEnvironment:
             "-m",
             "controller",
             f"--kubeconfig={self.kubeconfig}",
-            "--context=operator",
+            f"--context={context}",
             *(["--verbose"] if os.environ.get("AIRUN_OPERATOR_VERBOSE") else []),
             f"--health-port={ports['health']}",
             f"--webhook-port={ports['webhook']}",

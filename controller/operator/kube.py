@@ -3,6 +3,7 @@ operator's own status PATCHes (kubernetes_asyncio)."""
 
 from __future__ import annotations
 
+import inspect
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -19,11 +20,22 @@ class Connection:
     api: client.ApiClient
     configuration: client.Configuration
 
-    def connection_info(self) -> kopf.ConnectionInfo:
+    async def bearer_token(self) -> str | None:
+        """The current bearer token, if the credentials are a token: in a Pod the projected ServiceAccount
+        token, which kubelet rotates (the loader's refresh hook re-reads it when it is due)."""
         c = self.configuration
-        token = None
-        if c.api_key.get("authorization", "").startswith("Bearer "):
-            token = c.api_key["authorization"].removeprefix("Bearer ")
+        refresh: Any = c.refresh_api_key_hook  # typed as a coroutine in the stubs; the in-cluster one is a function
+        if refresh is not None:
+            refreshed = refresh(c)
+            if inspect.isawaitable(refreshed):
+                await refreshed
+        value = str(c.api_key.get("BearerToken") or "")  # where kubernetes_asyncio's loaders put it
+        return value.removeprefix("Bearer ") or None
+
+    async def connection_info(self) -> kopf.ConnectionInfo:
+        """For kopf, which asks again (login handler) whenever the API server answers 401."""
+        c = self.configuration
+        token = await self.bearer_token()
         return kopf.ConnectionInfo(
             server=str(c.host),
             ca_path=c.ssl_ca_cert,
@@ -70,10 +82,7 @@ class Connection:
             context.verify_mode = ssl.CERT_NONE
         if c.cert_file and c.key_file:
             context.load_cert_chain(c.cert_file, c.key_file)
-        token = None
-        if c.api_key.get("authorization", "").startswith("Bearer "):
-            token = c.api_key["authorization"].removeprefix("Bearer ")
-        return KubeGateway(str(c.host), context, token)
+        return KubeGateway(str(c.host), context, self.bearer_token)
 
     async def close(self) -> None:
         await self.api.close()

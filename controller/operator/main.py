@@ -103,8 +103,8 @@ async def run(options: OperatorOptions) -> None:
         _configure(settings, options)
 
     @kopf.on.login(registry=registry)
-    def login(**_: Any) -> kopf.ConnectionInfo:
-        return connection.connection_info()
+    async def login(**_: Any) -> kopf.ConnectionInfo:
+        return await connection.connection_info()
 
     if options.metrics_port:
         runtime.metrics.serve(options.metrics_port, options.bind)

@@ -205,3 +205,35 @@ def test_delete_needs_approval_and_is_undone_by_re_creating(
     assert obj["status"]["phase"] == "Compensated", obj["status"]
     assert steps_of(obj)["remove"]["outputs"] == {"existed": True}
     assert kube.get("configmap", cm, NS)["data"] == {"keep": "me"}  # re-created from the snapshot
+
+
+def test_the_operator_runs_on_a_service_account_token_as_in_a_pod(
+    kube: Kube, operator: Any, agent_may_edit_configmaps: None
+) -> None:
+    """In a cluster the operator authenticates with its ServiceAccount's token, not a client certificate:
+    kopf's watches, the status writes, the webhooks' identity and the impersonating k8s.* gateway all use it."""
+    account = "system:serviceaccount:airun-system:airun-operator"
+    namespace, name = account.split(":")[2:]
+    kube.run("create", "namespace", namespace, check=False)
+    kube.run("create", "serviceaccount", name, "-n", namespace, check=False)
+    token = kube.run("create", "token", name, "-n", namespace, "--duration=1h").stdout.strip()
+    cluster = kube.run("config", "view", "-o", "jsonpath={.contexts[?(@.name=='operator')].context.cluster}").stdout
+    kube.run("config", "set-credentials", "operator-token", f"--token={token}")
+    kube.run("config", "set-context", "operator-token", f"--cluster={cluster}", "--user=operator-token")
+    operator.stop_operator()
+    try:
+        operator.start_operator(context="operator-token")
+        name, cm = unique("k8s-token"), unique("settings")
+        kube.apply(
+            wf(name, {"name": "apply", "capability": "k8s.apply", "inputs": {"manifest": configmap(cm, mode="t")}}),
+            namespace=NS,
+            as_="agent",
+        )
+        obj = wait_terminal(kube, NS, name)
+        assert obj["status"]["phase"] == "Succeeded", obj["status"]["steps"]
+        assert obj["metadata"]["annotations"]["aifirst.dev/principal"] == "system:serviceaccount:agents:planner"
+        created = kube.get("configmap", cm, NS)
+        assert created["data"] == {"mode": "t"}
+    finally:
+        operator.stop_operator()
+        operator.start_operator()

@@ -6,6 +6,7 @@ import asyncio
 import json
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,24 +32,26 @@ class KubeGateway:
 
     server: str
     ssl_context: ssl.SSLContext
-    token: str | None = None
+    token: Callable[[], Awaitable[str | None]] | None = None  # asked per request: tokens rotate
     _client: httpx.AsyncClient | None = None
     _resources: dict[str, dict[str, tuple[str, bool]]] = field(default_factory=dict)
 
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
-            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-            self._client = httpx.AsyncClient(
-                base_url=self.server, verify=self.ssl_context, headers=headers, timeout=30, trust_env=False
-            )
+            self._client = httpx.AsyncClient(base_url=self.server, verify=self.ssl_context, timeout=30, trust_env=False)
         return self._client
+
+    async def _authorization(self) -> list[tuple[str, str]]:
+        token = await self.token() if self.token else None
+        return [("Authorization", f"Bearer {token}")] if token else []
 
     async def call(self, inv: Invocation, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = [("Impersonate-User", inv.principal)] + [
             ("Impersonate-Group", g) for g in inv.groups if g != "system:authenticated"
         ]
         headers += list((kwargs.pop("headers", None) or {}).items())
+        headers += await self._authorization()
         try:
             return await self.client.request(method, path, headers=headers, **kwargs)
         except httpx.HTTPError as error:
@@ -58,7 +61,7 @@ class KubeGateway:
         """(plural, namespaced) of a kind, from the API server's discovery (cached)."""
         if api_version not in self._resources:
             path = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
-            response = await self.client.get(path)
+            response = await self.client.get(path, headers=await self._authorization())
             if response.status_code == 404:
                 raise CapabilityError(f"unknown apiVersion {api_version}", retryable=False)
             response.raise_for_status()
