@@ -26,7 +26,7 @@ binaries:
 	@bash tools/k8s/build.sh
 
 # Checking tools (helm, promtool, a Lua interpreter) built from the Go modules under tools/ (cached by go.sum).
-GO_TOOLS :=
+GO_TOOLS := promtool lua
 tools:
 	@for module in $(GO_TOOLS); do bash tools/build-go-tools.sh $$module >/dev/null || exit 1; done
 
