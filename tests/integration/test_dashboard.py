@@ -16,6 +16,7 @@ from textual.widgets import Static
 
 from controller.cli.dashboard.app import Confirm, Dashboard, ReasonPrompt
 from controller.cli.workflows import Kube as CliKube
+from controller.localcluster import processes
 from controller.localcluster.devenv import DevEnvironment
 from tests.kube import Kube
 
@@ -93,7 +94,7 @@ def test_workflows_appear_and_change_live(env: DevEnvironment, kube: Kube, names
         assert app.selected == key
         await until(pilot, lambda: "approval-gate-review Pending" in details(app), "the pending approval shown")
         text = details(app)
-        for line in ("draft", "review", "publish", "io.fs.write_file", "(requested by bob)", "ClusterPolicy baseline"):
+        for line in ("draft", "review", "publish", "io.fs.write_file", "(requested by bob)", "ALLOW"):
             assert line in text, text
         assert "Succeeded" in text and "AwaitingApproval" in text
 
@@ -222,8 +223,40 @@ def test_all_namespaces_shows_the_namespace_column(env: DevEnvironment, kube: Ku
     drive(app, scenario)
 
 
+def test_a_refused_list_is_said_in_the_empty_state(env: DevEnvironment) -> None:
+    app = dashboard(env, "agent", None)  # the agent may list workflows in namespace agents only
+
+    async def scenario(pilot: Pilot[None]) -> None:
+        empty = app.query_one("#empty", Static)
+        refusal = 'cannot list resource "workflows" in API group "aifirst.dev" at the cluster scope'
+        await until(pilot, lambda: refusal in str(empty.content), "the refusal")
+        assert said(app, refusal, "error") and app.is_running
+        assert app.sub_title.startswith("system:serviceaccount:agents:planner")  # who the API server says we are
+
+    drive(app, scenario)
+
+
 def _text_of_screen(app: Dashboard) -> str:
     console = Console(width=SIZE[0], record=True, file=io.StringIO())
     for static in app.screen.query(Static):
         console.print(static.content)
     return console.export_text()
+
+
+def test_the_watch_reconnects_after_the_api_server_restarts(env: DevEnvironment, kube: Kube, namespace: str) -> None:
+    app = dashboard(env, "bob", namespace)
+    hello = (REPO / "examples" / "hello.yaml").read_text()
+
+    async def scenario(pilot: Pilot[None]) -> None:
+        await asyncio.to_thread(kube.apply, hello, namespace=namespace, as_="bob")
+        await until(pilot, lambda: cell(app, f"{namespace}/hello", "phase") == "Succeeded", "Succeeded")
+        await asyncio.to_thread(processes.stop, env.cluster.run / "kube-apiserver.pid", "kube-apiserver")
+        await until(pilot, lambda: said(app, "lost the API server", "warning"), "the lost connection")
+        await asyncio.to_thread(env.cluster.start)
+        await until(pilot, lambda: said(app, "workflows: connected again"), "the reconnection", within=90)
+        again = hello.replace("name: hello", "name: hello-again")
+        await asyncio.to_thread(kube.apply, again, namespace=namespace, as_="bob")
+        await until(pilot, lambda: cell(app, f"{namespace}/hello-again", "phase") == "Succeeded", "the new one", 90)
+        assert app.is_running and cell(app, f"{namespace}/hello", "phase") == "Succeeded"
+
+    drive(app, scenario)

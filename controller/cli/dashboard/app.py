@@ -21,7 +21,7 @@ from kubernetes_asyncio import watch
 from kubernetes_asyncio.client.exceptions import ApiException
 from rich.table import Table
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -140,7 +140,7 @@ class Dashboard(App[None]):
 
     TITLE = "airun dashboard"
     CSS = """
-    #workflows { height: 1fr; min-height: 5; }
+    #workflows { height: auto; max-height: 50%; }
     #empty { height: 1fr; content-align: center middle; color: $text-muted; }
     #details { height: 1fr; border-top: solid $primary; padding: 0 1; }
     ModalScreen { align: center middle; }
@@ -190,9 +190,13 @@ class Dashboard(App[None]):
         self.sub_title = f"{self.context or 'current context'} · {self.where}"
         self._show_empty_state()
         configuration = aclient.Configuration()
-        await aconfig.load_kube_config(
-            config_file=self.kubeconfig, context=self.context, client_configuration=configuration
-        )
+        try:
+            await aconfig.load_kube_config(
+                config_file=self.kubeconfig, context=self.context, client_configuration=configuration
+            )
+        except Exception as error:  # the CLI read the same kubeconfig; its async twin may still refuse it
+            self.exit(return_code=1, message=f"no usable kubeconfig: {error}")
+            return
         self.api = aclient.ApiClient(configuration)
         self.run_worker(self._identify(), group="identity")
         self.run_worker(self._follow("workflows", self._apply_workflow, self._replace_workflows), group="watch")
@@ -280,7 +284,8 @@ class Dashboard(App[None]):
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
 
-    async def _load_events(self, key: str) -> None:
+    @work(group="events", exclusive=True)  # a newer reload cancels an older one still under way
+    async def _follow_events(self, key: str) -> None:
         """The latest Events about the workflow KEY (one list call; shown under its details)."""
         assert self.api is not None
         namespace, name = key.split("/", 1)
@@ -347,7 +352,7 @@ class Dashboard(App[None]):
                 self._select_cursor_row()
             else:
                 self._show_details()
-                self.run_worker(partial(self._load_events, key), group="events", exclusive=True)
+                self._follow_events(key)
 
     def _replace_approvals(self, items: list[dict[str, Any]]) -> None:
         self.approvals = {self._key(obj): obj for obj in items}
@@ -393,7 +398,7 @@ class Dashboard(App[None]):
     def _select(self, key: str) -> None:
         self.selected = key
         self._show_details()
-        self.run_worker(partial(self._load_events, key), group="events", exclusive=True)
+        self._follow_events(key)
 
     def _select_cursor_row(self) -> None:
         table = self.table

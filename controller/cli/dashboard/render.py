@@ -166,10 +166,10 @@ def steps_table(obj: Mapping[str, Any], approvals: Mapping[str, Mapping[str, Any
 
 
 def step_notes(obj: Mapping[str, Any]) -> list[Text]:
-    """Why each step was allowed or denied, and what went wrong: lines too long for the steps table."""
+    """Which policy denied or gated a step, and what went wrong: lines too long for the steps table."""
     notes = []
     for step in (obj.get("status") or {}).get("steps") or []:
-        if step.get("policy"):
+        if step.get("policy") and step.get("decision") != "ALLOW":
             notes.append(Text(f"  {step['name']}: {step['policy']}", style="dim"))
         if step.get("error"):
             notes.append(Text(f"  {step['name']}: {step['error']}", style="red"))
@@ -199,13 +199,17 @@ def details(
     conditions = status.get("conditions") or []
     if conditions:
         parts.append(Text("\nconditions", style="bold"))
-        for condition in conditions:
-            line = Text(f"  {condition['type']}={condition['status']}")
+        line = Text("  ")
+        for i, condition in enumerate(conditions):
+            line.append(" · " if i else "")
+            line.append(
+                f"{condition['type']}={condition['status']}", style="bold" if condition["status"] == "True" else ""
+            )
             if condition.get("reason"):
                 line.append(f" {condition['reason']}")
-            if condition.get("message"):
-                line.append(f": {condition['message']}", style="dim")
-            parts.append(line)
+            if condition.get("message") and condition["message"] != status.get("message"):
+                line.append(f" ({condition['message']})", style="dim")
+        parts.append(line)
     if events:
         parts.append(Text("\nevents", style="bold"))
         for event in events:
