@@ -252,7 +252,9 @@ def test_the_watch_reconnects_after_the_api_server_restarts(env: DevEnvironment,
         await until(pilot, lambda: cell(app, f"{namespace}/hello", "phase") == "Succeeded", "Succeeded")
         await asyncio.to_thread(processes.stop, env.cluster.run / "kube-apiserver.pid", "kube-apiserver")
         await until(pilot, lambda: said(app, "lost the API server", "warning"), "the lost connection")
-        await asyncio.to_thread(env.cluster.start)
+        # From this thread, not a worker thread: the API server dies with the thread that started it
+        # (die_with_parent is PR_SET_PDEATHSIG), and later tests of the session need it.
+        env.cluster.start()
         await until(pilot, lambda: said(app, "workflows: connected again"), "the reconnection", within=90)
         again = hello.replace("name: hello", "name: hello-again")
         await asyncio.to_thread(kube.apply, again, namespace=namespace, as_="bob")

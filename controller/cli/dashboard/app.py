@@ -427,7 +427,7 @@ class Dashboard(App[None]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """The dashboard's keys act on the table only, not under a dialog."""
-        if action in {"approve", "reject", "rollback", "messages", "help"}:
+        if action in {"approve", "reject", "rollback", "messages", "help", "quit"}:
             return not isinstance(self.screen, ModalScreen)
         return True
 

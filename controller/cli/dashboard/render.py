@@ -69,6 +69,14 @@ def age(timestamp: str | None, now: datetime.datetime) -> str:
     return f"{seconds}s"
 
 
+def _when(timestamp: str) -> str:
+    """An API timestamp, to the second and without its zone (it is UTC)."""
+    try:
+        return f"{datetime.datetime.fromisoformat(timestamp.replace('Z', '+00:00')):%Y-%m-%d %H:%M:%S}"
+    except ValueError:
+        return timestamp
+
+
 def row(obj: Mapping[str, Any], now: datetime.datetime) -> dict[str, RenderableType]:
     """The cells of a workflow's row, by column key."""
     meta = obj["metadata"]
@@ -187,9 +195,14 @@ def details(
     if spec.get("rollback"):
         title.append("  rollback requested", style="yellow")
     parts: list[RenderableType] = [title]
-    about = [f"principal: {status.get('principal') or '?'}", f"created: {meta.get('creationTimestamp', '')}"]
     if spec.get("description"):
-        about.insert(0, str(spec["description"]))
+        parts.append(Text(str(spec["description"]), style="dim"))
+    about = [f"principal: {status.get('principal') or '?'}"]
+    about += [
+        f"{what} {_when(status[key])}"
+        for what, key in (("started", "startedAt"), ("finished", "finishedAt"))
+        if status.get(key)
+    ]
     parts.append(Text("  ·  ".join(about), style="dim"))
     if status.get("message"):
         parts.append(Text(str(status["message"])))
