@@ -364,7 +364,8 @@ class Dashboard(App[None]):
             self.approvals.pop(key, None)
         else:
             self.approvals[key] = obj
-        if self.selected and obj.get("spec", {}).get("workflow") == self.selected.split("/", 1)[1]:
+        owner = f"{obj['metadata']['namespace']}/{obj.get('spec', {}).get('workflow')}"
+        if owner == self.selected:
             self._show_details()
 
     # -- showing it ---------------------------------------------------------------------------------------
