@@ -194,9 +194,10 @@ def audit_verify(url: str | None) -> None:
 
 
 def _register_commands() -> None:
-    from controller.cli import governance, workflows
+    from controller.cli import dashboard, governance, workflows
 
     workflows.register(main)
+    dashboard.register(main)
     governance.register(main)
     governance.register_plan(main)
 

@@ -34,21 +34,37 @@ class Kube:
         self.custom = client.CustomObjectsApi()
         self.core = client.CoreV1Api()
 
-    def get(self, plural: str, name: str) -> dict[str, Any]:
+    def get(self, plural: str, name: str, namespace: str | None = None) -> dict[str, Any]:
         try:
-            result: Any = self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, self.namespace, plural, name)
-        except ApiException as error:
-            raise click.ClickException(reason_of(error)) from error
-        return dict(result)
-
-    def patch(self, plural: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        try:
-            result: Any = self.custom.patch_namespaced_custom_object(
-                API_GROUP, API_VERSION, self.namespace, plural, name, body
+            result: Any = self.custom.get_namespaced_custom_object(
+                API_GROUP, API_VERSION, namespace or self.namespace, plural, name
             )
         except ApiException as error:
             raise click.ClickException(reason_of(error)) from error
         return dict(result)
+
+    def patch(self, plural: str, name: str, body: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
+        try:
+            result: Any = self.custom.patch_namespaced_custom_object(
+                API_GROUP, API_VERSION, namespace or self.namespace, plural, name, body
+            )
+        except ApiException as error:
+            raise click.ClickException(reason_of(error)) from error
+        return dict(result)
+
+
+def decide(kube: Kube, name: str, decision: str, reason: str | None, namespace: str | None = None) -> dict[str, Any]:
+    """Approve or reject the Approval NAME. The same merge patch kubectl would send; the API server records
+    who sent it, and the admission webhook refuses it when that identity may not decide."""
+    spec: dict[str, Any] = {"decision": decision}
+    if reason:
+        spec["reason"] = reason
+    return kube.patch("approvals", name, {"spec": spec}, namespace)
+
+
+def request_rollback(kube: Kube, name: str, namespace: str | None = None) -> dict[str, Any]:
+    """Ask the operator to compensate the workflow NAME (the panic button): sets spec.rollback: true."""
+    return kube.patch("workflows", name, {"spec": {"rollback": True}}, namespace)
 
 
 def reason_of(error: ApiException) -> str:
@@ -150,14 +166,10 @@ def register(main: click.Group) -> None:
         """A workflow as a tree: steps, phases, decisions, approvals, compensation."""
         console.print(tree(Kube(kubeconfig, context, namespace).get("workflows", name)))
 
-    def decide(
+    def decide_as(
         name: str, decision: str, reason: str | None, kubeconfig: str | None, context: str | None, namespace: str | None
     ) -> None:
-        spec: dict[str, Any] = {"decision": decision}
-        if reason:
-            spec["reason"] = reason
-        # The same merge patch kubectl would send; the API server records who sent it.
-        result = Kube(kubeconfig, context, namespace).patch("approvals", name, {"spec": spec})
+        result = decide(Kube(kubeconfig, context, namespace), name, decision, reason)
         console.print(f"approval {result['metadata']['name']}: {decision}")
 
     @main.command()
@@ -168,7 +180,7 @@ def register(main: click.Group) -> None:
         name: str, reason: str | None, kubeconfig: str | None, context: str | None, namespace: str | None
     ) -> None:
         """Approve the Approval NAME (as your own identity)."""
-        decide(name, "Approved", reason, kubeconfig, context, namespace)
+        decide_as(name, "Approved", reason, kubeconfig, context, namespace)
 
     @main.command()
     @click.argument("name")
@@ -178,14 +190,14 @@ def register(main: click.Group) -> None:
         name: str, reason: str | None, kubeconfig: str | None, context: str | None, namespace: str | None
     ) -> None:
         """Reject the Approval NAME: its workflow fails and is compensated."""
-        decide(name, "Rejected", reason, kubeconfig, context, namespace)
+        decide_as(name, "Rejected", reason, kubeconfig, context, namespace)
 
     @main.command()
     @click.argument("name")
     @with_identity
     def rollback(name: str, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
         """Compensate the finished workflow NAME (sets spec.rollback: true)."""
-        Kube(kubeconfig, context, namespace).patch("workflows", name, {"spec": {"rollback": True}})
+        request_rollback(Kube(kubeconfig, context, namespace), name)
         console.print(f"workflow {name}: rollback requested")
 
     @main.command()
