@@ -12,7 +12,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from controller.cli.workflows import PHASE_STYLE
+from controller.cli.progress import PHASE_STYLE
 
 BAR_WIDTH = 12
 # Phases after which a workflow has nothing left to roll back.
