@@ -9,15 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from rich.console import Console
 from rich.tree import Tree
 
 from controller import API_GROUP, API_VERSION
+from controller.client.workflows import TERMINAL, NotAWorkflow, reason_of, workflow_from_text
 
-TERMINAL = {"Succeeded", "Failed", "Compensated", "CompensationFailed"}
+__all__ = ["TERMINAL", "Kube", "read_workflow", "reason_of", "tree", "with_identity"]
 EXIT_CODES = {"Succeeded": 0, "Failed": 1, "Compensated": 1, "CompensationFailed": 2}
 PHASE_STYLE = {
     "Succeeded": "green",
@@ -61,23 +61,12 @@ class Kube:
         return dict(result)
 
 
-def reason_of(error: ApiException) -> str:
-    try:
-        return str(yaml.safe_load(error.body or "").get("message", error.reason))
-    except (yaml.YAMLError, AttributeError):
-        return f"{error.status} {error.reason}"
-
-
 def read_workflow(file: Path) -> dict[str, Any]:
     """The one Workflow in FILE (other documents, such as a Policy beside it, are not this command's)."""
     try:
-        documents = [d for d in yaml.safe_load_all(file.read_text()) if isinstance(d, dict)]
-    except yaml.YAMLError as error:
-        raise click.ClickException(f"{file}: {error}") from error
-    workflows = [d for d in documents if d.get("kind") == "Workflow"]
-    if len(workflows) != 1:
-        raise click.ClickException(f"{file} does not hold one Workflow (it holds {len(workflows)})")
-    return workflows[0]
+        return workflow_from_text(file.read_text(), str(file))
+    except NotAWorkflow as error:
+        raise click.ClickException(str(error)) from error
 
 
 def _styled(phase: str | None) -> str:
