@@ -172,9 +172,10 @@ def audit_verify(url: str | None) -> None:
 
 
 def _register_commands() -> None:
-    from controller.cli import governance, workflows
+    from controller.cli import governance, mcp, workflows
 
     workflows.register(main)
+    mcp.register(main)
     governance.register(main)
     governance.register_plan(main)
 
