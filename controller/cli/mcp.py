@@ -26,9 +26,10 @@ def register(main: click.Group) -> None:
         "--wait",
         "wait_seconds",
         type=float,
-        default=60,
+        default=30,
         show_default=True,
-        help="How long a tool call waits for its workflow to end before it returns the workflow's name.",
+        help="How long a tool call waits for its workflow to end before it returns the workflow's name "
+        "(keep it below the MCP client's own timeout).",
     )
     @click.option(
         "--test-capabilities/--no-test-capabilities",
@@ -69,7 +70,6 @@ def register(main: click.Group) -> None:
             if transport == "stdio":
                 anyio.run(serve_stdio, kubeconfig, context, settings)
             else:
-                click.echo(f"MCP endpoint: http://{bind}:{port}/mcp (Authorization: Bearer <token>)", err=True)
                 anyio.run(lambda: serve_http(kubeconfig, context, settings, bind=bind, port=port))
         except IdentityError as error:
             raise click.ClickException(str(error)) from error

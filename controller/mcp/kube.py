@@ -35,7 +35,12 @@ class Identity(Protocol):
 def _in_cluster(kubeconfig: str | None) -> bool:
     """No kubeconfig to read, in a Pod: the cluster is the one the Pod runs in."""
     path = os.path.expanduser(kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config")
-    return not os.path.exists(path.split(os.pathsep)[0]) and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+    found = os.path.exists(path.split(os.pathsep)[0])
+    if not found and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return True
+    if not found:
+        raise IdentityError(f"no kubeconfig at {path} (--kubeconfig or KUBECONFIG)")
+    return False
 
 
 async def _cluster(kubeconfig: str | None, context: str | None) -> client.Configuration:

@@ -4,7 +4,7 @@ known at run time) whose every tool call becomes a governed Workflow created as 
 from __future__ import annotations
 
 import json
-import logging
+import sys
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -30,8 +30,6 @@ from controller.client.workflows import (
 from controller.mcp import tools
 from controller.mcp.kube import BearerTokenIdentity, Identity, IdentityError, KubeconfigIdentity
 
-log = logging.getLogger("airun.mcp")
-
 INSTRUCTIONS = """\
 AI-First Runtime: each tool call becomes a Workflow in Kubernetes, created under YOUR identity. The
 cluster's policies decide whether it runs, asks a person, or is denied; everything is audited, and changes
@@ -42,7 +40,7 @@ name and the workflow's name at once: a person (not you) approves it, then call 
 @dataclass
 class Settings:
     namespace: str
-    wait_seconds: float = 60.0
+    wait_seconds: float = 30.0
     include_test_capabilities: bool = False
 
 
@@ -295,5 +293,5 @@ async def serve_http(kubeconfig: str | None, context: str | None, settings: Sett
         auth=AuthSettings(issuer_url=identity.server, resource_server_url=None, required_scopes=[]),  # type: ignore[arg-type]
         token_verifier=identity,
     )
-    log.info("MCP endpoint http://%s:%d/mcp (Authorization: Bearer <Kubernetes token>)", bind, port)
+    print(f"MCP endpoint: http://{bind}:{port}/mcp (Authorization: Bearer <Kubernetes token>)", file=sys.stderr)
     await uvicorn.Server(uvicorn.Config(app, host=bind, port=port, log_level="warning")).serve()
