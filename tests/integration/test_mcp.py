@@ -288,7 +288,7 @@ def test_streamable_http_acts_with_the_callers_token_only(kube: Kube, namespace:
 
     with pytest.raises(BaseException, match="unhandled errors"):  # the SDK's client: an exception group
         anyio.run(without_token)
-    assert statuses == [401]
+    assert statuses and set(statuses) == {401}, statuses
 
     author = _service_account(kube, namespace, "mcp-agent", author=True)
     arguments = {"path": "http.txt", "content": "over http"}
