@@ -17,33 +17,26 @@ from rich.table import Table
 from controller import API_GROUP, API_VERSION
 from controller.api.capability import CapabilitySpec, RiskLevel
 from controller.api.policy import PolicyObject, PolicySpec, PolicyTestSuite, Principal
-from controller.capabilities import custom, registry
 from controller.cli.workflows import Kube, read_workflow, reason_of, with_identity
+from controller.client.capabilities import catalogue
 from controller.policy.evaluate import evaluate
 
 console = Console(width=None if sys.stdout.isatty() else 200)
 
 
-def _cluster_capabilities(kube: Kube | None) -> dict[str, CapabilitySpec]:
-    found: dict[str, CapabilitySpec] = {}
+def _cluster_capability_objects(kube: Kube | None) -> list[dict[str, Any]]:
     if kube is None:
-        return found
+        return []
     try:
         items: Any = kube.custom.list_cluster_custom_object(API_GROUP, API_VERSION, "capabilities")
     except ApiException:
-        return found
-    for item in items.get("items", []):
-        try:
-            found[item["metadata"]["name"]] = custom.parse(item["metadata"]["name"], item.get("spec") or {})
-        except custom.InvalidCapability:
-            continue
-    return found
+        return []
+    return list(items.get("items", []))
 
 
 def all_capabilities(kube: Kube | None) -> dict[str, CapabilitySpec]:
     # The test family too: the local environment's operator runs with it (AIRUN_TEST_CAPABILITIES=1).
-    builtin = registry.load(include_test=True, include_plugins=True).specs()
-    return {**_cluster_capabilities(kube), **builtin}
+    return catalogue(_cluster_capability_objects(kube), include_test=True)
 
 
 def policies_for(kube: Kube) -> list[PolicyObject]:

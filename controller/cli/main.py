@@ -194,10 +194,11 @@ def audit_verify(url: str | None) -> None:
 
 
 def _register_commands() -> None:
-    from controller.cli import dashboard, governance, workflows
+    from controller.cli import dashboard, governance, mcp, workflows
 
     workflows.register(main)
     dashboard.register(main)
+    mcp.register(main)
     governance.register(main)
     governance.register_plan(main)
 

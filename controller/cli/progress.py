@@ -14,7 +14,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-TERMINAL = {"Succeeded", "Failed", "Compensated", "CompensationFailed"}
+from controller.client.workflows import TERMINAL
+
 PHASE_STYLE = {
     "Succeeded": "green",
     "Compensated": "yellow",

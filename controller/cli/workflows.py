@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from rich.console import Console
@@ -17,7 +16,9 @@ from rich.tree import Tree
 from controller import API_GROUP, API_VERSION
 from controller.cli import progress
 from controller.cli.progress import styled
+from controller.client.workflows import TERMINAL, NotAWorkflow, reason_of, workflow_from_text
 
+__all__ = ["TERMINAL", "Kube", "read_workflow", "reason_of", "tree", "with_identity"]
 EXIT_CODES = {"Succeeded": 0, "Failed": 1, "Compensated": 1, "CompensationFailed": 2}
 console = Console()
 
@@ -67,23 +68,12 @@ def request_rollback(kube: Kube, name: str, namespace: str | None = None) -> dic
     return kube.patch("workflows", name, {"spec": {"rollback": True}}, namespace)
 
 
-def reason_of(error: ApiException) -> str:
-    try:
-        return str(yaml.safe_load(error.body or "").get("message", error.reason))
-    except (yaml.YAMLError, AttributeError):
-        return f"{error.status} {error.reason}"
-
-
 def read_workflow(file: Path) -> dict[str, Any]:
     """The one Workflow in FILE (other documents, such as a Policy beside it, are not this command's)."""
     try:
-        documents = [d for d in yaml.safe_load_all(file.read_text()) if isinstance(d, dict)]
-    except yaml.YAMLError as error:
-        raise click.ClickException(f"{file}: {error}") from error
-    workflows = [d for d in documents if d.get("kind") == "Workflow"]
-    if len(workflows) != 1:
-        raise click.ClickException(f"{file} does not hold one Workflow (it holds {len(workflows)})")
-    return workflows[0]
+        return workflow_from_text(file.read_text(), str(file))
+    except NotAWorkflow as error:
+        raise click.ClickException(str(error)) from error
 
 
 def tree(obj: dict[str, Any]) -> Tree:

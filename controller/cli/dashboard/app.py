@@ -58,7 +58,7 @@ KEYS = (
 
 def _message_of(error: BaseException) -> str:
     if isinstance(error, ApiException):
-        return reason_of(error)  # type: ignore[arg-type]  # the async client's ApiException has the same shape
+        return reason_of(error)  # the async client's ApiException has the same shape
     if isinstance(error, click.ClickException):
         return error.message
     return str(error) or type(error).__name__

@@ -1,0 +1,297 @@
+"""`airun mcp`: an MCP server (the official MCP SDK, low-level server: the tools are the capabilities,
+known at run time) whose every tool call becomes a governed Workflow created as the caller."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import anyio
+import mcp_types as types
+from kubernetes_asyncio import client, watch
+from kubernetes_asyncio.client.exceptions import ApiException
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel import Server
+
+from controller import API_GROUP, API_VERSION, __version__
+from controller.api.capability import CapabilitySpec
+from controller.client.capabilities import catalogue
+from controller.client.workflows import (
+    TERMINAL,
+    NotAWorkflow,
+    pending_approvals,
+    reason_of,
+    summary,
+    workflow_from_text,
+)
+from controller.mcp import tools
+from controller.mcp.kube import BearerTokenIdentity, Identity, IdentityError, KubeconfigIdentity
+
+INSTRUCTIONS = """\
+AI-First Runtime: each tool call becomes a Workflow in Kubernetes, created under YOUR identity. The
+cluster's policies decide whether it runs, asks a person, or is denied; everything is audited, and changes
+are compensated (undone) when a workflow fails. A call that needs approval returns the pending Approval's
+name and the workflow's name at once: a person (not you) approves it, then call workflow_status."""
+
+
+@dataclass
+class Settings:
+    namespace: str
+    wait_seconds: float = 30.0
+    include_test_capabilities: bool = False
+
+
+@cache
+def _builtin(include_test: bool) -> dict[str, CapabilitySpec]:
+    return catalogue([], include_test=include_test)
+
+
+def _result(text: str, data: dict[str, Any], *, error: bool = False) -> types.CallToolResult:
+    body = f"{text}\n{json.dumps(data, indent=2, default=str)}"
+    return types.CallToolResult(content=[types.TextContent(text=body)], structured_content=data, is_error=error)
+
+
+def _approve_command(namespace: str, approval: str) -> str:
+    patch = json.dumps({"spec": {"decision": "Approved"}})
+    return f"kubectl patch approval {approval} -n {namespace} --type merge -p '{patch}'"
+
+
+class AirunTools:
+    """The handlers. IDENTITY gives an API client acting as the caller of each request."""
+
+    def __init__(self, identity: Identity, settings: Settings) -> None:
+        self.identity = identity
+        self.settings = settings
+
+    async def _capabilities(self, api: client.ApiClient) -> dict[str, CapabilitySpec]:
+        try:
+            found: Any = await client.CustomObjectsApi(api).list_cluster_custom_object(
+                API_GROUP, API_VERSION, "capabilities"
+            )
+            items = found.get("items", [])
+        except ApiException:
+            items = []  # the caller may not read them: the built-in ones remain
+        if not items:
+            return _builtin(self.settings.include_test_capabilities)
+        return catalogue(items, include_test=self.settings.include_test_capabilities)
+
+    async def list_tools(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        async with self.identity.client(ctx.request) as api:
+            specs = await self._capabilities(api)
+        offered = sorted((s for s in specs.values() if not s.internal), key=lambda s: s.id)
+        return types.ListToolsResult(tools=[*map(tools.capability_tool, offered), *tools.WORKFLOW_TOOLS])
+
+    async def call_tool(
+        self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        arguments = params.arguments or {}
+        try:
+            async with self.identity.client(ctx.request) as api:
+                custom = client.CustomObjectsApi(api)
+                if params.name == tools.SUBMIT_WORKFLOW:
+                    return await self._submit(custom, arguments)
+                if params.name == tools.WORKFLOW_STATUS:
+                    return await self._status(custom, arguments)
+                if params.name == tools.LIST_WORKFLOWS:
+                    return await self._list(custom, arguments)
+                capability = tools.capability_id(params.name)
+                spec = (await self._capabilities(api)).get(capability or "")
+                if spec is None or spec.internal:
+                    return _result(f"unknown tool {params.name!r}", {"tool": params.name}, error=True)
+                return await self._call_capability(custom, spec, arguments)
+        except ApiException as error:
+            # The API server's word, as the caller: forbidden, not found, invalid.
+            return _result(reason_of(error), {"status": error.status, "reason": reason_of(error)}, error=True)
+        except (IdentityError, NotAWorkflow, ValueError) as error:
+            return _result(str(error), {"reason": str(error)}, error=True)
+
+    def _namespace(self, arguments: dict[str, Any]) -> str:
+        return str(arguments.get("namespace") or self.settings.namespace)
+
+    async def _call_capability(
+        self, custom: client.CustomObjectsApi, spec: CapabilitySpec, arguments: dict[str, Any]
+    ) -> types.CallToolResult:
+        namespace = self.settings.namespace
+        created: Any = await custom.create_namespaced_custom_object(
+            API_GROUP, API_VERSION, namespace, "workflows", tools.one_step_workflow(spec, arguments)
+        )
+        obj = await self._wait(custom, created, self.settings.wait_seconds)
+        state = summary(obj)
+        name = state["workflow"]
+        base: dict[str, Any] = {"workflow": name, "namespace": namespace, "phase": state["phase"]}
+        if state["phase"] == "Succeeded":
+            outputs = state["steps"][0].get("outputs", {}) if state["steps"] else {}
+            return _result(f"{spec.id} succeeded (workflow {namespace}/{name})", {**base, "outputs": outputs})
+        if state["phase"] in TERMINAL:
+            step: dict[str, Any] = state["steps"][0] if state["steps"] else {}
+            failure: dict[str, Any] = {
+                **base,
+                **{k: state[k] for k in ("reason", "message") if k in state},
+                **{k: step[k] for k in ("decision", "policy", "error") if k in step},
+            }
+            why = step.get("error") or state.get("message") or state["phase"]
+            text = f"{spec.id} did not run to success (workflow {namespace}/{name}): {why}"
+            return _result(text, failure, error=True)
+        pending = pending_approvals(obj)
+        if pending:
+            return await self._awaiting(custom, namespace, name, pending, base)
+        return _result(
+            f"{spec.id} still runs after {self.settings.wait_seconds:g} s: follow it with {tools.WORKFLOW_STATUS}",
+            {**base, "next": f"{tools.WORKFLOW_STATUS} name={name}"},
+        )
+
+    async def _awaiting(
+        self,
+        custom: client.CustomObjectsApi,
+        namespace: str,
+        name: str,
+        pending: dict[str, str],
+        base: dict[str, Any],
+    ) -> types.CallToolResult:
+        approvals = []
+        for step, approval in pending.items():
+            entry: dict[str, Any] = {"step": step, "approval": approval}
+            entry["approve"] = _approve_command(namespace, approval)
+            try:
+                obj: Any = await custom.get_namespaced_custom_object(
+                    API_GROUP, API_VERSION, namespace, "approvals", approval
+                )
+                spec = obj.get("spec") or {}
+                entry.update({k: spec[k] for k in ("message", "approvers", "expiresAt") if spec.get(k)})
+            except ApiException:
+                pass  # the caller may not read approvals; the name and the command are enough
+            approvals.append(entry)
+        first = approvals[0]
+        text = (
+            f"Waiting for approval {first['approval']} (workflow {namespace}/{name}). A person allowed to approve "
+            f"(not you) runs: {first['approve']}  (or: airun approve {first['approval']} -n {namespace}). "
+            f"Then call {tools.WORKFLOW_STATUS} with name={name}."
+        )
+        return _result(text, {**base, "phase": "AwaitingApproval", "approvals": approvals})
+
+    async def _wait(self, custom: client.CustomObjectsApi, created: dict[str, Any], seconds: float) -> dict[str, Any]:
+        """The workflow once it ended or waits for an approval, or as it is after SECONDS (a watch)."""
+        meta = created["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        latest = created
+
+        def decided(obj: dict[str, Any]) -> bool:
+            return (obj.get("status") or {}).get("phase") in TERMINAL or bool(pending_approvals(obj))
+
+        with anyio.move_on_after(seconds):
+            while not decided(latest):
+                version = latest["metadata"].get("resourceVersion")
+                try:
+                    async with watch.Watch() as stream:
+                        async for event in stream.stream(
+                            custom.list_namespaced_custom_object,
+                            API_GROUP,
+                            API_VERSION,
+                            namespace,
+                            "workflows",
+                            field_selector=f"metadata.name={name}",
+                            resource_version=version,
+                            timeout_seconds=max(1, int(seconds)),
+                        ):
+                            if event["type"] in ("ADDED", "MODIFIED"):
+                                latest = dict(event["object"])
+                                if decided(latest):
+                                    return latest
+                except ApiException as error:
+                    if error.status != 410:  # 410 Gone: the version is too old, read it again
+                        raise
+                latest = await custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "workflows", name)
+        if not decided(latest):
+            latest = await custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "workflows", name)
+        return latest
+
+    async def _submit(self, custom: client.CustomObjectsApi, arguments: dict[str, Any]) -> types.CallToolResult:
+        source = arguments.get("workflow")
+        manifest = source if isinstance(source, dict) else workflow_from_text(str(source or ""), "the workflow")
+        namespace = (manifest.get("metadata") or {}).get("namespace") or self._namespace(arguments)
+        created: Any = await custom.create_namespaced_custom_object(
+            API_GROUP, API_VERSION, namespace, "workflows", manifest
+        )
+        wait = min(float(arguments.get("waitSeconds") or 0), self.settings.wait_seconds)
+        obj = await self._wait(custom, created, wait) if wait > 0 else created
+        return await self._report(custom, obj, f"workflow {namespace}/{created['metadata']['name']} created")
+
+    async def _status(self, custom: client.CustomObjectsApi, arguments: dict[str, Any]) -> types.CallToolResult:
+        namespace = self._namespace(arguments)
+        obj: Any = await custom.get_namespaced_custom_object(
+            API_GROUP, API_VERSION, namespace, "workflows", str(arguments.get("name") or "")
+        )
+        return await self._report(custom, obj, f"workflow {namespace}/{obj['metadata']['name']}")
+
+    async def _report(self, custom: client.CustomObjectsApi, obj: dict[str, Any], title: str) -> types.CallToolResult:
+        state = summary(obj)
+        namespace = state["namespace"]
+        pending = pending_approvals(obj)
+        if pending:
+            state["approvals"] = [
+                {"step": step, "approval": approval, "approve": _approve_command(namespace, approval)}
+                for step, approval in pending.items()
+            ]
+        why = f" ({state['reason']})" if state.get("reason") else ""
+        failed = state["phase"] in TERMINAL and state["phase"] != "Succeeded"
+        return _result(f"{title}: {state['phase']}{why}", state, error=failed)
+
+    async def _list(self, custom: client.CustomObjectsApi, arguments: dict[str, Any]) -> types.CallToolResult:
+        namespace = self._namespace(arguments)
+        found: Any = await custom.list_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "workflows")
+        items = sorted(found.get("items", []), key=lambda o: o["metadata"].get("creationTimestamp", ""), reverse=True)
+        rows = [
+            {
+                "workflow": o["metadata"]["name"],
+                "phase": (o.get("status") or {}).get("phase") or "Pending",
+                **{k: (o.get("status") or {})[k] for k in ("reason", "principal") if (o.get("status") or {}).get(k)},
+                "created": o["metadata"].get("creationTimestamp"),
+            }
+            for o in items
+        ]
+        return _result(f"{len(rows)} workflows in {namespace}", {"namespace": namespace, "workflows": rows})
+
+
+def build_server(identity: Identity, settings: Settings) -> Server[Any]:
+    handlers = AirunTools(identity, settings)
+    return Server(
+        "airun",
+        version=__version__,
+        title="AI-First Runtime",
+        instructions=INSTRUCTIONS,
+        on_list_tools=handlers.list_tools,
+        on_call_tool=handlers.call_tool,
+    )
+
+
+async def serve_stdio(kubeconfig: str | None, context: str | None, settings: Settings) -> None:
+    from mcp.server.stdio import stdio_server
+
+    identity = await KubeconfigIdentity.load(kubeconfig, context)
+    server = build_server(identity, settings)
+    try:
+        async with stdio_server() as (read, write):
+            await server.run(read, write, server.create_initialization_options())
+    finally:
+        await identity.close()
+
+
+async def serve_http(kubeconfig: str | None, context: str | None, settings: Settings, *, bind: str, port: int) -> None:
+    import uvicorn
+    from mcp.server.auth.settings import AuthSettings
+
+    identity = await BearerTokenIdentity.load(kubeconfig, context)
+    server = build_server(identity, settings)
+    app = server.streamable_http_app(
+        host=bind,
+        # The API server authenticates the tokens (it is where they come from); no OAuth endpoints here.
+        auth=AuthSettings(issuer_url=identity.server, resource_server_url=None, required_scopes=[]),  # type: ignore[arg-type]
+        token_verifier=identity,
+    )
+    print(f"MCP endpoint: http://{bind}:{port}/mcp (Authorization: Bearer <Kubernetes token>)", file=sys.stderr)
+    await uvicorn.Server(uvicorn.Config(app, host=bind, port=port, log_level="warning")).serve()

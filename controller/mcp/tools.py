@@ -1,0 +1,190 @@
+"""The MCP tools of `airun mcp`: one per capability (its input schema; annotations derived from its spec)
+and three for workflows. Every call becomes a Workflow; nothing here runs a capability."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import mcp_types as types
+
+from controller import API_GROUP, API_VERSION
+from controller.api.capability import CapabilitySpec, RiskLevel
+from controller.capabilities.registry import DESTRUCTIVE
+
+SUBMIT_WORKFLOW = "submit_workflow"
+WORKFLOW_STATUS = "workflow_status"
+LIST_WORKFLOWS = "list_workflows"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "airun-mcp"}
+TOOL_ANNOTATION = f"{API_GROUP}/mcp-tool"
+
+
+def tool_name(capability_id: str) -> str:
+    """`io.fs.write_file` -> `io-fs-write_file`. Capability ids never hold `-`, so the mapping can be
+    reversed; and names without dots suit every MCP client (some accept only [A-Za-z0-9_-])."""
+    return capability_id.replace(".", "-")
+
+
+def capability_id(name: str) -> str | None:
+    return name.replace("-", ".") if "-" in name else None
+
+
+def undone_by(spec: CapabilitySpec) -> str | None:
+    """The capability that undoes SPEC (None when it cannot be undone automatically)."""
+    return spec.compensation.capability if spec.compensation else None
+
+
+def tool_annotations(spec: CapabilitySpec) -> types.ToolAnnotations:
+    """The MCP hints, from the spec's governance fields:
+    - readOnlyHint: no side effects;
+    - destructiveHint: a destructive side effect (fs.delete, k8s.delete, data.delete), a side effect no
+      capability undoes, or HIGH/CRITICAL risk;
+    - idempotentHint: `idempotent`;
+    - openWorldHint: reaches beyond the cluster and the workspace (the net.* family, network.* side
+      effects, or an HTTP endpoint of a custom Capability)."""
+    effects = set(spec.side_effects)
+    read_only = not effects
+    destructive = not read_only and (
+        bool(effects & DESTRUCTIVE) or undone_by(spec) is None or spec.risk.level.rank >= RiskLevel.HIGH.rank
+    )
+    open_world = spec.http is not None or spec.id.startswith("net.") or any(e.startswith("network.") for e in effects)
+    return types.ToolAnnotations(
+        title=spec.id,
+        read_only_hint=read_only,
+        destructive_hint=destructive,
+        idempotent_hint=spec.idempotent,
+        open_world_hint=open_world,
+    )
+
+
+def capability_tool(spec: CapabilitySpec) -> types.Tool:
+    undo = undone_by(spec)
+    if spec.compensation and spec.compensation.from_step:
+        undo_text = "cannot be undone by itself here, so every call waits for a person's approval"
+    else:
+        undo_text = f"undone by {undo}" if undo else "nothing to undo"
+    facts = (
+        f"Risk {spec.risk.level.value} ({spec.risk.reason}); side effects: {', '.join(spec.side_effects) or 'none'}; "
+        f"{'idempotent' if spec.idempotent else 'not idempotent'}; {undo_text}."
+    )
+    return types.Tool(
+        name=tool_name(spec.id),
+        title=spec.id,
+        description=(
+            f"{spec.description.strip()}\n\n{facts}\nRuns as a governed one-step Workflow under your Kubernetes "
+            "identity (policy, approval, audit, compensation). When a person must approve it, the result names the "
+            "pending Approval and the workflow instead of waiting."
+        ),
+        input_schema=spec.inputs if spec.inputs.get("type") == "object" else {"type": "object", **spec.inputs},
+        annotations=tool_annotations(spec),
+        meta={f"{API_GROUP}/capability": spec.id, f"{API_GROUP}/risk": spec.risk.level.value},
+    )
+
+
+def _has_template(value: Any) -> bool:
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    if isinstance(value, dict):
+        return any(_has_template(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_template(v) for v in value)
+    return False
+
+
+def one_step_workflow(spec: CapabilitySpec, arguments: dict[str, Any]) -> dict[str, Any]:
+    """The Workflow of one tool call. The operator renders step inputs as templates; a caller's value that
+    looks like one ("{{ ... }}") goes through `params` instead, so it arrives exactly as sent."""
+    inputs: dict[str, Any] = {}
+    params: dict[str, Any] = {}
+    for key, value in arguments.items():
+        if _has_template(value):
+            params[key] = value
+            # A single expression keeps the value's type; json.dumps quotes the key as a Jinja string literal.
+            inputs[key] = "{{ params[" + json.dumps(key) + "] }}"
+        else:
+            inputs[key] = value
+    step: dict[str, Any] = {"name": spec.id.rsplit(".", 1)[-1], "capability": spec.id, "inputs": inputs}
+    if spec.side_effects and undone_by(spec) is None:
+        # The step's own compensation cannot be given through the tool's schema: a person approves instead.
+        step["irreversible"] = True
+    spec_body: dict[str, Any] = {"description": f"MCP tool call: {spec.id}", "steps": [step]}
+    if params:
+        spec_body["params"] = params
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": "Workflow",
+        "metadata": {
+            "generateName": f"mcp-{spec.id.replace('.', '-').replace('_', '-')}-",
+            "labels": dict(MANAGED_BY),
+            "annotations": {TOOL_ANNOTATION: tool_name(spec.id)},
+        },
+        "spec": spec_body,
+    }
+
+
+_NAMESPACE = {"type": "string", "description": "Namespace (default: the server's)."}
+
+WORKFLOW_TOOLS = [
+    types.Tool(
+        name=SUBMIT_WORKFLOW,
+        title="Submit a workflow",
+        description=(
+            "Create a Workflow (aifirst.dev/v1alpha1) from its manifest, YAML or JSON, under your Kubernetes "
+            "identity; the operator runs it with policy, approvals, audit and compensation. Returns its name at "
+            "once, or after waitSeconds when it ends or waits for an approval sooner."
+        ),
+        input_schema={
+            "type": "object",
+            "required": ["workflow"],
+            "properties": {
+                "workflow": {"type": "string", "description": "The Workflow manifest (YAML or JSON text)."},
+                "namespace": _NAMESPACE,
+                "waitSeconds": {
+                    "type": "number",
+                    "minimum": 0,
+                    "description": "Wait up to this long (bounded by the server) for the end or an approval.",
+                },
+            },
+        },
+        annotations=types.ToolAnnotations(
+            title="Submit a workflow",
+            read_only_hint=False,
+            destructive_hint=True,
+            idempotent_hint=False,
+            open_world_hint=True,
+        ),
+    ),
+    types.Tool(
+        name=WORKFLOW_STATUS,
+        title="Workflow status",
+        description=(
+            "The state of a Workflow: its phase and reason, the principal it runs as, and per step the phase, "
+            "policy decision, pending Approval (with how to approve it), outputs and error."
+        ),
+        input_schema={
+            "type": "object",
+            "required": ["name"],
+            "properties": {"name": {"type": "string", "description": "The workflow's name."}, "namespace": _NAMESPACE},
+        },
+        annotations=types.ToolAnnotations(
+            title="Workflow status",
+            read_only_hint=True,
+            destructive_hint=False,
+            idempotent_hint=True,
+            open_world_hint=False,
+        ),
+    ),
+    types.Tool(
+        name=LIST_WORKFLOWS,
+        title="List workflows",
+        description="The Workflows of a namespace, newest first: name, phase, reason, principal, creation time.",
+        input_schema={"type": "object", "properties": {"namespace": _NAMESPACE}},
+        annotations=types.ToolAnnotations(
+            title="List workflows",
+            read_only_hint=True,
+            destructive_hint=False,
+            idempotent_hint=True,
+            open_world_hint=False,
+        ),
+    ),
+]
