@@ -24,12 +24,14 @@ console = Console(width=None if sys.stdout.isatty() else 110)
 TERMINAL = {"Succeeded", "Failed", "Compensated", "CompensationFailed"}
 
 
-def kubectl(*args: str, context: str = "admin", check: bool = True, quiet: bool = False) -> str:
+def kubectl(
+    *args: str, context: str = "admin", check: bool = True, quiet: bool = False, stdin: str | None = None
+) -> str:
     shown = ["kubectl", f"--context={context}", *args]
     if not quiet:
         console.print(f"[dim]$ {shlex.join(shown)}[/]")
     argv = [str(find_binaries() / "kubectl"), f"--kubeconfig={STATE / 'kubeconfig'}", f"--context={context}", *args]
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    result = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
     if check and result.returncode != 0:
         console.print(f"[red]{result.stderr.strip()}[/]")
         sys.exit(1)
@@ -87,7 +89,7 @@ def main() -> None:
     workspace = STATE / "workspaces" / NS
     console.rule("[bold]AI-First Runtime demo")
     kubectl("create", "namespace", NS, check=False, quiet=True)
-    kubectl("delete", "wf,policies", "--all", "-n", NS, "--wait=true", quiet=True)
+    kubectl("delete", "wf,policies,approvals", "--all", "-n", NS, "--wait=true", quiet=True)
 
     console.rule("1. a saga that fails and compensates")
     kubectl("apply", "-n", NS, "-f", str(REPO / "examples" / "saga.yaml"), context="bob")
@@ -112,9 +114,46 @@ def main() -> None:
     console.rule("what the cluster shows")
     console.print(kubectl("get", "wf", "-n", NS))
     console.print(kubectl("describe", "wf", "saga", "-n", NS).split("Events:")[-1])
+
+    console.rule("the audit trail: who approved, what ran")
+    run = workflow("approval-gate")["metadata"]["uid"][:8]
+    show_trail = [
+        "audit",
+        "show",
+        "-n",
+        NS,
+        "-w",
+        "approval-gate",
+        "--run",
+        run,
+        "--kind",
+        "approval",
+        "--kind",
+        "step.started",
+    ]
+    console.print(f"[dim]$ airun {shlex.join(show_trail)}[/]")
+    trail = subprocess.run(
+        [sys.executable, "-m", "controller.cli.main", *show_trail],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "AIRUN_STATE_DIR": str(STATE), "COLUMNS": str(console.width)},
+    )
+    console.print(trail.stdout or trail.stderr, soft_wrap=True, highlight=False, markup=False)
+
+    console.rule("one left for you")
+    manifest = (REPO / "examples" / "approval.yaml").read_text().replace("name: approval-gate", "name: for-you")
+    kubectl("apply", "-n", NS, "-f", "-", context="bob", stdin=manifest)
+    wait("for-you", {"AwaitingApproval"})
     console.print(
-        "Next: [bold]export KUBECONFIG=$PWD/.airun/kubeconfig[/] and try examples/ yourself; "
-        "[bold]make down[/] stops everything (data is kept)."
+        "workflow [bold]for-you[/] waits for a person. Try:\n"
+        "  export KUBECONFIG=$PWD/.airun/kubeconfig PATH=$PWD/.venv/bin:$PATH\n"
+        f"  [bold]airun dashboard -n {NS} --context alice[/]   # live; a approve, r reject, R roll back, ? help\n"
+        f"  airun status for-you -n {NS}                  # or: kubectl airun status for-you -n {NS}\n"
+        f"  airun run examples/hello.yaml -n {NS} --context bob   # follow a run step by step\n"
+        "  [bold]make down[/] stops everything (the data is kept for the next make up)",
+        soft_wrap=True,
+        highlight=False,
     )
 
 

@@ -13,7 +13,7 @@ import hashlib
 import io
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +21,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Integer, String, Text, create_engine, insert, select
+from sqlalchemy import Integer, String, Text, create_engine, insert, or_, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -148,9 +148,15 @@ class AuditStore:
             return list(range(next_id, next_id + len(rows)))
 
     def records(
-        self, *, namespace: str | None = None, workflow: str | None = None, run: str | None = None
+        self,
+        *,
+        namespace: str | None = None,
+        workflow: str | None = None,
+        run: str | None = None,
+        kinds: Sequence[str] = (),
     ) -> Iterator[AuditRecord]:
-        """The records, oldest first; RUN picks one run of a workflow by (a prefix of) its uid."""
+        """The records, oldest first; RUN picks one run of a workflow by (a prefix of) its uid; KINDS are
+        kinds (approval.decided) or families (approval)."""
         with Session(self.engine) as session:
             query = select(AuditRecord).order_by(AuditRecord.id)
             if namespace:
@@ -159,6 +165,13 @@ class AuditStore:
                 query = query.where(AuditRecord.workflow == workflow)
             if run:
                 query = query.where(AuditRecord.workflow_uid.startswith(run, autoescape=True))
+            if kinds:
+                query = query.where(
+                    or_(
+                        *(AuditRecord.kind == k for k in kinds),
+                        *(AuditRecord.kind.startswith(f"{k}.", autoescape=True) for k in kinds),
+                    )
+                )
             yield from session.scalars(query)
 
     def verify(self) -> list[Problem]:
@@ -176,7 +189,7 @@ class AuditStore:
             prev_hash, prev_id = record.hash, record.id
         return problems
 
-    def export(self, fmt: str, **filters: str | None) -> str:
+    def export(self, fmt: str, **filters: Any) -> str:
         rows = [r.as_dict() for r in self.records(**filters)]
         if fmt == "jsonl":
             return "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)

@@ -125,6 +125,12 @@ _audit_filters = [
     click.option("-n", "--namespace", help="Only this namespace."),
     click.option("-w", "--workflow", help="Only this workflow."),
     click.option("--run", help="Only this run of it: its uid, or the first characters (the `run` column)."),
+    click.option(
+        "--kind",
+        "kinds",
+        multiple=True,
+        help="Only these kinds of record (repeat): a kind such as approval.decided, or a family such as approval.",
+    ),
 ]
 
 
@@ -136,45 +142,62 @@ def _filters(function: Any) -> Any:
 
 @audit.command("show")
 @_filters
-def audit_show(url: str | None, namespace: str | None, workflow: str | None, run: str | None) -> None:
-    """The records as a table, oldest first."""
+def audit_show(
+    url: str | None, namespace: str | None, workflow: str | None, run: str | None, kinds: tuple[str, ...]
+) -> None:
+    """The records as a table, oldest first (columns a filter fixes are left out)."""
     from rich.table import Table
 
     from controller.audit.store import AuditStore
 
+    shown = {"workflow": not (namespace and workflow), "run": not run}
     table = Table(show_lines=False)
     for column in ("#", "time", "kind", "workflow", "run", "step", "principal", "actor", "details"):
-        table.add_column(column, overflow="fold")
-    for record in AuditStore(_audit_url(url)).records(namespace=namespace, workflow=workflow, run=run):
+        if shown.get(column, True):
+            table.add_column(column, overflow="fold", no_wrap=column not in ("workflow", "details"))
+    for record in AuditStore(_audit_url(url)).records(namespace=namespace, workflow=workflow, run=run, kinds=kinds):
         payload = json.loads(record.payload)
-        details = ", ".join(f"{k}={json.dumps(v)}" for k, v in payload.items() if v not in (None, [], {}))
+        # The table is for reading: empty and false values and the long idempotency keys are in `export`.
+        details = ", ".join(
+            f"{k}={json.dumps(v)}"
+            for k, v in payload.items()
+            if v not in (None, [], {}, False) and k != "idempotencyKey"
+        )
+        cells = {
+            "workflow": f"{record.namespace}/{record.workflow}",
+            "run": record.workflow_uid[:8],
+        }
         table.add_row(
             str(record.id),
-            record.recorded_at[:23],
+            record.recorded_at[:23].replace("T", " "),
             record.kind,
-            f"{record.namespace}/{record.workflow}",
-            record.workflow_uid[:8],
+            *[cells[c] for c in ("workflow", "run") if shown[c]],
             record.step or "",
             record.principal or "",
             record.actor or "",
             details,
         )
     if not table.row_count:
-        where = " ".join(f"{k} {v}" for k, v in (("namespace", namespace), ("workflow", workflow), ("run", run)) if v)
+        filters = (("namespace", namespace), ("workflow", workflow), ("run", run), ("kind", ",".join(kinds)))
+        where = " ".join(f"{k} {v}" for k, v in filters if v)
         console.print(f"no audit records{' for ' + where if where else ''} in {_audit_url(url)}")
         return
-    # Piped output (grep, files) gets full lines instead of a table folded to 80 columns.
-    Console(width=None if sys.stdout.isatty() else 400).print(table)
+    # Piped output (grep, files) gets full lines instead of a table folded to 80 columns, unless COLUMNS says.
+    Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 400).print(table)
 
 
 @audit.command("export")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
 @_filters
-def audit_export(fmt: str, url: str | None, namespace: str | None, workflow: str | None, run: str | None) -> None:
+def audit_export(
+    fmt: str, url: str | None, namespace: str | None, workflow: str | None, run: str | None, kinds: tuple[str, ...]
+) -> None:
     """Every record, as JSON Lines or CSV, on standard output."""
     from controller.audit.store import AuditStore
 
-    click.echo(AuditStore(_audit_url(url)).export(fmt, namespace=namespace, workflow=workflow, run=run), nl=False)
+    click.echo(
+        AuditStore(_audit_url(url)).export(fmt, namespace=namespace, workflow=workflow, run=run, kinds=kinds), nl=False
+    )
 
 
 @audit.command("verify")

@@ -196,8 +196,10 @@ def register(main: click.Group) -> None:
     def events(name: str, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
         """The events of workflow NAME, oldest first."""
         kube = Kube(kubeconfig, context, namespace)
-        kube.get("workflows", name)  # a clear "not found" rather than an empty list
-        items = kube.core.list_namespaced_event(kube.namespace, field_selector=f"involvedObject.name={name}").items
+        uid = kube.get("workflows", name)["metadata"]["uid"]  # a clear "not found" rather than an empty list
+        # By uid too: Events of an earlier workflow of the same name are not about this one.
+        selector = f"involvedObject.name={name},involvedObject.uid={uid}"
+        items = kube.core.list_namespaced_event(kube.namespace, field_selector=selector).items
         if not items:
             console.print(f"no events for workflow {kube.namespace}/{name} (events expire after an hour)")
         items.sort(key=lambda e: str(e.last_timestamp or e.event_time or e.metadata.creation_timestamp))

@@ -123,6 +123,12 @@ def test_runs_of_the_same_workflow_name_are_told_apart(store: AuditStore) -> Non
         store.append("workflow.started", namespace="ns", workflow="wf", workflow_uid=uid, principal="bob", payload={})
     assert [r.workflow_uid for r in store.records(workflow="wf", run="9c1b")] == ["9c1b-second"]
     assert list(store.records(workflow="wf", run="%")) == []  # a prefix, not a pattern
+    store.append(
+        "approval.decided", namespace="ns", workflow="wf", workflow_uid="9c1b-second", actor="alice", payload={}
+    )
+    assert [r.kind for r in store.records(kinds=["approval"])] == ["approval.decided"]  # a family
+    assert [r.kind for r in store.records(kinds=["workflow.started"])] == ["workflow.started"] * 2
+    assert list(store.records(kinds=["approval.dec"])) == []  # neither a kind nor a family
 
 
 def test_edited_record_is_detected(store: AuditStore) -> None:

@@ -289,10 +289,13 @@ class Dashboard(App[None]):
         """The latest Events about the workflow KEY (one list call; shown under its details)."""
         assert self.api is not None
         namespace, name = key.split("/", 1)
+        # By uid too: Events of an earlier workflow of the same name are not about this one.
+        uid = (self.workflows.get(key) or {}).get("metadata", {}).get("uid")
+        selector = f"involvedObject.name={name},involvedObject.kind=Workflow" + (
+            f",involvedObject.uid={uid}" if uid else ""
+        )
         try:
-            listing = await aclient.CoreV1Api(self.api).list_namespaced_event(
-                namespace, field_selector=f"involvedObject.name={name},involvedObject.kind=Workflow"
-            )
+            listing = await aclient.CoreV1Api(self.api).list_namespaced_event(namespace, field_selector=selector)
         except Exception:  # events are a courtesy: without them the details are still right
             return
         lines = [
