@@ -373,15 +373,28 @@ def test_the_webhook_certificate_names_the_service_and_is_kept_across_upgrades(
 
 def test_cert_manager_mode_injects_the_ca_instead(helm: Path, tmp_path: Path) -> None:
     docs = objects(render(helm, tmp_path, {"certManager": {"enabled": True}}))
-    certificate = find(docs, "Certificate")
+    certificate = find(docs, "Certificate", f"{RELEASE}-webhook")
     assert certificate["spec"]["secretName"] == f"{RELEASE}-webhook-cert"
-    assert find(docs, "Issuer")["metadata"]["name"] == certificate["spec"]["issuerRef"]["name"]
+    # The chart's own CA signs it: a renewed serving certificate is still trusted by the same caBundle.
+    ca_issuer = find(docs, "Issuer", certificate["spec"]["issuerRef"]["name"])
+    ca = find(docs, "Certificate", f"{RELEASE}-ca")
+    assert ca["spec"]["isCA"] is True and ca_issuer["spec"]["ca"]["secretName"] == ca["spec"]["secretName"]
+    assert find(docs, "Issuer", ca["spec"]["issuerRef"]["name"])["spec"] == {"selfSigned": {}}
     assert not [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == f"{RELEASE}-webhook-cert"]
     for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
         configuration = find(docs, kind)
         inject = configuration["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
         assert inject == f"airun-system/{certificate['metadata']['name']}"
         assert all("caBundle" not in w["clientConfig"] for w in configuration["webhooks"])
+
+    values = {"certManager": {"enabled": True, "issuerRef": {"name": "corp", "kind": "ClusterIssuer"}}}
+    docs = objects(render(helm, tmp_path, values))
+    assert not [d for d in docs if d["kind"] == "Issuer"]
+    assert find(docs, "Certificate")["spec"]["issuerRef"] == {
+        "name": "corp",
+        "kind": "ClusterIssuer",
+        "group": "cert-manager.io",
+    }
 
 
 # --- the Deployment, the audit store, monitoring -----------------------------------------------------------------
