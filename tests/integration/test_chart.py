@@ -10,6 +10,7 @@ the kinds are absent.
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,6 +130,28 @@ def test_the_api_server_accepts_the_rendered_chart(
     assert "would violate PodSecurity" in weakened.stderr and "allowPrivilegeEscalation" in weakened.stderr
 
 
+def test_the_third_party_crds_refuse_misspelt_fields(
+    helm: Path, kube: Kube, namespace: str, tmp_path: Path, third_party_crds: None
+) -> None:
+    # The control for the dry run of monitoring and cert-manager objects: it is not a rubber stamp.
+    docs = objects(render(helm, tmp_path, {**MONITORING, "certManager": {"enabled": True}}, namespace))
+    monitor, rule, certificate = (
+        find(docs, "ServiceMonitor"),
+        find(docs, "PrometheusRule"),
+        find(docs, "Certificate", f"{RELEASE}-webhook"),
+    )
+    monitor["spec"]["endpoints"][0]["intervall"] = "30s"
+    rule["spec"]["groups"] = [{"name": "g", "rules": [{"alert": "A", "for": "soon", "expr": "up == 0"}]}]
+    del certificate["spec"]["secretName"]
+    for doc, error in (
+        (monitor, 'unknown field "spec.endpoints[0].intervall"'),
+        (rule, "spec.groups[0].rules[0].for: Invalid value"),
+        (certificate, "spec.secretName: Required value"),
+    ):
+        result = kube.run("apply", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(doc), check=False)
+        assert result.returncode != 0 and error in result.stderr, result.stderr
+
+
 def _group(doc: dict[str, Any]) -> str:
     api_version: str = doc["apiVersion"]
     return api_version.rpartition("/")[0]
@@ -156,6 +179,14 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "issuer kind": ({"certManager": {"issuerRef": {"name": "x", "kind": "Vault"}}}, "/certManager/issuerRef/kind"),
 }
+
+
+def test_the_schema_is_a_valid_json_schema_and_accepts_the_defaults() -> None:
+    import jsonschema
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    jsonschema.Draft7Validator(schema).validate(yaml.safe_load((CHART / "values.yaml").read_text()))
 
 
 @pytest.mark.parametrize(("values", "message"), BAD_VALUES.values(), ids=BAD_VALUES.keys())
