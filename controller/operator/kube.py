@@ -19,11 +19,19 @@ class Connection:
     api: client.ApiClient
     configuration: client.Configuration
 
+    @property
+    def token(self) -> str | None:
+        """The bearer token, wherever the loader put it: a kubeconfig's under "authorization", the in-cluster
+        loader's (a Pod's ServiceAccount token, which it re-reads as the kubelet rotates it) under "BearerToken"."""
+        for key in ("authorization", "BearerToken"):
+            value = str(self.configuration.api_key.get(key, ""))
+            if value.startswith("Bearer "):
+                return value.removeprefix("Bearer ")
+        return None
+
     def connection_info(self) -> kopf.ConnectionInfo:
         c = self.configuration
-        token = None
-        if c.api_key.get("authorization", "").startswith("Bearer "):
-            token = c.api_key["authorization"].removeprefix("Bearer ")
+        token = self.token
         return kopf.ConnectionInfo(
             server=str(c.host),
             ca_path=c.ssl_ca_cert,
@@ -70,10 +78,7 @@ class Connection:
             context.verify_mode = ssl.CERT_NONE
         if c.cert_file and c.key_file:
             context.load_cert_chain(c.cert_file, c.key_file)
-        token = None
-        if c.api_key.get("authorization", "").startswith("Bearer "):
-            token = c.api_key["authorization"].removeprefix("Bearer ")
-        return KubeGateway(str(c.host), context, token)
+        return KubeGateway(str(c.host), context, self.token)
 
     async def close(self) -> None:
         await self.api.close()

@@ -514,3 +514,44 @@ def test_the_operator_manages_the_webhook_configurations_only_when_asked(managed
     assert settings.admission.managed == expected
     server = settings.admission.server
     assert isinstance(server, kopf.WebhookServer) and server.port == 9443 and server.addr == "0.0.0.0"
+
+
+# --- in a Pod: the operator authenticates with its ServiceAccount token -------------------------------------------
+
+
+def test_in_a_pod_the_operator_and_its_capabilities_use_the_service_account_token(
+    kube: Kube, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from kubernetes_asyncio import client, config
+
+    from controller.operator.kube import Connection
+    from controller.operator.main import whoami
+
+    # What the kubelet gives the chart's Pod: a token file, the cluster CA, KUBERNETES_SERVICE_HOST/PORT.
+    token = kube.run("create", "token", "airun-operator", "-n", "airun-system").stdout.strip()
+    (tmp_path / "token").write_text(token)
+    cluster = yaml.safe_load(kube.kubeconfig.read_text())["clusters"][0]["cluster"]
+    (tmp_path / "ca.crt").write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
+    host, _, port = cluster["server"].removeprefix("https://").rpartition(":")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", host)
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", port)
+
+    async def connect_in_cluster() -> tuple[str, Connection]:
+        configuration = client.Configuration()
+        config.load_incluster_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration,
+            token_filename=str(tmp_path / "token"),
+            cert_filename=str(tmp_path / "ca.crt"),
+        )
+        connection = Connection(client.ApiClient(configuration), configuration)
+        try:
+            return await whoami(connection), connection
+        finally:
+            await connection.close()
+
+    user, connection = asyncio.run(connect_in_cluster())
+    assert user == "system:serviceaccount:airun-system:airun-operator"
+    assert connection.connection_info().token == token  # kopf's watches
+    assert connection.gateway().token == token  # the k8s.* capabilities (impersonating the principals)
