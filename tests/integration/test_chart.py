@@ -555,3 +555,17 @@ def test_in_a_pod_the_operator_and_its_capabilities_use_the_service_account_toke
     assert user == "system:serviceaccount:airun-system:airun-operator"
     assert connection.connection_info().token == token  # kopf's watches
     assert connection.gateway().token == token  # the k8s.* capabilities (impersonating the principals)
+
+
+def test_helm_install_renders_the_notes(helm: Path, kube: Kube, namespace: str) -> None:
+    context = ["--kube-context", "admin"] if kube.local else []
+    argv = ["install", "airun-notes", str(CHART), "--namespace", namespace, "--dry-run=server"]
+    argv += ["--kubeconfig", str(kube.kubeconfig), *context, "--set", "audit.sqlite.persistence.enabled=false"]
+    # The session's roles come from rbac/roles.yaml, applied by kubectl: Helm would refuse to adopt them.
+    argv += ["--set", "rbac.create=false", "--set", "serviceAccount.create=false"]
+    argv += ["--set", "serviceAccount.name=airun-operator"]
+    result = _helm(helm, *argv)
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.partition("NOTES:")[2]
+    assert f"kubectl -n {namespace} rollout status deployment/airun-notes-operator" in notes
+    assert "THE AUDIT TRAIL IS LOST WITH THE POD" in notes
