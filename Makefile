@@ -6,12 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export AIRUN_STATE_DIR ?= $(CURDIR)/.airun
 
-.PHONY: help venv binaries tools postgres up down test test-unit test-integration demo bench lint clean
+.PHONY: help venv binaries tools postgres up down test test-unit test-integration kind-e2e demo bench lint clean
 help:
 	@echo "make demo    start everything and run the examples end to end"
 	@echo "make test    the whole test suite (starts a private control plane)"
 	@echo "make up      start the local control plane and the operator;  make down  stops them"
 	@echo "make lint    ruff, mypy, import-linter;  make bench  benchmarks"
+	@echo "make kind-e2e  the chart and the operator image on a kind cluster (needs Docker and kind)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +27,7 @@ binaries:
 	@bash tools/k8s/build.sh
 
 # Checking tools (helm, promtool, a Lua interpreter) built from the Go modules under tools/ (cached by go.sum).
-GO_TOOLS := promtool lua
+GO_TOOLS := helm promtool lua
 tools:
 	@for module in $(GO_TOOLS); do bash tools/build-go-tools.sh $$module >/dev/null || exit 1; done
 
@@ -48,6 +49,13 @@ test-unit: venv
 
 test-integration: venv binaries tools postgres
 	$(BIN)/pytest tests/integration
+
+# On a machine with Docker and kind: a kind cluster, the operator image loaded into it, the chart installed,
+# the integration and e2e tests run against it (tools/kind-e2e.sh; fails at once without Docker or kind).
+kind-e2e:
+	@bash tools/kind-e2e.sh --check
+	@$(MAKE) --no-print-directory venv binaries tools
+	bash tools/kind-e2e.sh
 
 demo: up
 	$(BIN)/python examples/demo.py

@@ -87,6 +87,14 @@ def down() -> None:
 @click.option("--webhook-key", type=click.Path(exists=True), help="Its private key (PEM).")
 @click.option("--webhook-ca", type=click.Path(exists=True), help="CA that signed it (goes into caBundle).")
 @click.option(
+    "--webhook-managed/--no-webhook-managed",
+    envvar="AIRUN_WEBHOOK_MANAGED",
+    default=True,
+    show_default=True,
+    help="Write the webhook configurations (URL client config). --no-webhook-managed: only serve the webhooks, "
+    "whose configurations someone else owns (the Helm chart, through a Service).",
+)
+@click.option(
     "--notify-secret-file",
     envvar="AIRUN_NOTIFY_SECRET_FILE",
     type=click.Path(exists=True),

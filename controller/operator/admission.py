@@ -8,6 +8,9 @@ Workflow UPDATE   refuses changes to the recorded principal, and removal of the 
 Approval UPDATE   records who decided (annotation), refuses self-approval, approvers the policy does
                   not name, and any change to a decided Approval.
 
+Handler IDs are the webhooks' URL paths (kopf serves /ID): hyphens, not underscores, because a webhook reached
+through a Service (the Helm chart) must have a path of RFC 1123 segments.
+
 All of them are persistent (failurePolicy Fail, left in place when the operator stops): while the
 operator is down, nobody can create a workflow or decide an approval with an unrecorded identity.
 """
@@ -53,7 +56,7 @@ def register(
         operation="CREATE",
         registry=registry,
         persistent=True,
-        id="workflow_principal",
+        id="workflow-principal",
     )
     def workflow_principal(body: kopf.Body, patch: kopf.Patch, userinfo: Mapping[str, Any], **_: Any) -> None:
         user, groups = _user(userinfo)
@@ -73,7 +76,7 @@ def register(
         operation="CREATE",
         registry=registry,
         persistent=True,
-        id="workflow_runnable",
+        id="workflow-runnable",
     )
     async def workflow_runnable(spec: kopf.Spec, **kwargs: Any) -> None:
         bind(kwargs)  # the custom capabilities of the cluster count too
@@ -93,7 +96,7 @@ def register(
         operation="UPDATE",
         registry=registry,
         persistent=True,
-        id="workflow_identity",
+        id="workflow-identity",
     )
     def workflow_identity(body: kopf.Body, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
         old: Mapping[str, Any] | None = kwargs.get("old")
@@ -124,7 +127,7 @@ def register(
         operation="UPDATE",
         registry=registry,
         persistent=True,
-        id="approval_decider",
+        id="approval-decider",
     )
     def approval_decider(body: kopf.Body, patch: kopf.Patch, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
         old: Mapping[str, Any] | None = kwargs.get("old")
@@ -141,7 +144,7 @@ def register(
         operation="UPDATE",
         registry=registry,
         persistent=True,
-        id="approval_decision",
+        id="approval-decision",
     )
     def approval_decision(body: kopf.Body, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
         old: Mapping[str, Any] | None = kwargs.get("old")
@@ -175,7 +178,7 @@ def register(
         operations=["CREATE", "UPDATE"],
         registry=registry,
         persistent=True,
-        id="capability_coherent",
+        id="capability-coherent",
     )
     def capability_coherent(name: str, spec: kopf.Spec, **kwargs: Any) -> None:
         bind(kwargs)

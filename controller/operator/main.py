@@ -40,6 +40,9 @@ class OperatorOptions:
     webhook_cert: str | None = None
     webhook_key: str | None = None
     webhook_ca: str | None = None
+    # False: the webhook configurations belong to someone else (the Helm chart, with a Service client config);
+    # the operator only serves them. True: kopf writes them with a URL client config (the local environment).
+    webhook_managed: bool = True
     notify_secret_file: str | None = None
     metrics_port: int | None = None
     audit_url: str | None = None
@@ -64,7 +67,7 @@ def _configure(settings: kopf.OperatorSettings, options: OperatorOptions) -> Non
             pkeyfile=options.webhook_key,
             cafile=options.webhook_ca,
         )
-        settings.admission.managed = WEBHOOK_CONFIGURATION
+        settings.admission.managed = WEBHOOK_CONFIGURATION if options.webhook_managed else None
 
 
 async def whoami(connection: kube.Connection) -> str:
