@@ -54,7 +54,7 @@ def _configure(settings: kopf.OperatorSettings, options: OperatorOptions) -> Non
     settings.networking.connect_timeout = 10
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    settings.batching.error_delays = (1, 1, 2, 3, 5, 8, 13)
+    settings.queueing.error_delays = (1, 1, 2, 3, 5, 8, 13)
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "airun-operator"
     settings.posting.event_name_prefix = "airun-"

@@ -497,6 +497,7 @@ def test_monitoring_scrapes_as_job_airun_operator_and_ships_the_alert_rules(helm
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] == service["spec"]["ports"][0]["name"] and endpoint["path"] == "/metrics"
     assert {"action": "replace", "targetLabel": "job", "replacement": "airun-operator"} in endpoint["relabelings"]
+    assert endpoint["honorLabels"] is True  # the rules group by the workflows' namespace label
     rules = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
     assert find(docs, "PrometheusRule")["spec"]["groups"] == rules["groups"]
     assert not [d for d in objects(render(helm, tmp_path, {})) if d["kind"] in ("ServiceMonitor", "PrometheusRule")]
