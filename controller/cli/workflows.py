@@ -140,7 +140,13 @@ def register(main: click.Group) -> None:
                 API_GROUP, API_VERSION, namespace, "workflows", manifest
             )
         except ApiException as error:
-            raise click.ClickException(reason_of(error)) from error
+            hint = ""
+            if error.status == 409:  # a workflow runs once: a new run is a new object
+                hint = (
+                    f" (a workflow runs once: `airun status {manifest['metadata'].get('name')} -n {namespace}` shows "
+                    "that run; delete it or use metadata.generateName for a new run each time)"
+                )
+            raise click.ClickException(reason_of(error) + hint) from error
         name = created["metadata"]["name"]
         console.print(f"workflow {namespace}/{name} created")
         if not wait:
