@@ -67,6 +67,7 @@ class ApprovalState:
     inputs_hash: str | None = None
     expires_at: datetime | None = None
     decided_by: str | None = None
+    requested_at: datetime | None = None
 
 
 @dataclass(frozen=True)

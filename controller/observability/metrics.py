@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -19,7 +20,9 @@ class _Live(Collector):
     """Gauges computed at scrape time from the operator's live state."""
 
     def __init__(
-        self, workflow_phases: Callable[[], Iterable[tuple[str, str]]], pending_approvals: Callable[[], Iterable[str]]
+        self,
+        workflow_phases: Callable[[], Iterable[tuple[str, str]]],
+        pending_approvals: Callable[[], Iterable[tuple[str, datetime | None]]],
     ) -> None:
         self.workflow_phases = workflow_phases
         self.pending_approvals = pending_approvals
@@ -33,11 +36,24 @@ class _Live(Collector):
             workflows.add_metric([namespace, phase], count)
         yield workflows
         pending = GaugeMetricFamily("airun_approvals_pending", "Approvals waiting for a decision", labels=["namespace"])
+        oldest = GaugeMetricFamily(
+            "airun_approval_oldest_pending_seconds",
+            "How long the oldest undecided Approval of the namespace has waited",
+            labels=["namespace"],
+        )
+        requests = list(self.pending_approvals())
+        counts = Tally(namespace for namespace, _ in requests)
+        now = datetime.now(UTC)
+        waited: dict[str, float] = {}
+        for namespace, requested_at in requests:
+            if requested_at is not None:
+                waited[namespace] = max(waited.get(namespace, 0.0), (now - requested_at).total_seconds())
         # 0 rather than no series for namespaces with workflows, so that "went back to 0" is visible.
-        counts = Tally(self.pending_approvals())
         for namespace in sorted(set(counts) | {namespace for namespace, _ in phases}):
             pending.add_metric([namespace], counts[namespace])
+            oldest.add_metric([namespace], max(waited.get(namespace, 0.0), 0.0))
         yield pending
+        yield oldest
 
 
 class Metrics:
@@ -80,7 +96,9 @@ class Metrics:
         self.status_writes = Counter("airun_status_writes_total", "PATCHes of workflow status", registry=r)
 
     def watch(
-        self, workflow_phases: Callable[[], Iterable[tuple[str, str]]], pending_approvals: Callable[[], Iterable[str]]
+        self,
+        workflow_phases: Callable[[], Iterable[tuple[str, str]]],
+        pending_approvals: Callable[[], Iterable[tuple[str, datetime | None]]],
     ) -> None:
         self.registry.register(_Live(workflow_phases, pending_approvals))
 

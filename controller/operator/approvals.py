@@ -173,4 +173,5 @@ def state_of(body: Mapping[str, Any]) -> saga.ApprovalState:
         expires_at=saga.parse_time(spec.get("expiresAt")),
         decided_by=status.get("decidedBy")
         or (body.get("metadata", {}).get("annotations") or {}).get("aifirst.dev/decided-by"),
+        requested_at=saga.parse_time(body.get("metadata", {}).get("creationTimestamp")),
     )

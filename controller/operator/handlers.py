@@ -63,7 +63,10 @@ def register(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime) -> Calla
         runtime.indexes.approvals = approvals_of
         runtime.indexes.custom_capabilities = lambda: {c.id: c for c in capabilities.get(ALL, [])}
         runtime.indexes.pending_approvals = lambda: [
-            namespace for (namespace, _), store in approval_index.items() for _, s in store if s.phase == "Pending"
+            (namespace, s.requested_at)
+            for (namespace, _), store in approval_index.items()
+            for _, s in store
+            if s.phase == "Pending"
         ]
 
     # on.event, not on.create/on.update: kopf's change-detecting handlers persist their progress with a

@@ -56,7 +56,8 @@ class Indexes:
         self.policies: Callable[[], list[Any]] = list
         self.approvals: Callable[[str, str], Mapping[str, saga.ApprovalState]] = lambda ns, uid: {}
         self.custom_capabilities: Callable[[], dict[str, CapabilitySpec]] = dict
-        self.pending_approvals: Callable[[], list[str]] = list
+        # (namespace, requested at) of every undecided Approval, for the metrics
+        self.pending_approvals: Callable[[], list[tuple[str, datetime | None]]] = list
 
 
 def needs_work(body: Mapping[str, Any]) -> bool:

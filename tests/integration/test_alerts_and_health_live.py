@@ -105,10 +105,11 @@ def series(scenario: Scenario) -> list[dict[str, str]]:
     result = [{"series": 'up{job="airun-operator", instance="op:9090"}', "values": "1x100"}]
     for (name, labels), value in sorted(scenario.after.items()):
         labelled = dict(labels)
-        if name in ("airun_workflows", "airun_approvals_pending"):
+        if name in ("airun_workflows", "airun_approvals_pending", "airun_approval_oldest_pending_seconds"):
             if labelled.get("namespace") != scenario.namespace:
                 continue
-            values = f"{value:g}x100"
+            # an age grows a minute a minute while the approval stays pending; other gauges hold
+            values = f"{value:g}+60x100" if name.endswith("_seconds") else f"{value:g}x100"
         elif name.endswith("_total"):
             values = f"0+{value - scenario.before.get((name, labels), 0):g}x100"
         else:

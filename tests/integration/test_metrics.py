@@ -56,6 +56,7 @@ def test_metrics_follow_workflows(kube: Kube, namespace: str, operator: DevEnvir
     assert value(after, "airun_workflows", namespace=namespace, phase="Succeeded") == 1
     assert value(after, "airun_workflows", namespace=namespace, phase="Compensated") == 1
     assert value(after, "airun_approvals_pending", namespace=namespace) == 1
+    assert 0 < value(after, "airun_approval_oldest_pending_seconds", namespace=namespace) < 120
     assert delta("airun_steps_total", capability="test.fail") == 2
     assert delta("airun_step_retries_total", capability="test.fail") == 1
     assert delta("airun_compensations_total", capability="io.fs.restore", result="succeeded") == 1
@@ -70,6 +71,7 @@ def test_metrics_follow_workflows(kube: Kube, namespace: str, operator: DevEnvir
     wait_terminal(kube, namespace, "m-wait")
     decided = scrape(operator)
     assert decided[("airun_approvals_pending", (("namespace", namespace),))] == 0
+    assert decided[("airun_approval_oldest_pending_seconds", (("namespace", namespace),))] == 0
     assert value(decided, "airun_approval_wait_seconds_count", result="Approved") >= 1
 
 

@@ -88,7 +88,7 @@ def exported_metrics() -> set[str]:
     """Names of the series a scrape of the operator shows: its Metrics registry, live gauges included, with
     every labelled series touched once so that it appears (as prometheus_client shows a label set only once used)."""
     metrics = Metrics()
-    metrics.watch(lambda: [("ns", WorkflowPhase.RUNNING.value)], lambda: ["ns"])
+    metrics.watch(lambda: [("ns", WorkflowPhase.RUNNING.value)], lambda: [("ns", None)])
     for collector in vars(metrics).values():
         labelnames = getattr(collector, "_labelnames", None)
         if labelnames:
