@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from controller.capabilities.egress import EgressRefused, EgressRules
+from controller.capabilities.egress import EgressRefused, EgressRules, http_client
 
 SIGNATURE_HEADER = "X-Airun-Signature"
 TIMESTAMP_HEADER = "X-Airun-Timestamp"
@@ -85,7 +85,7 @@ class Notifier:
             on_failure("notification queue full; message dropped")
 
     async def _work(self) -> None:
-        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
+        async with http_client(self.egress, timeout=self.timeout, follow_redirects=False) as client:
             while True:
                 delivery = await self.queue.get()
                 error = await self._deliver(client, delivery)
@@ -112,7 +112,7 @@ class Notifier:
                 if response.status_code < 300:
                     return None
                 error = f"HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, EgressRefused) as exc:  # EgressRefused: checked again on connecting
                 error = f"{type(exc).__name__}: {exc}"
             if attempt < self.attempts:
                 await asyncio.sleep(0.5 * 2 ** (attempt - 1))

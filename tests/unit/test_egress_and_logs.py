@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from controller.capabilities.egress import EgressRefused, EgressRules
+from controller.capabilities.egress import EgressRefused, EgressRules, http_client
 
 
 @pytest.mark.parametrize(
@@ -49,3 +49,25 @@ def test_json_log_lines_carry_the_workflow_and_step() -> None:
     line = json.loads(JsonFormatter().format(record))
     assert line["message"] == "Started: 3 steps" and line["workflow"] == "team-a/deploy" and line["step"] == "create_db"
     assert line["level"] == "info" and line["time"].endswith("+00:00")
+
+
+def test_connections_are_checked_when_they_are_opened() -> None:
+    """The client checks the address it connects to, not only a lookup made before (DNS rebinding):
+    no request hook here, yet loopback is refused unless allowed, by name and by address."""
+    from tests.httpserver import LoopbackAPI
+
+    api = LoopbackAPI()
+    port = api.url.rsplit(":", 1)[1]
+
+    async def get(rules: EgressRules, url: str) -> int:
+        async with http_client(rules, timeout=5) as client:
+            return (await client.get(url)).status_code
+
+    try:
+        for url in (f"http://localhost:{port}/items/none", f"http://127.0.0.1:{port}/items/none"):
+            with pytest.raises(EgressRefused, match="loopback"):
+                asyncio.run(get(EgressRules(), url))
+        assert asyncio.run(get(EgressRules(allow_loopback=True), f"http://localhost:{port}/items/none")) == 404
+        assert len([r for r in api.requests if r[0] == "GET"]) == 1  # only the allowed request arrived
+    finally:
+        api.close()

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from controller.capabilities.base import CapabilityError, Handler, Invocation
-from controller.capabilities.egress import EgressRefused, EgressRules
+from controller.capabilities.egress import EgressRefused, EgressRules, http_client
 
 HIDDEN_HEADERS = {"set-cookie", "authorization", "proxy-authorization", "www-authenticate"}
 
@@ -30,12 +30,12 @@ async def _send(inputs: dict[str, Any], inv: Invocation, method: str) -> dict[st
     url = inputs["url"]
     try:
         async with (
-            httpx.AsyncClient(
+            http_client(
+                rules,
                 timeout=float(inputs.get("timeoutSeconds", 10)),
                 follow_redirects=True,
                 max_redirects=int(inputs.get("maxRedirects", 3)),
-                event_hooks={"request": [check]},
-                trust_env=False,  # no proxies from the environment: the egress rules decide
+                event_hooks={"request": [check]},  # a clear refusal before anything is sent; connections check again
             ) as client,
             client.stream(method, url, **kwargs) as response,
         ):
