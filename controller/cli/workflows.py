@@ -16,7 +16,7 @@ from rich.tree import Tree
 from controller import API_GROUP, API_VERSION
 from controller.cli import progress
 from controller.cli.progress import styled
-from controller.client.workflows import TERMINAL, NotAWorkflow, reason_of, workflow_from_text
+from controller.client.workflows import TERMINAL, NotAWorkflow, pending_approvals, reason_of, workflow_from_text
 
 __all__ = ["TERMINAL", "Kube", "read_workflow", "reason_of", "tree", "with_identity"]
 EXIT_CODES = {"Succeeded": 0, "Failed": 1, "Compensated": 1, "CompensationFailed": 2}
@@ -61,6 +61,32 @@ def decide(kube: Kube, name: str, decision: str, reason: str | None, namespace: 
     if reason:
         spec["reason"] = reason
     return kube.patch("approvals", name, {"spec": spec}, namespace)
+
+
+def approval_named(kube: Kube, name: str) -> str:
+    """NAME when it is an Approval; otherwise, when NAME is a workflow waiting for one Approval, that one
+    (so that `airun approve WORKFLOW` works). Anything else is left to the PATCH to report."""
+    try:
+        kube.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, kube.namespace, "approvals", name)
+        return name
+    except ApiException as error:
+        if error.status != 404:
+            return name
+    try:
+        workflow: Any = kube.custom.get_namespaced_custom_object(
+            API_GROUP, API_VERSION, kube.namespace, "workflows", name
+        )
+    except ApiException:
+        return name
+    pending = sorted(pending_approvals(workflow).values())
+    if len(pending) == 1:
+        console.print(f"workflow {name} waits for approval {pending[0]}")
+        return pending[0]
+    if pending:
+        raise click.ClickException(
+            f"workflow {name} waits for {len(pending)} approvals: {', '.join(pending)}; name one"
+        )
+    raise click.ClickException(f"workflow {name} waits for no approval (no Approval is called {name} either)")
 
 
 def request_rollback(kube: Kube, name: str, namespace: str | None = None) -> dict[str, Any]:
@@ -165,7 +191,8 @@ def register(main: click.Group) -> None:
     def decide_as(
         name: str, decision: str, reason: str | None, kubeconfig: str | None, context: str | None, namespace: str | None
     ) -> None:
-        result = decide(Kube(kubeconfig, context, namespace), name, decision, reason)
+        kube = Kube(kubeconfig, context, namespace)
+        result = decide(kube, approval_named(kube, name), decision, reason)
         console.print(f"approval {result['metadata']['name']}: {decision}")
 
     @main.command()
@@ -175,7 +202,7 @@ def register(main: click.Group) -> None:
     def approve(
         name: str, reason: str | None, kubeconfig: str | None, context: str | None, namespace: str | None
     ) -> None:
-        """Approve the Approval NAME (as your own identity)."""
+        """Approve the Approval NAME, or the one a workflow NAME waits for (as your own identity)."""
         decide_as(name, "Approved", reason, kubeconfig, context, namespace)
 
     @main.command()
@@ -185,7 +212,7 @@ def register(main: click.Group) -> None:
     def reject(
         name: str, reason: str | None, kubeconfig: str | None, context: str | None, namespace: str | None
     ) -> None:
-        """Reject the Approval NAME: its workflow fails and is compensated."""
+        """Reject the Approval NAME (or the one a workflow NAME waits for): its workflow fails and is compensated."""
         decide_as(name, "Rejected", reason, kubeconfig, context, namespace)
 
     @main.command()

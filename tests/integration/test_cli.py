@@ -55,10 +55,11 @@ def test_approve_uses_the_callers_identity(env: DevEnvironment, kube: Kube, name
     kube.wait_for("approval", "approval-gate-review", namespace, lambda o: True, what="the approval")
     refused = airun(env, "approve", "approval-gate-review", "--context", "bob", "-n", namespace)
     assert refused.returncode != 0 and 'User "bob" cannot patch resource "approvals"' in refused.stderr
-    approved = airun(
-        env, "approve", "approval-gate-review", "--reason", "reviewed", "--context", "alice", "-n", namespace
+    approved = airun(  # the workflow's name will do: it waits for one approval
+        env, "approve", "approval-gate", "--reason", "reviewed", "--context", "alice", "-n", namespace
     )
     assert approved.returncode == 0, approved.stderr
+    assert "approval approval-gate-review: Approved" in approved.stdout
     kube.wait_for("wf", "approval-gate", namespace, lambda o: o.get("status", {}).get("phase") == "Succeeded")
     status = airun(env, "status", "approval-gate", "--context", "alice", "-n", namespace)
     assert "approval: approval-gate-review" in status.stdout
