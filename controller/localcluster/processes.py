@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import ctypes
 import os
@@ -19,6 +20,11 @@ def _die_with_parent() -> None:
     # leaves no etcd or kube-apiserver behind.
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+# PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not the process: children that must
+# die with this process are forked from one thread that lives as long as it does, whoever asks for them.
+_SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="airun-spawner")
 
 
 def alive(pid_file: Path, expect: str) -> int | None:
@@ -50,16 +56,20 @@ def start(
 ) -> subprocess.Popen[bytes]:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as log:
-        process = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,  # ^C in the terminal that ran `make up` does not reach it
-            preexec_fn=_die_with_parent if die_with_parent else None,
-        )
+
+        def spawn() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,  # ^C in the terminal that ran `make up` does not reach it
+                preexec_fn=_die_with_parent if die_with_parent else None,
+            )
+
+        process = _SPAWNER.submit(spawn).result() if die_with_parent else spawn()
     pid_file.write_text(f"{process.pid}\n")
     return process
 
