@@ -35,6 +35,7 @@ from controller.operator.notify import Notifier
 
 FINALIZER = "aifirst.dev/saga"
 FLUSH_AFTER = 0.5  # seconds a deferred (side-effect-free) transition may wait for the next checkpoint
+FETCHED_TTL = 60.0  # seconds a Capability read ahead of the index is trusted without the index
 PRINCIPAL_ANNOTATION = "aifirst.dev/principal"
 GROUPS_ANNOTATION = "aifirst.dev/principal-groups"
 log = logging.getLogger("airun.runtime")
@@ -102,13 +103,19 @@ class WorkflowRuntime:
         self.runners: dict[str, Runner] = {}
         self.finished: dict[str, LastWrite] = {}
         self.builtin = registry.specs()
-        self.fetched: dict[str, CapabilitySpec] = {}
+        self.fetched: dict[str, tuple[CapabilitySpec, float]] = {}  # name -> (spec, monotonic time read)
         self.stats = {"status_writes": 0, "steps_run": 0}
 
     @property
     def capabilities(self) -> dict[str, CapabilitySpec]:
         """Built-in capabilities and the Capability objects of the cluster (built-in ones win)."""
-        return {**self.fetched, **self.indexes.custom_capabilities(), **self.builtin}
+        indexed = self.indexes.custom_capabilities()
+        # A capability read ahead of the index is dropped once the index has it (the index then tells
+        # when it is deleted) or after FETCHED_TTL seconds (deleted before the index ever saw it).
+        horizon = time.monotonic() - FETCHED_TTL
+        for name in [n for n, (_, read) in self.fetched.items() if n in indexed or read < horizon]:
+            del self.fetched[name]
+        return {**{n: spec for n, (spec, _) in self.fetched.items()}, **indexed, **self.builtin}
 
     async def fetch_missing_capabilities(self, spec: WorkflowSpec) -> dict[str, CapabilitySpec]:
         """Capability objects the index has not seen yet (created just before the workflow), read from
@@ -121,7 +128,7 @@ class WorkflowRuntime:
                 body = await self.connection.custom.get_cluster_custom_object(
                     API_GROUP, API_VERSION, "capabilities", name
                 )
-                self.fetched[name] = custom.parse(name, body.get("spec") or {})
+                self.fetched[name] = (custom.parse(name, body.get("spec") or {}), time.monotonic())
             except (ApiException, custom.InvalidCapability):
                 continue
         return self.capabilities
@@ -129,7 +136,7 @@ class WorkflowRuntime:
     def handler(self, capability: str) -> Handler:
         if capability in self.builtin:
             return self.registry.handler(capability)
-        return custom.http_handler(self.indexes.custom_capabilities()[capability])
+        return custom.http_handler(self.capabilities[capability])
 
     async def observe(self, body: kopf.Body) -> None:
         uid = body.metadata.uid or ""

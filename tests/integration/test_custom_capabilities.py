@@ -83,6 +83,12 @@ def test_custom_http_capability_runs_and_is_compensated(
     assert [(m, p) for m, p, _, _ in api.requests if m != "GET"] == [("POST", "/items"), ("DELETE", "/items/1")]
     assert api.items == {}
 
+    # Deleted, it is gone for new workflows (refused at apply), however it was first learnt
+    kube.run("delete", "capability", create)
+    time.sleep(0.5)  # the index follows the watch
+    gone = kube.apply(wf("after", {"name": "db", "capability": create}), namespace=namespace, as_="bob", check=False)
+    assert gone.returncode != 0 and "unknown capability" in gone.stderr, gone.stderr
+
 
 @pytest.mark.parametrize(
     ("change", "message"),
