@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -240,8 +241,11 @@ def _read_policies(file: Path, default_namespace: str) -> list[PolicyObject]:
     return found
 
 
-def _errors(error: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in error.errors())
+def _errors(error: ValidationError, prefix: str = "") -> str:
+    return "; ".join(
+        f"{'.'.join([prefix] * bool(prefix) + [str(p) for p in e['loc']]) or '(top)'}: {e['msg']}"
+        for e in error.errors()
+    )
 
 
 def register_plan(main: click.Group) -> None:
@@ -260,7 +264,12 @@ def register_plan(main: click.Group) -> None:
 
         manifest = read_workflow(Path(file))
         kube = Kube(kubeconfig, context, namespace or manifest.get("metadata", {}).get("namespace"))
-        spec = WorkflowSpec.model_validate(manifest.get("spec") or {})
+        try:
+            spec = WorkflowSpec.model_validate(manifest.get("spec") or {})
+        except ValidationError as invalid:
+            raise click.ClickException(
+                f"{file}: not a valid Workflow spec: {_errors(invalid, prefix='spec')}"
+            ) from invalid
         capabilities = all_capabilities(kube)
         errors = spec_errors(spec, capabilities)
         principal = whoami(kube)
@@ -299,8 +308,12 @@ def register_plan(main: click.Group) -> None:
             blocked |= result.decision.value == "DENY"
             try:
                 inputs = yaml.safe_dump(render(step.inputs, context_values), default_flow_style=True).strip()
-            except TemplateError:
-                inputs = "(rendered at run time: uses outputs of earlier steps)"
+            except TemplateError as template_error:
+                if "steps" in json.dumps(step.inputs) or "outputs" in json.dumps(step.inputs):
+                    inputs = "(rendered at run time: uses outputs of earlier steps)"
+                else:  # nothing at run time can fix it: a missing parameter, a typo
+                    inputs = f"[red]template error: {template_error}[/]"
+                    blocked = True
             undo = (
                 step.compensation.capability
                 if step.compensation

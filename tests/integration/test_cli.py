@@ -141,3 +141,17 @@ def test_plan_is_a_dry_run_with_the_callers_policies(env: DevEnvironment, kube: 
     assert "saga/config.json" in ok.stdout  # inputs rendered with params
     assert "write_report (io.fs.restore) <- write_config (io.fs.restore)" in ok.stdout
     assert kube.run("get", "wf", "-n", namespace, "-o", "name").stdout == ""  # nothing was created
+
+
+def test_plan_names_what_is_wrong(env: DevEnvironment, namespace: str, tmp_path: Path) -> None:
+    def plan(spec: dict[str, object]) -> subprocess.CompletedProcess[str]:
+        manifest = {"apiVersion": "aifirst.dev/v1alpha1", "kind": "Workflow", "metadata": {"name": "w"}, "spec": spec}
+        (tmp_path / "w.yaml").write_text(yaml.safe_dump(manifest))
+        return airun(env, "plan", str(tmp_path / "w.yaml"), "--context", "bob", "-n", namespace)
+
+    shapeless = plan({"stepz": []})
+    assert shapeless.returncode == 1 and "spec.steps: Field required" in shapeless.stderr
+    assert "Traceback" not in shapeless.stderr
+    step = {"name": "a", "capability": "io.fs.write_file", "inputs": {"path": "{{ params.nope }}", "content": "x"}}
+    typo = plan({"steps": [step]})
+    assert typo.returncode == 1 and "template error" in typo.stdout and "nope" in typo.stdout
