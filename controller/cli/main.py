@@ -116,12 +116,35 @@ def operator(**options: object) -> None:
 
 
 def _audit_url(url: str | None) -> str:
-    if url:
-        return url
-    return f"sqlite:///{_state_dir().resolve() / 'audit.db'}"
+    """The store to read; a SQLite file must exist (reading one must not create an empty one)."""
+    from sqlalchemy.engine import make_url
+
+    url = url or f"sqlite:///{_state_dir().resolve() / 'audit.db'}"
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and not Path(parsed.database).exists():
+        raise click.ClickException(
+            f"no audit store at {parsed.database} (the operator creates it: `airun up`, or its --audit-url)"
+        )
+    return url
 
 
-@main.group()
+class _AuditGroup(click.Group):
+    """A store that cannot be opened or read is one clear line, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return super().invoke(ctx)
+        except (SQLAlchemyError, ImportError) as error:
+            cause = getattr(error, "orig", None) or error
+            raise click.ClickException(
+                f"cannot use the audit store: {str(cause).strip().splitlines()[0]} "
+                "(--db sqlite:///PATH or postgresql+psycopg://USER@HOST/DB; default .airun/audit.db)"
+            ) from error
+
+
+@main.group(cls=_AuditGroup)
 def audit() -> None:
     """Read and check the audit trail (who did what, who approved, what ran)."""
 
