@@ -58,6 +58,10 @@ def up(no_operator: bool) -> None:
     )
     console.print(f"  export KUBECONFIG={env.kubeconfig}   # contexts: admin alice bob agent", soft_wrap=True)
     console.print(f"  logs: {env.dir / 'logs'}", soft_wrap=True)
+    if not no_operator:
+        console.print(
+            "  try: airun run examples/hello.yaml --context bob;  airun dashboard -A --context alice", soft_wrap=True
+        )
 
 
 @main.command()
