@@ -1,4 +1,4 @@
-"""Runs an Argo CD health check (gitops/argocd/.../health.lua) on an object with gopher-lua's interpreter, the
+"""Runs an Argo CD health check (charts/airun/argocd/.../health.lua) on an object with gopher-lua's interpreter, the
 Lua implementation Argo CD embeds, in an environment like Argo CD's: the object as the global `obj`, only the
 base, table and a small os library (Argo CD opens neither string nor io nor math, so strings have no
 methods either), the returned table read as
@@ -16,7 +16,7 @@ from typing import Any
 
 from tests.gotools import REPO, tool
 
-CUSTOMIZATIONS = REPO / "gitops" / "argocd" / "resource_customizations"
+CUSTOMIZATIONS = REPO / "charts" / "airun" / "argocd" / "resource_customizations"
 HEALTH_STATUSES = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}
 
 _PRINTABLE = {c for c in range(0x20, 0x7F)} - {ord('"'), ord("\\")}

@@ -1,5 +1,5 @@
 """What platform teams see from outside, on the real operator: the Argo CD health of live Workflows and Approvals
-(the Lua checks of gitops/argocd run by gopher-lua), and the chart's alert rules evaluated by promtool on the
+(the Lua checks of charts/airun/argocd run by gopher-lua), and the chart's alert rules evaluated by promtool on the
 series the operator's metrics endpoint actually serves."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The Argo CD health checks of Workflow and Approval (gitops/argocd), run by gopher-lua (the interpreter Argo CD
+"""The Argo CD health checks of Workflow and Approval (charts/airun/argocd), run by gopher-lua (the interpreter Argo CD
 embeds) on the test cases next to them, in Argo CD's own layout: health_test.yaml lists testdata objects and the
 expected status and message."""
 
@@ -16,7 +16,8 @@ from controller.localcluster.binaries import find_binaries
 from tests.argocd_health import CUSTOMIZATIONS, Health, assess, health_script
 
 KINDS = ("Workflow", "Approval")
-GITOPS = CUSTOMIZATIONS.parent
+ARGOCD = CUSTOMIZATIONS.parent  # charts/airun/argocd: the checks ship with the chart
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _cases() -> list[Any]:
@@ -39,7 +40,7 @@ def test_health_of_testdata(kind: str, path: Path, expected: Health) -> None:
 def test_every_phase_of_the_crds_has_a_case() -> None:
     """A phase added to a CRD without a health case (and so perhaps without a branch in health.lua) fails here."""
     for kind, crd in (("Workflow", "workflow.yaml"), ("Approval", "approval.yaml")):
-        schema = yaml.safe_load((GITOPS.parents[1] / "crds" / crd).read_text())["spec"]["versions"][0]["schema"]
+        schema = yaml.safe_load((REPO / "crds" / crd).read_text())["spec"]["versions"][0]["schema"]
         phases = set(schema["openAPIV3Schema"]["properties"]["status"]["properties"]["phase"]["enum"])
         folder = CUSTOMIZATIONS / "aifirst.dev" / kind
         covered = set()
@@ -79,11 +80,11 @@ def test_the_harness_has_only_what_argo_cd_opens(tmp_path: Path) -> None:
 
 
 def test_argocd_cm_patch_carries_the_same_scripts() -> None:
-    data = yaml.safe_load((GITOPS / "argocd-cm-patch.yaml").read_text())["data"]
+    data = yaml.safe_load((ARGOCD / "argocd-cm-patch.yaml").read_text())["data"]
     for kind in KINDS:
         assert (
             data[f"resource.customizations.health.aifirst.dev_{kind}"] == health_script("aifirst.dev", kind).read_text()
-        ), f"copy gitops/argocd/resource_customizations/aifirst.dev/{kind}/health.lua into the patch"
+        ), f"copy charts/airun/argocd/resource_customizations/aifirst.dev/{kind}/health.lua into the patch"
 
 
 def test_the_kustomize_component_merges_the_checks_into_argocd_cm(tmp_path: Path) -> None:
@@ -99,7 +100,7 @@ def test_the_kustomize_component_merges_the_checks_into_argocd_cm(tmp_path: Path
         )
     )
     (tmp_path / "kustomization.yaml").write_text(
-        yaml.safe_dump({"resources": ["argocd-cm.yaml"], "components": [os.path.relpath(GITOPS, tmp_path)]})
+        yaml.safe_dump({"resources": ["argocd-cm.yaml"], "components": [os.path.relpath(ARGOCD, tmp_path)]})
     )
     built = subprocess.run(
         [str(find_binaries() / "kubectl"), "kustomize", str(tmp_path)], capture_output=True, text=True, check=True
