@@ -35,6 +35,10 @@ DECIDED_BY_ANNOTATION = "aifirst.dev/decided-by"
 IDENTITY_ANNOTATIONS = (PRINCIPAL_ANNOTATION, GROUPS_ANNOTATION)
 
 
+def _without_rollback(spec: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (spec or {}).items() if k != "rollback"}
+
+
 def _annotations(body: Mapping[str, Any] | None) -> Mapping[str, str]:
     return (body or {}).get("metadata", {}).get("annotations") or {}
 
@@ -80,6 +84,11 @@ def register(
     )
     async def workflow_runnable(spec: kopf.Spec, **kwargs: Any) -> None:
         bind(kwargs)  # the custom capabilities of the cluster count too
+        await check_runnable(spec)
+
+    async def check_runnable(spec: Mapping[str, Any]) -> None:
+        """The checks that span the whole spec: here rather than CEL rules on the CRD, which the API server
+        would evaluate again on every status write (see docs/architecture.md)."""
         try:
             parsed = WorkflowSpec.model_validate(dict(spec))
         except ValidationError as error:
@@ -96,9 +105,12 @@ def register(
         operations={"UPDATE"},
         registry=registry,
         persistent=True,
-        id="workflow-identity",
+        id="workflow-update",
     )
-    def workflow_identity(body: kopf.Body, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
+    async def workflow_update(body: kopf.Body, spec: kopf.Spec, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
+        """Every update in one webhook call: identities frozen, the finalizer kept, the spec immutable once
+        started (except rollback) and runnable while it may still change."""
+        bind(kwargs)
         old: Mapping[str, Any] | None = kwargs.get("old")
         user, _groups = _user(userinfo)
         before, after = _annotations(old), _annotations(body)
@@ -119,6 +131,13 @@ def register(
                 "(delete the workflow, or set spec.rollback: true)",
                 code=403,
             )
+        if _without_rollback((old or {}).get("spec")) == _without_rollback(spec):
+            return  # metadata or rollback only: never blocked by, say, a capability deleted since
+        if (phase or "Pending") != "Pending":
+            raise kopf.AdmissionError(
+                "spec is immutable once the workflow has started; only spec.rollback may change", code=422
+            )
+        await check_runnable(spec)
 
     @kopf.on.mutate(
         API_GROUP,

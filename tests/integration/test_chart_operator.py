@@ -226,7 +226,7 @@ REVIEWS: dict[str, tuple[dict[str, Any], str]] = {
     # the principal is taken from authentication
     "workflow-principal": (_review("workflows", "Workflow", "CREATE", "bob", _workflow(principal="mallory")), "bob"),
     "workflow-runnable": (_review("workflows", "Workflow", "CREATE", "bob", _workflow("no.such.cap")), "no.such.cap"),
-    "workflow-identity": (
+    "workflow-update": (
         _review("workflows", "Workflow", "UPDATE", "bob", _workflow(principal="mallory"), _workflow(principal="bob")),
         "cannot be changed",
     ),

@@ -241,6 +241,16 @@ def test_unknown_capability_and_cycles_are_refused_at_apply_time(kube: Kube, nam
     assert result.returncode != 0
     assert "dependency cycle: " in result.stderr and "unknown capability 'io.fs.teleport'" in result.stderr
 
+    sleep = {"capability": "sys.sleep", "inputs": {"seconds": 0}}
+    twice = kube.apply(
+        wf("twice", {"name": "a", **sleep}, {"name": "a", **sleep}), namespace=namespace, as_="bob", check=False
+    )
+    assert twice.returncode != 0 and "step name 'a' is used more than once" in twice.stderr
+    dangling = kube.apply(
+        wf("dangling", {"name": "a", **sleep, "dependsOn": ["nope"]}), namespace=namespace, as_="bob", check=False
+    )
+    assert dangling.returncode != 0 and "depends on 'nope', which is not a step" in dangling.stderr
+
 
 def test_an_old_approval_never_decides_for_a_new_workflow_of_the_same_name(
     kube: Kube, namespace: str, operator: object
