@@ -179,12 +179,12 @@ def register(main: click.Group) -> None:
         failed = total = 0
         for file in files:
             suite = _read_suite(file)
-            kube = None if suite.policies is not None else Kube(kubeconfig, context, namespace)
+            kube: Kube | None = None
             if suite.policies is not None:
                 policies = [p for name in suite.policies for p in _read_policies(file.parent / name, suite.namespace)]
                 source = ", ".join(suite.policies)
             else:
-                assert kube is not None
+                kube = Kube(kubeconfig, context, namespace)
                 namespaces = {case.namespace or suite.namespace for case in suite.cases}
                 policies = cluster_policies(kube, namespaces)
                 source = "the cluster's policies"

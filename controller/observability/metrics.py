@@ -51,7 +51,7 @@ class _Live(Collector):
         # 0 rather than no series for namespaces with workflows, so that "went back to 0" is visible.
         for namespace in sorted(set(counts) | {namespace for namespace, _ in phases}):
             pending.add_metric([namespace], counts[namespace])
-            oldest.add_metric([namespace], max(waited.get(namespace, 0.0), 0.0))
+            oldest.add_metric([namespace], waited.get(namespace, 0.0))
         yield pending
         yield oldest
 
