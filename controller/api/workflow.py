@@ -110,6 +110,7 @@ class Reason(StrEnum):
     ROLLBACK_REQUESTED = "RollbackRequested"
     DELETED = "Deleted"
     INVALID_SPEC = "InvalidSpec"
+    UNATTESTED = "Unattested"  # no principal the operator's admission webhook attested
 
 
 class CompensationStatus(_Model):

@@ -104,6 +104,20 @@ def down() -> None:
     type=click.Path(exists=True),
     help="Key that signs approval notifications (HMAC-SHA256).",
 )
+@click.option(
+    "--attestation-key-file",
+    envvar="AIRUN_ATTESTATION_KEY_FILE",
+    type=click.Path(exists=True),
+    help="Key (32 bytes or more) with which the admission webhook signs the principals it records; shared by "
+    "all replicas and kept across restarts (without it: a throw-away key).",
+)
+@click.option(
+    "--webhook-configuration",
+    envvar="AIRUN_WEBHOOK_CONFIGURATION",
+    default="airun.aifirst.dev",
+    show_default=True,
+    help="Name of the Mutating/ValidatingWebhookConfiguration; without both, no new workflow starts.",
+)
 @click.option("--metrics-port", type=int, help="Serve Prometheus metrics (/metrics) on this port.")
 @click.option(
     "--audit-url",

@@ -322,18 +322,22 @@ def plan(world: World) -> Plan:
 
     if status.phase is WorkflowPhase.PENDING:
         errors = spec_errors(world.spec, world.capabilities)
+        reason = Reason.INVALID_SPEC
         if not world.principal.user:
-            errors.append(
-                "no principal was recorded for this workflow (it was created while the admission "
-                "webhooks were not installed); create it again"
+            reason = Reason.UNATTESTED
+            errors.insert(
+                0,
+                "no principal attested by the operator's admission webhook was recorded for this workflow "
+                "(it was created while the webhooks were not registered, or its annotations were forged); "
+                "create it again",
             )
         if errors:
             status.phase = WorkflowPhase.FAILED
-            status.reason, status.message = Reason.INVALID_SPEC.value, _truncate("; ".join(errors))
+            status.reason, status.message = reason.value, _truncate("; ".join(errors))
             status.finished_at = iso(world.now)
             for s in status.steps:
                 s.phase = StepPhase.SKIPPED
-            result.events.append(Event("Warning", "InvalidSpec", status.message))
+            result.events.append(Event("Warning", reason.value, status.message))
             result.finished = True
             _finish(world, status)
             return result

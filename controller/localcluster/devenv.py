@@ -91,6 +91,14 @@ class DevEnvironment:
             path.chmod(0o600)
         return path
 
+    def attestation_key(self) -> Path:
+        """The key with which the admission webhook signs principals (kept across restarts)."""
+        path = self.dir / "attestation-key"
+        if not path.exists():
+            path.write_text(secrets.token_hex(32) + "\n")
+            path.chmod(0o600)
+        return path
+
     def endpoints(self) -> dict[str, str]:
         if not self.endpoints_file.exists():
             return {}
@@ -129,6 +137,7 @@ class DevEnvironment:
             f"--webhook-key={pki.webhook_key}",
             f"--webhook-ca={pki.ca_cert}",
             f"--notify-secret-file={self.notify_secret()}",
+            f"--attestation-key-file={self.attestation_key()}",
             f"--metrics-port={ports['metrics']}",
             f"--audit-url={self.audit_url}",
         ]

@@ -6,7 +6,7 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -94,6 +94,12 @@ class Metrics:
             "airun_reconcile_errors_total", "Unexpected errors while driving workflows", registry=r
         )
         self.status_writes = Counter("airun_status_writes_total", "PATCHes of workflow status", registry=r)
+        self.webhooks_registered = Gauge(
+            "airun_webhooks_registered",
+            "1 while the admission webhook configurations are registered; at 0 no new workflow starts",
+            registry=r,
+        )
+        self.webhooks_registered.set(1)
 
     def watch(
         self,

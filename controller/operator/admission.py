@@ -1,23 +1,32 @@
 """Admission webhooks (served by the operator through kopf): identities come from the API server's
 authentication of the request, never from its body.
 
-Workflow CREATE   records the creator as the principal (annotations; whatever the body claims is
-                  overwritten), adds the saga finalizer, refuses cycles and unknown capabilities.
-Workflow UPDATE   refuses changes to the recorded principal, and removal of the saga finalizer by
-                  anyone but the operator while the workflow is not finished.
+Workflow CREATE   records the creator as the principal (annotations, groups as a JSON list, signed with the
+                  operator's attestation key; whatever the body claims is overwritten), names a workflow
+                  created with generateName (the signature covers the name), adds the saga finalizer,
+                  refuses cycles and unknown capabilities.
+Workflow UPDATE   records who set spec.rollback; refuses changes to the recorded identities, and removal of
+                  the saga finalizer by anyone but the operator while the workflow is not finished.
+Workflow DELETE   records who deleted it (audit), so that its compensation names the actor.
 Approval UPDATE   records who decided (annotation), refuses self-approval, approvers the policy does
-                  not name, and any change to a decided Approval.
+                  not name, any change to a decided Approval, and any change (removal included) to what is
+                  not the decision or its reason: the rest of spec, its owner, our labels and annotations.
+
+Metadata-only updates never reach the UPDATE webhooks (matchConditions, controller/operator/webhooks.py).
 
 Handler IDs are the webhooks' URL paths (kopf serves /ID): hyphens, not underscores, because a webhook reached
 through a Service (the Helm chart) must have a path of RFC 1123 segments.
 
-All of them are persistent (failurePolicy Fail, left in place when the operator stops): while the
-operator is down, nobody can create a workflow or decide an approval with an unrecorded identity.
+All of them but workflow-deletion are persistent (failurePolicy Fail, left in place when the operator stops):
+while the operator is down, nobody can create a workflow or decide an approval with an unrecorded identity.
+workflow-deletion only records; it must never keep anyone from deleting (failurePolicy Ignore).
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -28,11 +37,20 @@ from controller.api.policy import Approvers
 from controller.api.workflow import TERMINAL_PHASES, WorkflowSpec
 from controller.capabilities import custom
 from controller.engine.saga import spec_errors
-from controller.operator.runtime import FINALIZER, GROUPS_ANNOTATION, PRINCIPAL_ANNOTATION, WorkflowRuntime
+from controller.operator import attestation
+from controller.operator.runtime import FINALIZER, ROLLBACK_BY_ANNOTATION, WorkflowRuntime
 from controller.policy.approvers import decision_refusal
 
 DECIDED_BY_ANNOTATION = "aifirst.dev/decided-by"
-IDENTITY_ANNOTATIONS = (PRINCIPAL_ANNOTATION, GROUPS_ANNOTATION)
+IDENTITY_ANNOTATIONS = (
+    attestation.PRINCIPAL_ANNOTATION,
+    attestation.GROUPS_ANNOTATION,
+    attestation.ATTESTATION_ANNOTATION,
+)
+OURS = "aifirst.dev/"
+# What a person may change on an Approval: the decision and why. Everything else is what was approved.
+DECISION_FIELDS = ("decision", "reason")
+_NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the API server's own generateName alphabet
 
 
 def _without_rollback(spec: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -43,8 +61,34 @@ def _annotations(body: Mapping[str, Any] | None) -> Mapping[str, str]:
     return (body or {}).get("metadata", {}).get("annotations") or {}
 
 
+def _ours(values: Mapping[str, str] | None) -> dict[str, str]:
+    return {k: v for k, v in (values or {}).items() if k.startswith(OURS)}
+
+
 def _user(userinfo: Mapping[str, Any]) -> tuple[str, list[str]]:
     return str(userinfo.get("username", "")), [str(g) for g in userinfo.get("groups") or []]
+
+
+def approval_tampering(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
+    """What an update changes on an Approval beyond its decision and reason (removal included), or None.
+    The operator's own metadata counts: the owner (which workflow it decides for), our labels and our
+    annotations other than decided-by (checked with the decision)."""
+    old_spec, new_spec = dict(old.get("spec") or {}), dict(new.get("spec") or {})
+    for key in sorted(set(old_spec) | set(new_spec)):
+        if key not in DECISION_FIELDS and old_spec.get(key) != new_spec.get(key):
+            return f"spec.{key}"
+    old_meta, new_meta = old.get("metadata") or {}, new.get("metadata") or {}
+    if (old_meta.get("ownerReferences") or []) != (new_meta.get("ownerReferences") or []):
+        return "metadata.ownerReferences"
+    old_labels, new_labels = _ours(old_meta.get("labels")), _ours(new_meta.get("labels"))
+    for key in sorted(set(old_labels) | set(new_labels)):
+        if old_labels.get(key) != new_labels.get(key):
+            return f"metadata.labels[{key}]"
+    old_notes, new_notes = _ours(old_meta.get("annotations")), _ours(new_meta.get("annotations"))
+    for key in sorted((set(old_notes) | set(new_notes)) - {DECIDED_BY_ANNOTATION}):
+        if old_notes.get(key) != new_notes.get(key):
+            return f"metadata.annotations[{key}]"
+    return None
 
 
 def register(
@@ -62,16 +106,71 @@ def register(
         persistent=True,
         id="workflow-principal",
     )
-    def workflow_principal(body: kopf.Body, patch: kopf.Patch, userinfo: Mapping[str, Any], **_: Any) -> None:
+    def workflow_principal(
+        body: kopf.Body, patch: kopf.Patch, userinfo: Mapping[str, Any], namespace: str | None, **_: Any
+    ) -> None:
         user, groups = _user(userinfo)
-        patch.setdefault("metadata", {}).setdefault("annotations", {})
-        patch["metadata"]["annotations"][PRINCIPAL_ANNOTATION] = user
-        patch["metadata"]["annotations"][GROUPS_ANNOTATION] = ",".join(groups)
+        name = body.metadata.name
+        if not name:
+            # Named here, not by the API server after admission: the attestation must cover the exact
+            # name, or it could be copied onto any workflow made from the same generateName.
+            prefix = str(body.metadata.get("generateName") or "workflow-")
+            name = prefix + "".join(secrets.choice(_NAME_ALPHABET) for _ in range(5))
+            patch.setdefault("metadata", {})["name"] = name
+        signed = attestation.attest(runtime.attestation_key, namespace or "", name, user, groups, datetime.now(UTC))
+        patch.setdefault("metadata", {}).setdefault("annotations", {}).update(signed)
+        if ROLLBACK_BY_ANNOTATION in _annotations(body):
+            patch["metadata"]["annotations"][ROLLBACK_BY_ANNOTATION] = None  # only ever set by the UPDATE webhook
         finalizers = list(body.metadata.get("finalizers") or [])
         if FINALIZER not in finalizers:
             # Added at creation: deleting a running workflow always compensates it first, and the
             # operator spends no write on it.
             patch["metadata"]["finalizers"] = [*finalizers, FINALIZER]
+
+    @kopf.on.mutate(
+        API_GROUP,
+        API_VERSION,
+        "workflows",
+        operations={"UPDATE"},
+        registry=registry,
+        persistent=True,
+        id="workflow-rollback-actor",
+    )
+    def workflow_rollback_actor(body: kopf.Body, patch: kopf.Patch, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
+        """Who asked for the rollback: its compensation is recorded as that person's act."""
+        old: Mapping[str, Any] | None = kwargs.get("old")
+        before = bool(((old or {}).get("spec") or {}).get("rollback"))
+        after = bool((body.get("spec") or {}).get("rollback"))
+        if after and not before:
+            user, _groups = _user(userinfo)
+            patch.setdefault("metadata", {}).setdefault("annotations", {})[ROLLBACK_BY_ANNOTATION] = user
+
+    @kopf.on.validate(
+        API_GROUP,
+        API_VERSION,
+        "workflows",
+        operations={"DELETE"},
+        registry=registry,
+        persistent=True,
+        ignore_failures=True,
+        id="workflow-deletion",
+    )
+    def workflow_deletion(body: kopf.Body, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
+        if kwargs.get("dryrun"):
+            return
+        user, _groups = _user(userinfo)
+        uid = body.metadata.uid or ""
+        runtime.deleted_by[uid] = user
+        runtime.audit.record(
+            "workflow.deletion_requested",
+            namespace=body.metadata.namespace or "",
+            workflow=body.metadata.name or "",
+            workflow_uid=uid,
+            principal=(body.get("status") or {}).get("principal")
+            or _annotations(body).get(attestation.PRINCIPAL_ANNOTATION),
+            actor=user,
+            payload={"phase": (body.get("status") or {}).get("phase")},
+        )
 
     @kopf.on.validate(
         API_GROUP,
@@ -121,6 +220,16 @@ def register(
                     "when the workflow is created and cannot be changed",
                     code=403,
                 )
+        rollback_before = bool(((old or {}).get("spec") or {}).get("rollback"))
+        rollback_set = bool(spec.get("rollback")) and not rollback_before
+        if before.get(ROLLBACK_BY_ANNOTATION) != after.get(ROLLBACK_BY_ANNOTATION) and not (
+            rollback_set and after.get(ROLLBACK_BY_ANNOTATION) == user
+        ):
+            raise kopf.AdmissionError(
+                f"metadata.annotations[{ROLLBACK_BY_ANNOTATION}] is recorded from the API server's "
+                "authentication when spec.rollback is set and cannot be changed",
+                code=403,
+            )
         had = FINALIZER in ((old or {}).get("metadata", {}).get("finalizers") or [])
         has = FINALIZER in (body.metadata.get("finalizers") or [])
         phase = ((old or {}).get("status") or {}).get("phase")
@@ -166,18 +275,26 @@ def register(
         id="approval-decision",
     )
     def approval_decision(body: kopf.Body, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
-        old: Mapping[str, Any] | None = kwargs.get("old")
+        old: Mapping[str, Any] = kwargs.get("old") or {}
         user, groups = _user(userinfo)
-        old_spec = (old or {}).get("spec") or {}
+        tampered = approval_tampering(old, body) if user != operator_user else None
+        if tampered:
+            raise kopf.AdmissionError(
+                f"{tampered} of an Approval cannot be changed or removed: only spec.decision and spec.reason may",
+                code=403,
+            )
+        # Who may decide is read from the stored object, never from the request: a request that removed
+        # or rewrote approvers/requestedBy is refused above, and must not decide its own check either.
+        old_spec = old.get("spec") or {}
         spec = body.get("spec") or {}
         before, after = old_spec.get("decision") or "", spec.get("decision") or ""
         old_by, new_by = _annotations(old).get(DECIDED_BY_ANNOTATION), _annotations(body).get(DECIDED_BY_ANNOTATION)
         if before and before != after:
             raise kopf.AdmissionError("the decision of an Approval is final and cannot be changed", code=403)
         if not before and after:
-            approvers = Approvers.model_validate(spec["approvers"]) if spec.get("approvers") else None
+            approvers = Approvers.model_validate(old_spec["approvers"]) if old_spec.get("approvers") else None
             refusal = decision_refusal(
-                requested_by=spec.get("requestedBy") or "", approvers=approvers, user=user, groups=groups
+                requested_by=old_spec.get("requestedBy") or "", approvers=approvers, user=user, groups=groups
             )
             if refusal:
                 raise kopf.AdmissionError(refusal, code=403)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import secrets
 import signal
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,11 @@ from controller.audit.writer import AuditWriter
 from controller.capabilities import registry as capability_registry
 from controller.capabilities.egress import EgressRules
 from controller.observability import logs
-from controller.operator import admission, handlers, health, kube
+from controller.operator import admission, attestation, handlers, health, kube, webhooks
 from controller.operator.notify import Notifier
 from controller.operator.runtime import RuntimeSettings, WorkflowRuntime, workspaces_from_env
 
-WEBHOOK_CONFIGURATION = "airun.aifirst.dev"
+WEBHOOK_CONFIGURATION = "airun.aifirst.dev"  # the default of --webhook-configuration
 log = logging.getLogger("airun.operator")
 
 
@@ -44,11 +45,17 @@ class OperatorOptions:
     # the operator only serves them. True: kopf writes them with a URL client config (the local environment).
     webhook_managed: bool = True
     notify_secret_file: str | None = None
+    attestation_key_file: str | None = None
+    webhook_configuration: str = WEBHOOK_CONFIGURATION
     metrics_port: int | None = None
     audit_url: str | None = None
 
 
-def _configure(settings: kopf.OperatorSettings, options: OperatorOptions) -> None:
+def _configure(
+    settings: kopf.OperatorSettings,
+    options: OperatorOptions,
+    register: Callable[[Mapping[str, Any]], Awaitable[None]] | None = None,
+) -> None:
     # kopf's defaults suit slow, few objects; these suit many short-lived ones (see NOTES.md).
     settings.networking.request_timeout = 30
     settings.networking.connect_timeout = 10
@@ -67,7 +74,11 @@ def _configure(settings: kopf.OperatorSettings, options: OperatorOptions) -> Non
             pkeyfile=options.webhook_key,
             cafile=options.webhook_ca,
         )
-        settings.admission.managed = WEBHOOK_CONFIGURATION if options.webhook_managed else None
+        # Never kopf's manager: it knows no matchConditions. With webhook_managed the operator writes the
+        # configurations itself (REGISTER, controller/operator/webhooks.py) whenever the server has its URL.
+        settings.admission.managed = None
+        if options.webhook_managed and register is not None:
+            settings.admission.server = webhooks.RegisteringServer(settings.admission.server, register)
 
 
 async def whoami(connection: kube.Connection) -> str:
@@ -95,15 +106,28 @@ async def run(options: OperatorOptions) -> None:
         store.migrate()  # once, at start-up, before anything else runs
     audit = AuditWriter(store)
     runtime = WorkflowRuntime(connection, capabilities, RuntimeSettings(workspaces=workspaces), notifier, audit)
+    runtime.attestation_key = attestation.load_key(options.attestation_key_file)
     bind = handlers.register(registry, runtime)
     if options.webhook_port:
         admission.register(registry, runtime, operator_user=await whoami(connection), bind=bind)
     else:
         log.warning("no --webhook-port: principals and approvers are not recorded from authentication")
 
+    async def register_webhooks(client_config: Mapping[str, Any]) -> None:
+        await webhooks.write(connection.api, registry, options.webhook_configuration, client_config)
+        await runtime.set_webhooks_registered(True)  # now, not at the next periodic check
+
     @kopf.on.startup(registry=registry)
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        _configure(settings, options)
+        _configure(settings, options, register_webhooks)
+
+    async def report(registered: bool) -> None:
+        await runtime.set_webhooks_registered(registered)
+
+    expected = webhooks.expected_names(registry, options.webhook_configuration)
+    watcher = asyncio.create_task(
+        webhooks.watch(connection.api, options.webhook_configuration, expected, report), name="webhook watch"
+    )
 
     @kopf.on.login(registry=registry)
     async def login(**_: Any) -> kopf.ConnectionInfo:
@@ -127,6 +151,7 @@ async def run(options: OperatorOptions) -> None:
             ready_flag=ready,
         )
     finally:
+        watcher.cancel()
         await probes.cleanup()
         await runtime.shutdown()
         await notifier.close()

@@ -30,14 +30,19 @@ from controller.capabilities.registry import Registry
 from controller.engine import saga
 from controller.observability.metrics import Metrics
 from controller.operator import approvals as approval_objects
+from controller.operator import attestation
 from controller.operator.kube import Connection
 from controller.operator.notify import Notifier
 
 FINALIZER = "aifirst.dev/saga"
 FLUSH_AFTER = 0.5  # seconds a deferred (side-effect-free) transition may wait for the next checkpoint
 FETCHED_TTL = 60.0  # seconds a Capability read ahead of the index is trusted without the index
-PRINCIPAL_ANNOTATION = "aifirst.dev/principal"
-GROUPS_ANNOTATION = "aifirst.dev/principal-groups"
+PRINCIPAL_ANNOTATION = attestation.PRINCIPAL_ANNOTATION
+GROUPS_ANNOTATION = attestation.GROUPS_ANNOTATION
+ROLLBACK_BY_ANNOTATION = "aifirst.dev/rollback-requested-by"  # written by the admission webhook only
+# The condition on a workflow kept from starting because the admission webhooks are not registered
+ADMITTED = "Admitted"
+WEBHOOKS_MISSING = "WebhooksMissing"
 log = logging.getLogger("airun.runtime")
 
 
@@ -71,14 +76,23 @@ def needs_work(body: Mapping[str, Any]) -> bool:
     return True
 
 
-def principal_of(body: Mapping[str, Any]) -> Principal:
-    """The creator as the admission webhook recorded it (the webhook overwrites whatever a request
-    claims); status.principal once recorded."""
-    annotations = body.get("metadata", {}).get("annotations") or {}
+def _annotation(body: Mapping[str, Any], key: str) -> str | None:
+    value = ((body.get("metadata") or {}).get("annotations") or {}).get(key)
+    return str(value) if value else None
+
+
+def principal_of(body: Mapping[str, Any], key: bytes) -> Principal:
+    """The creator as the admission webhook attested it (controller/operator/attestation.py); an empty
+    user when nothing verifies, so that the workflow never runs (reason Unattested). Once the operator
+    has written status.principal (only it may write status) that is the user; its groups count only
+    while the attestation still verifies for that same user."""
     status = body.get("status") or {}
-    user = status.get("principal") or annotations.get(PRINCIPAL_ANNOTATION) or ""
-    groups = [g for g in (annotations.get(GROUPS_ANNOTATION) or "").split(",") if g]
-    return Principal(user=user, groups=groups)
+    attested = attestation.verified(key, body)
+    recorded = status.get("principal")
+    if recorded:
+        groups = attested.groups if attested is not None and attested.user == recorded else []
+        return Principal(user=recorded, groups=groups)
+    return attested or Principal(user="", groups=[])
 
 
 class WorkflowRuntime:
@@ -105,6 +119,12 @@ class WorkflowRuntime:
         self.builtin = registry.specs()
         self.fetched: dict[str, tuple[CapabilitySpec, float]] = {}  # name -> (spec, monotonic time read)
         self.stats = {"status_writes": 0, "steps_run": 0}
+        self.attestation_key = os.urandom(32)  # main sets the key of --attestation-key-file
+        # Whether the admission webhook configurations are registered (controller/operator/webhooks.py):
+        # while they are not, no new workflow starts; the ones waiting are kept here, by uid.
+        self.webhooks_registered = True
+        self.held: dict[str, kopf.Body] = {}
+        self.deleted_by: dict[str, str] = {}  # uid -> who deleted it (the DELETE webhook), for the audit
 
     @property
     def capabilities(self) -> dict[str, CapabilitySpec]:
@@ -157,11 +177,59 @@ class WorkflowRuntime:
             del self.finished[uid]
         if not needs_work(body):
             return
+        if await self._hold(body):
+            return
         runner = Runner(self, body)
         self.runners[uid] = runner
         runner.task = asyncio.create_task(runner.run(), name=f"workflow {body.metadata.namespace}/{body.metadata.name}")
 
+    async def _hold(self, body: kopf.Body) -> bool:
+        """Keeps a workflow that has not started from starting while the webhooks are not registered,
+        and says so on it (condition Admitted False, reason WebhooksMissing)."""
+        uid = body.metadata.uid or ""
+        phase = (body.get("status") or {}).get("phase")
+        if (
+            self.webhooks_registered
+            or phase not in (None, WorkflowPhase.PENDING.value)
+            or body.metadata.get("deletionTimestamp")
+        ):
+            self.held.pop(uid, None)
+            return False
+        self.held[uid] = body
+        conditions = (body.get("status") or {}).get("conditions") or []
+        if not any(c.get("type") == ADMITTED and c.get("reason") == WEBHOOKS_MISSING for c in conditions):
+            condition = {
+                "type": ADMITTED,
+                "status": "False",
+                "reason": WEBHOOKS_MISSING,
+                "message": "the admission webhook configurations of airun are not registered: the workflow "
+                "waits until they are (identities cannot be attested without them)",
+                "lastTransitionTime": saga.iso(now()),
+                "observedGeneration": int(body.metadata.get("generation") or 1),
+            }
+            with contextlib.suppress(ApiException):
+                await self.connection.patch_workflow_status(
+                    body.metadata.namespace or "",
+                    body.metadata.name or "",
+                    {"status": {"phase": WorkflowPhase.PENDING.value, "conditions": [condition]}},
+                )
+        return True
+
+    async def set_webhooks_registered(self, registered: bool) -> None:
+        self.metrics.webhooks_registered.set(1 if registered else 0)
+        if registered == self.webhooks_registered:
+            return
+        self.webhooks_registered = registered
+        if registered:
+            log.info("the admission webhooks are registered: %d waiting workflows start", len(self.held))
+            for body in list(self.held.values()):
+                await self.observe(body)
+        else:
+            log.warning("the admission webhooks are not registered: no new workflow starts until they are")
+
     def forget(self, body: kopf.Body) -> None:
+        self.held.pop(body.metadata.uid or "", None)
+        self.deleted_by.pop(body.metadata.uid or "", None)
         self.phases.pop(body.metadata.uid or "", None)
         self.finished.pop(body.metadata.uid or "", None)
         runner = self.runners.pop(body.metadata.uid or "", None)
@@ -209,7 +277,8 @@ class Runner:
         self.status = WorkflowStatus.model_validate(body.get("status") or {})
         self.written: dict[str, Any] = self.status.dump()  # what the API server holds
         self.unwritten_since: float | None = None  # when status first moved ahead of `written`
-        self.principal = principal_of(body)
+        self.principal = principal_of(body, runtime.attestation_key)
+        self.rollback_by = _annotation(body, ROLLBACK_BY_ANNOTATION)
         self.finalizers = list(meta.get("finalizers") or [])  # as the watch last showed them
         self.finalizer_set = FINALIZER in self.finalizers  # ours: changed only by our own writes
         self.actions: dict[str, asyncio.Task[None]] = {}
@@ -237,6 +306,7 @@ class Runner:
             bool(meta.get("deletionTimestamp")),
         )
         self.finalizers = list(meta.get("finalizers") or [])
+        self.rollback_by = _annotation(body, ROLLBACK_BY_ANNOTATION)
         if ref != self.ref:  # a spec change (rollback) bumps the generation; deletion sets a timestamp
             self.ref = ref
             self.spec = self._parse_spec(body)
@@ -413,10 +483,13 @@ class Runner:
                 idempotencyKey=action.idempotency_key,
                 recovered=action.recovered,
             )
+        if before.phase is WorkflowPhase.SUCCEEDED and after.phase is WorkflowPhase.COMPENSATING:
+            self._audit("workflow.rollback_requested", actor=self._undo_actor())
         for comp in plan.compensations:
             self._audit(
                 "compensation.started",
                 comp.step,
+                actor=self._undo_actor(),
                 capability=comp.capability,
                 attempt=comp.attempt,
                 inputs=saga.redact(comp.inputs),
@@ -433,6 +506,15 @@ class Runner:
                 reason=after.reason,
                 message=after.message,
             )
+
+    def _undo_actor(self) -> str | None:
+        """Who asked for this undoing, when a person did: the deleter (DELETE webhook) or whoever set
+        spec.rollback (annotated by the UPDATE webhook); None for the compensation of a failure."""
+        if self.ref.deleting:
+            return self.rt.deleted_by.get(self.ref.uid)
+        if self.spec.rollback:
+            return self.rollback_by
+        return None
 
     def _log_context(self, step: str | None = None) -> dict[str, str]:
         context = {"workflow": f"{self.ref.namespace}/{self.ref.name}"}
@@ -603,6 +685,7 @@ class Runner:
         self._audit(
             "compensation.finished",
             compensation.step,
+            actor=self._undo_actor(),
             capability=compensation.capability,
             attempt=compensation.attempt,
             result=result,

@@ -62,7 +62,7 @@ def test_principal_comes_from_authentication_not_the_body(kube: Kube, operator: 
     assert obj["status"]["principal"] == "system:serviceaccount:agents:planner"
     annotations = obj["metadata"]["annotations"]
     assert annotations["aifirst.dev/principal"] == "system:serviceaccount:agents:planner"
-    assert "system:serviceaccounts:agents" in annotations["aifirst.dev/principal-groups"].split(",")
+    assert "system:serviceaccounts:agents" in json.loads(annotations["aifirst.dev/principal-groups"])
     result = kube.run(
         "annotate",
         "wf",

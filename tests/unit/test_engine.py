@@ -313,5 +313,5 @@ def test_a_workflow_without_a_recorded_principal_never_runs() -> None:
         now=saga.datetime.now(saga.UTC),
     )
     plan = saga.plan(world)
-    assert plan.actions == [] and plan.status.reason == Reason.INVALID_SPEC
-    assert "no principal was recorded" in (plan.status.message or "")
+    assert plan.actions == [] and plan.status.reason == Reason.UNATTESTED
+    assert "no principal attested" in (plan.status.message or "")
