@@ -1,0 +1,46 @@
+"""The actor of a rollback or a deletion: recorded in the audit trail under who asked for it, not only
+under the workflow's principal."""
+
+from __future__ import annotations
+
+from controller.audit.store import AuditStore
+from controller.localcluster.devenv import DevEnvironment
+from tests.integration.test_saga import wait_terminal, wf, write
+from tests.kube import Kube
+
+
+def test_rollback_by_someone_else_is_recorded_without_its_actor(
+    kube: Kube, namespace: str, operator: DevEnvironment
+) -> None:
+    kube.apply(wf("undone", write("a", "a.txt"), write("b", "b.txt", ("a",))), namespace=namespace, as_="bob")
+    assert wait_terminal(kube, namespace, "undone")["status"]["phase"] == "Succeeded"
+    kube.run("patch", "wf", "undone", "-n", namespace, "--type=merge", "-p", '{"spec":{"rollback":true}}')
+    obj = kube.wait_for("wf", "undone", namespace, lambda o: o["status"]["phase"] == "Compensated", what="Compensated")
+    assert obj["metadata"]["annotations"]["aifirst.dev/rollback-requested-by"] == "admin"
+    # the annotation is the webhook's: nobody rewrites it
+    result = kube.run(
+        "annotate",
+        "wf",
+        "undone",
+        "-n",
+        namespace,
+        "--overwrite",
+        "aifirst.dev/rollback-requested-by=bob",
+        check=False,
+    )
+    assert result.returncode != 0 and "cannot be changed" in result.stderr
+    kube.apply(wf("deleted", write("a", "d.txt")), namespace=namespace, as_="bob")
+    wait_terminal(kube, namespace, "deleted")
+    kube.run("delete", "wf", "deleted", "-n", namespace, "--wait=true", "--timeout=30s")
+    operator.stop_operator()  # flushes the audit writer; the next test gets a fresh operator
+    operator.start_operator()
+    store = AuditStore(operator.audit_url)
+    records = [r.as_dict() for r in store.records(namespace=namespace, workflow="undone")]
+    requested = [r for r in records if r["kind"] == "workflow.rollback_requested"]
+    assert [(r["actor"], r["principal"]) for r in requested] == [("admin", "bob")]
+    compensations = [r for r in records if r["kind"].startswith("compensation.")]
+    assert compensations and all(r["actor"] == "admin" and r["principal"] == "bob" for r in compensations)
+    deletion = [
+        r for r in store.records(namespace=namespace, workflow="deleted") if r.kind == "workflow.deletion_requested"
+    ]
+    assert [(r.actor, r.principal) for r in deletion] == [("admin", "bob")]
