@@ -51,6 +51,10 @@ app.kubernetes.io/component: operator
 {{- printf "%s-webhook-cert" (include "airun.fullname" .) -}}
 {{- end -}}
 
+{{- define "airun.attestationSecret" -}}
+{{- printf "%s-attestation" (include "airun.fullname" .) -}}
+{{- end -}}
+
 {{- define "airun.notifySecret" -}}
 {{- default (printf "%s-notify" (include "airun.fullname" .)) .Values.notify.existingSecret -}}
 {{- end -}}
@@ -69,11 +73,24 @@ One webhook as kopf would build it for the operator's handler ID (kopf's build_w
 with "_" as "-" plus the configuration's name, the path is "/" + the ID). A test compares these with kopf's
 own output for the operator's registry. Arguments: root, id, plural, operations, caBundle.
 */}}
+{{- /*
+matchConditions of the UPDATE webhooks: metadata-only updates (foreign finalizers, labels and annotations
+that are not aifirst.dev/) never reach them. Generated from controller/operator/webhooks.py guarded_update();
+tests/integration/test_chart.py compares them.
+*/ -}}
+{{- define "airun.matchCondition" -}}
+{{- if eq . "approvals" -}}
+"(request.operation != 'UPDATE') || (!has(object.spec) || !has(oldObject.spec) || object.spec != oldObject.spec) || (!((!has(object.metadata.annotations) || object.metadata.annotations.all(k, !k.startsWith('aifirst.dev/') || (has(oldObject.metadata.annotations) && k in oldObject.metadata.annotations && oldObject.metadata.annotations[k] == object.metadata.annotations[k]))) && (!has(oldObject.metadata.annotations) || oldObject.metadata.annotations.all(k, !k.startsWith('aifirst.dev/') || (has(object.metadata.annotations) && k in object.metadata.annotations))))) || (!((!has(object.metadata.labels) || object.metadata.labels.all(k, !k.startsWith('aifirst.dev/') || (has(oldObject.metadata.labels) && k in oldObject.metadata.labels && oldObject.metadata.labels[k] == object.metadata.labels[k]))) && (!has(oldObject.metadata.labels) || oldObject.metadata.labels.all(k, !k.startsWith('aifirst.dev/') || (has(object.metadata.labels) && k in object.metadata.labels))))) || ((has(oldObject.metadata.finalizers) && 'aifirst.dev/saga' in oldObject.metadata.finalizers && !(has(object.metadata.finalizers) && 'aifirst.dev/saga' in object.metadata.finalizers))) || (has(object.metadata.ownerReferences) != has(oldObject.metadata.ownerReferences) || (has(object.metadata.ownerReferences) && object.metadata.ownerReferences != oldObject.metadata.ownerReferences))"
+{{- else -}}
+"(request.operation != 'UPDATE') || (!has(object.spec) || !has(oldObject.spec) || object.spec != oldObject.spec) || (!((!has(object.metadata.annotations) || object.metadata.annotations.all(k, !k.startsWith('aifirst.dev/') || (has(oldObject.metadata.annotations) && k in oldObject.metadata.annotations && oldObject.metadata.annotations[k] == object.metadata.annotations[k]))) && (!has(oldObject.metadata.annotations) || oldObject.metadata.annotations.all(k, !k.startsWith('aifirst.dev/') || (has(object.metadata.annotations) && k in object.metadata.annotations))))) || (!((!has(object.metadata.labels) || object.metadata.labels.all(k, !k.startsWith('aifirst.dev/') || (has(oldObject.metadata.labels) && k in oldObject.metadata.labels && oldObject.metadata.labels[k] == object.metadata.labels[k]))) && (!has(oldObject.metadata.labels) || oldObject.metadata.labels.all(k, !k.startsWith('aifirst.dev/') || (has(object.metadata.labels) && k in object.metadata.labels))))) || ((has(oldObject.metadata.finalizers) && 'aifirst.dev/saga' in oldObject.metadata.finalizers && !(has(object.metadata.finalizers) && 'aifirst.dev/saga' in object.metadata.finalizers)))"
+{{- end -}}
+{{- end -}}
+
 {{- define "airun.webhook" -}}
 - name: {{ .id | replace "_" "-" }}.{{ include "airun.webhookConfiguration" .root }}
   admissionReviewVersions: [v1, v1beta1]
   sideEffects: None
-  failurePolicy: Fail
+  failurePolicy: {{ .failurePolicy | default "Fail" }}
   matchPolicy: Equivalent
   timeoutSeconds: {{ .root.Values.webhook.timeoutSeconds }}
   rules:
@@ -82,6 +99,11 @@ own output for the operator's registry. Arguments: root, id, plural, operations,
       resources: [{{ .plural }}]
       operations: {{ toJson .operations }}
       scope: "*"
+  {{- if has "UPDATE" .operations }}
+  matchConditions:
+    - name: not-metadata-only
+      expression: {{ include "airun.matchCondition" .plural }}
+  {{- end }}
   clientConfig:
     service:
       name: {{ include "airun.webhookService" .root }}
