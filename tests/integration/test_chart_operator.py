@@ -180,7 +180,7 @@ def test_the_operator_leaves_the_chart_webhook_configurations_alone(chart_operat
 
 
 def _review(
-    plural: str, kind: str, operation: str, user: str, new: dict[str, Any], old: dict[str, Any] | None = None
+    plural: str, kind: str, operation: str, user: str, new: dict[str, Any] | None, old: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     resource = {"group": "aifirst.dev", "version": "v1alpha1", "resource": plural}
     return {
@@ -192,7 +192,7 @@ def _review(
             "resource": resource,
             "requestKind": {"group": "aifirst.dev", "version": "v1alpha1", "kind": kind},
             "requestResource": resource,
-            "name": new["metadata"]["name"],
+            "name": (new or old or {})["metadata"]["name"],
             "namespace": None if plural == "capabilities" else "default",
             "operation": operation,
             "userInfo": {"username": user, "groups": ["system:authenticated"]},
@@ -203,13 +203,17 @@ def _review(
     }
 
 
-def _workflow(capability: str = "sys.sleep", principal: str | None = None) -> dict[str, Any]:
+def _workflow(capability: str = "sys.sleep", principal: str | None = None, rollback: bool = False) -> dict[str, Any]:
     annotations = {"aifirst.dev/principal": principal} if principal else {}
     return {
         "apiVersion": "aifirst.dev/v1alpha1",
         "kind": "Workflow",
         "metadata": {"name": "w", "namespace": "default", "annotations": annotations},
-        "spec": {"description": "x", "steps": [{"name": "a", "capability": capability, "inputs": {"seconds": 0}}]},
+        "spec": {
+            "description": "x",
+            "steps": [{"name": "a", "capability": capability, "inputs": {"seconds": 0}}],
+            **({"rollback": True} if rollback else {}),
+        },
     }
 
 
@@ -230,6 +234,13 @@ REVIEWS: dict[str, tuple[dict[str, Any], str]] = {
         _review("workflows", "Workflow", "UPDATE", "bob", _workflow(principal="mallory"), _workflow(principal="bob")),
         "cannot be changed",
     ),
+    # who set spec.rollback is recorded from authentication
+    "workflow-rollback-actor": (
+        _review("workflows", "Workflow", "UPDATE", "bob", _workflow(rollback=True), _workflow()),
+        "rollback-requested-by",
+    ),
+    # only records who deleted (audit): it allows, always
+    "workflow-deletion": (_review("workflows", "Workflow", "DELETE", "bob", None, _workflow()), ""),
     "approval-decider": (
         _review("approvals", "Approval", "UPDATE", "alice", _approval("Approved"), _approval("")),
         "alice",
@@ -271,7 +282,9 @@ def test_every_rendered_webhook_path_reaches_its_handler(chart_operator: ChartOp
     for webhook in webhooks:
         review, expected = REVIEWS[webhook["name"].split(".")[0]]
         response, patch = _call(chart_operator, webhook["clientConfig"]["service"]["path"], review)
-        if webhook in find(chart_operator.docs, "MutatingWebhookConfiguration")["webhooks"]:
+        if webhook["failurePolicy"] == "Ignore":  # records only
+            assert response["allowed"], (webhook["name"], response)
+        elif webhook in find(chart_operator.docs, "MutatingWebhookConfiguration")["webhooks"]:
             assert response["allowed"] and expected in patch, (webhook["name"], response, patch)
         else:
             assert not response["allowed"] and expected in response["status"]["message"], (webhook["name"], response)
