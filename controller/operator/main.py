@@ -16,6 +16,7 @@ from kubernetes_asyncio import client
 from controller.audit.store import AuditStore
 from controller.audit.writer import AuditWriter
 from controller.capabilities import registry as capability_registry
+from controller.capabilities import secrets as secret_refs
 from controller.capabilities.egress import EgressRules
 from controller.observability import logs
 from controller.operator import admission, handlers, health, kube
@@ -136,4 +137,6 @@ async def run(options: OperatorOptions) -> None:
 
 def main(options: OperatorOptions) -> None:
     logs.configure(verbose=options.verbose)
+    for handler in logging.getLogger().handlers:  # a step's secret values never reach a log line
+        handler.addFilter(secret_refs.ScrubLogFilter())
     asyncio.run(run(options))

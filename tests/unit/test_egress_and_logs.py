@@ -71,3 +71,28 @@ def test_connections_are_checked_when_they_are_opened() -> None:
         assert len([r for r in api.requests if r[0] == "GET"]) == 1  # only the allowed request arrived
     finally:
         api.close()
+
+
+def test_secret_references_are_found_only_where_the_spec_wrote_them() -> None:
+    from controller.capabilities.secrets import ref_paths
+
+    ref = {"secretKeyRef": {"name": "s", "key": "k"}}
+    template = {"url": "u", "headers": {"Authorization": ref, "X": "{{ steps.a.outputs.x }}"}, "list": [1, ref]}
+    assert ref_paths(template) == [("headers", "Authorization"), ("list", 1)]
+
+
+def test_scrubber_hides_values_and_their_encodings_deep() -> None:
+    import base64
+    import logging
+
+    from controller.capabilities.secrets import ScrubLogFilter, Scrubber, scrubbing_logs
+
+    scrub = Scrubber(["p@ss word"])
+    encoded = base64.b64encode(b"p@ss word").decode()
+    value = {"h": ["Bearer p@ss word", encoded, "p%40ss%20word"], "p@ss word": 1, "n": 2}
+    assert scrub(value) == {"h": ["Bearer ***", "***", "***"], "***": 1, "n": 2}
+    assert Scrubber([])("p@ss word") == "p@ss word"
+    record = logging.LogRecord("x", logging.INFO, "f", 1, "sent %s", ("p@ss word",), None)
+    with scrubbing_logs(scrub):
+        ScrubLogFilter().filter(record)
+    assert record.getMessage() == "sent ***"
