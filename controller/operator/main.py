@@ -19,8 +19,8 @@ from controller.capabilities import registry as capability_registry
 from controller.capabilities import secrets as secret_refs
 from controller.capabilities.egress import EgressRules
 from controller.observability import logs
-from controller.operator import admission, handlers, health, kube
-from controller.operator.notify import Notifier
+from controller.operator import admission, controlplane, handlers, health, kube
+from controller.operator.notify import Notifier, policy_urls
 from controller.operator.runtime import RuntimeSettings, WorkflowRuntime, workspaces_from_env
 
 WEBHOOK_CONFIGURATION = "airun.aifirst.dev"
@@ -96,6 +96,7 @@ async def run(options: OperatorOptions) -> None:
         store.migrate()  # once, at start-up, before anything else runs
     audit = AuditWriter(store)
     runtime = WorkflowRuntime(connection, capabilities, RuntimeSettings(workspaces=workspaces), notifier, audit)
+    notifier.signed_urls = lambda namespace: policy_urls(runtime.indexes.policies(), namespace)
     bind = handlers.register(registry, runtime)
     if options.webhook_port:
         admission.register(registry, runtime, operator_user=await whoami(connection), bind=bind)
@@ -119,6 +120,7 @@ async def run(options: OperatorOptions) -> None:
         loop.add_signal_handler(sig, stop.set)
     ready = asyncio.Event()
     probes = await health.serve(options.bind, options.health_port, ready)
+    learning = asyncio.create_task(controlplane.learn(connection), name="the API server's addresses")
     try:
         await kopf.operator(
             registry=registry,
@@ -128,6 +130,7 @@ async def run(options: OperatorOptions) -> None:
             ready_flag=ready,
         )
     finally:
+        learning.cancel()
         await probes.cleanup()
         await runtime.shutdown()
         await notifier.close()
