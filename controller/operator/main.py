@@ -15,6 +15,7 @@ from kubernetes_asyncio import client
 
 from controller.audit.store import AuditStore
 from controller.audit.writer import AuditWriter
+from controller.capabilities import custom as custom_capabilities
 from controller.capabilities import registry as capability_registry
 from controller.capabilities import secrets as secret_refs
 from controller.capabilities.egress import EgressRules
@@ -47,6 +48,8 @@ class OperatorOptions:
     notify_secret_file: str | None = None
     metrics_port: int | None = None
     audit_url: str | None = None
+    # Where the credentials of custom Capability endpoints live (default: the Pod's namespace, or airun-system)
+    operator_namespace: str | None = None
 
 
 def _configure(settings: kopf.OperatorSettings, options: OperatorOptions) -> None:
@@ -81,6 +84,8 @@ async def whoami(connection: kube.Connection) -> str:
 
 async def run(options: OperatorOptions) -> None:
     capabilities = capability_registry.load(include_test=options.test_capabilities)
+    if options.operator_namespace:
+        custom_capabilities.CREDENTIALS.namespace = options.operator_namespace
     connection = await kube.connect(options.kubeconfig, options.context)
     registry = kopf.OperatorRegistry()
     workspaces = Path(options.workspaces) if options.workspaces else workspaces_from_env()

@@ -11,8 +11,6 @@ unsigned, so the key never vouches for a message to, or through, a place an auth
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import logging
 import time
@@ -24,15 +22,11 @@ import httpx
 
 from controller.api.policy import PolicyObject
 from controller.capabilities.egress import EgressRefused, EgressRules, http_client
+from controller.capabilities.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
-SIGNATURE_HEADER = "X-Airun-Signature"
-TIMESTAMP_HEADER = "X-Airun-Timestamp"
+__all__ = ["SIGNATURE_HEADER", "TIMESTAMP_HEADER", "Notifier", "approval_message", "policy_urls", "sign"]
+
 log = logging.getLogger("airun.notify")
-
-
-def sign(secret: bytes, timestamp: str, body: bytes) -> str:
-    """`sha256=HEX` of HMAC(secret, "TIMESTAMP.BODY"): receivers check it and reject old timestamps."""
-    return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
 def approval_message(event: str, approval: Mapping[str, Any]) -> dict[str, Any]:
