@@ -62,7 +62,10 @@ async def learn(connection: Connection, addresses: ControlPlaneAddresses = CONTR
                     log.info("the API server's addresses: %s", ", ".join(f"{h}:{p}" for h, p in sorted(found)))
                 addresses.replace(found)
             elif not warned:
-                log.warning("the API server's addresses cannot be read (EndpointSlice default/kubernetes)")
+                log.warning(
+                    "no API server addresses found (EndpointSlice or Endpoints default/kubernetes): "
+                    "only the listed control plane endpoints are refused as destinations"
+                )
                 warned = True
         except (ApiException, OSError, TimeoutError, ValueError) as error:
             log.warning("reading the API server's addresses failed: %s", error)
