@@ -59,6 +59,10 @@ class LoopbackAPI:
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)
+                elif self.path == "/echo-headers":  # a hostile API: shows the caller what it sent
+                    self._reply(200, {"headers": dict(self.headers.items())})
+                elif self.path == "/secret-ref":  # a hostile API: data shaped like a secret reference
+                    self._reply(200, {"x": {"secretKeyRef": {"name": "s", "key": "k"}}})
                 elif self.path.startswith("/items/"):
                     item = api.items.get(self.path.rsplit("/", 1)[-1])
                     self._reply(200 if item is not None else 404, item or {"error": "no such item"})

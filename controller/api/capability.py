@@ -43,11 +43,32 @@ class CompensationSpec(BaseModel):
         return self
 
 
+class HttpAuthType(StrEnum):
+    BEARER = "Bearer"  # Authorization: Bearer <the Secret's value>
+    HMAC = "HMAC"  # X-Airun-Signature: sha256=HMAC(value, "<X-Airun-Timestamp>.<body>")
+
+
+class SecretKeySelector(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=253)
+    key: str = Field(min_length=1, max_length=253)
+
+
+class HttpAuth(BaseModel):
+    """How the endpoint tells the operator from other callers. The Secret is always read from the
+    operator's own namespace, never from a namespace the Capability's author names."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    type: HttpAuthType
+    secret_ref: SecretKeySelector = Field(alias="secretRef")
+
+
 class HttpEndpoint(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     method: str = "POST"
     url: str
     timeout_seconds: float = Field(30.0, alias="timeoutSeconds")
+    auth: HttpAuth | None = None
 
 
 class CapabilitySpec(BaseModel):

@@ -1,20 +1,80 @@
-"""Custom capabilities from Capability objects: an HTTP endpoint per capability, no Python."""
+"""Custom capabilities from Capability objects: an HTTP endpoint per capability, no Python.
+
+An endpoint can authenticate the operator (spec.http.auth): a bearer token, or an HMAC signature of each
+request's body, from a Secret of the operator's own namespace. The namespace is the operator's, never one
+the Capability names, so writing a Capability cannot make the operator read anybody else's Secret; the
+operator may read Secrets of its own namespace only (a Role there)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import base64
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
-from controller.api.capability import CapabilitySpec
-from controller.capabilities.base import Handler, Invocation
+from controller.api.capability import CapabilitySpec, HttpAuth, HttpAuthType
+from controller.capabilities import secrets
+from controller.capabilities.base import CapabilityError, Handler, Invocation
 from controller.capabilities.handlers.http import call_endpoint
+from controller.capabilities.handlers.k8s import KubeGateway
 from controller.capabilities.registry import risk_problems
+from controller.capabilities.signing import signed_headers
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+LOCAL_NAMESPACE = "airun-system"  # the local environment's operator (controller/localcluster)
+CREDENTIAL_TTL = 30.0  # seconds a credential is reused: a rotated Secret takes effect this soon
 
 
 class InvalidCapability(ValueError):
     pass
+
+
+def operator_namespace() -> str:
+    """AIRUN_OPERATOR_NAMESPACE, else the Pod's ServiceAccount namespace, else the local environment's."""
+    if os.environ.get("AIRUN_OPERATOR_NAMESPACE"):
+        return os.environ["AIRUN_OPERATOR_NAMESPACE"]
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or LOCAL_NAMESPACE
+    except OSError:
+        return LOCAL_NAMESPACE
+
+
+class Credentials:
+    """Endpoint credentials read with the operator's own identity from its namespace, cached briefly.
+    Values are kept in memory only and never appear in errors or logs (only the Secret's name and key)."""
+
+    def __init__(self, namespace: str | None = None, ttl: float = CREDENTIAL_TTL) -> None:
+        self.namespace = namespace or operator_namespace()
+        self.ttl = ttl
+        self._cache: dict[tuple[str, str], tuple[bytes, float]] = {}
+
+    async def value(self, auth: HttpAuth, inv: Invocation) -> bytes:
+        ref = (auth.secret_ref.name, auth.secret_ref.key)
+        cached = self._cache.get(ref)
+        if cached is not None and time.monotonic() - cached[1] < self.ttl:
+            return cached[0]
+        if not isinstance(inv.kube, KubeGateway):
+            raise CapabilityError("endpoint credentials need the operator's API connection", retryable=False)
+        where = f"secret {self.namespace}/{ref[0]} (spec.http.auth.secretRef)"
+        response = await inv.kube.read_as_operator(f"/api/v1/namespaces/{self.namespace}/secrets/{ref[0]}")
+        if response.status_code != 200:
+            raise CapabilityError(f"{where}: HTTP {response.status_code}", retryable=response.status_code >= 500)
+        data = response.json().get("data") or {}
+        if ref[1] not in data:
+            raise CapabilityError(f"{where} has no key {ref[1]!r}", retryable=False)
+        value = base64.b64decode(data[ref[1]]).strip()
+        if not value:
+            raise CapabilityError(f"{where}: key {ref[1]!r} is empty", retryable=False)
+        self._cache[ref] = (value, time.monotonic())
+        return value
+
+
+CREDENTIALS = Credentials()
 
 
 def parse(name: str, spec: Mapping[str, Any]) -> CapabilitySpec:
@@ -39,18 +99,50 @@ def problems_with(
         problems.append(f"compensation {spec.compensation.capability!r} is not a capability")
     if spec.http is None:
         problems.append("spec.http is required")
+    elif spec.http.auth is not None:
+        parts = urlsplit(spec.http.url)
+        if (
+            parts.scheme != "https"
+            and parts.hostname not in ("localhost", "::1")
+            and not (parts.hostname or "").startswith("127.")
+        ):
+            problems.append("spec.http.auth needs an https:// URL (plain http only on loopback)")
     return problems
 
 
-def http_handler(spec: CapabilitySpec) -> Handler:
+def _authenticator(kind: HttpAuthType, value: bytes) -> Callable[[bytes], dict[str, str]]:
+    """The headers that authenticate the operator for a request with a given body."""
+    if kind is HttpAuthType.BEARER:
+        return lambda body: {"Authorization": f"Bearer {value.decode()}"}
+    return lambda body: signed_headers(value, body)
+
+
+def http_handler(spec: CapabilitySpec, credentials: Credentials | None = None) -> Handler:
     endpoint = spec.http
     assert endpoint is not None
 
     async def handler(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:
-        response = await call_endpoint(
-            endpoint.method, endpoint.url, inputs, inv, timeout_seconds=endpoint.timeout_seconds
-        )
+        sign_with: Callable[[bytes], dict[str, str]] | None = None
+        scrub = secrets.Scrubber(())
+        if endpoint.auth is not None:
+            value = await (credentials or CREDENTIALS).value(endpoint.auth, inv)
+            scrub = secrets.Scrubber([value.decode(errors="replace")])
+            sign_with = _authenticator(endpoint.auth.type, value)
+        try:
+            with secrets.scrubbing_logs(scrub):
+                response = await call_endpoint(
+                    endpoint.method,
+                    endpoint.url,
+                    inputs,
+                    inv,
+                    timeout_seconds=endpoint.timeout_seconds,
+                    sign_with=sign_with,
+                )
+        except CapabilityError as error:  # an endpoint that echoes its token in an error body
+            raise CapabilityError(scrub.text(str(error)), retryable=error.retryable) from None
         json_body = response.get("json")
-        return json_body if isinstance(json_body, dict) else {"status": response["status"], "result": json_body}
+        outputs = json_body if isinstance(json_body, dict) else {"status": response["status"], "result": json_body}
+        scrubbed: dict[str, Any] = scrub(outputs)
+        return scrubbed
 
     return handler

@@ -124,6 +124,12 @@ def down() -> None:
     envvar="AIRUN_AUDIT_URL",
     help="SQLAlchemy URL of the audit store: sqlite:///PATH or postgresql+psycopg://... (none: no audit)",
 )
+@click.option(
+    "--operator-namespace",
+    envvar="AIRUN_OPERATOR_NAMESPACE",
+    help="The operator's own namespace, which holds the credentials of custom Capability endpoints "
+    "(default: the Pod's ServiceAccount namespace, else airun-system).",
+)
 @click.option("-v", "--verbose", is_flag=True)
 def operator(**options: object) -> None:
     """Run the operator (kopf) against the cluster of KUBECONFIG."""

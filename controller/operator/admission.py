@@ -325,3 +325,9 @@ def register(
         problems = custom.problems_with(parsed, {**runtime.capabilities, name: parsed}, runtime.builtin)
         if problems:
             raise kopf.AdmissionError(f"capability {name}: " + "; ".join(problems), code=422)
+        if parsed.http and parsed.http.auth and isinstance(kwargs.get("warnings"), list):
+            ref = parsed.http.auth.secret_ref  # read from the operator's namespace, whatever the author meant
+            kwargs["warnings"].append(
+                f"spec.http.auth: the operator reads key {ref.key!r} of Secret {ref.name!r} in its own "
+                f"namespace {custom.CREDENTIALS.namespace!r}"
+            )

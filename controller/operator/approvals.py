@@ -146,7 +146,8 @@ def announce(notifier: Notifier | None, event: str, approval: Mapping[str, Any])
             message=f"{event} notification: {error}",
         )
 
-    notifier.send(url, approval_message(event, approval), failed)
+    namespace = (approval.get("metadata") or {}).get("namespace") or ""
+    notifier.send(url, approval_message(event, approval), failed, namespace=namespace)
 
 
 def owner_uid(body: Mapping[str, Any]) -> str:

@@ -16,11 +16,13 @@ from kubernetes_asyncio import client
 
 from controller.audit.store import AuditStore
 from controller.audit.writer import AuditWriter
+from controller.capabilities import custom as custom_capabilities
 from controller.capabilities import registry as capability_registry
+from controller.capabilities import secrets as secret_refs
 from controller.capabilities.egress import EgressRules
 from controller.observability import logs
-from controller.operator import admission, attestation, handlers, health, kube, webhooks
-from controller.operator.notify import Notifier
+from controller.operator import admission, attestation, controlplane, handlers, health, kube, webhooks
+from controller.operator.notify import Notifier, policy_urls
 from controller.operator.runtime import RuntimeSettings, WorkflowRuntime, workspaces_from_env
 
 WEBHOOK_CONFIGURATION = "airun.aifirst.dev"  # the default of --webhook-configuration
@@ -49,6 +51,8 @@ class OperatorOptions:
     webhook_configuration: str = WEBHOOK_CONFIGURATION
     metrics_port: int | None = None
     audit_url: str | None = None
+    # Where the credentials of custom Capability endpoints live (default: the Pod's namespace, or airun-system)
+    operator_namespace: str | None = None
 
 
 def _configure(
@@ -91,6 +95,8 @@ async def whoami(connection: kube.Connection) -> str:
 
 async def run(options: OperatorOptions) -> None:
     capabilities = capability_registry.load(include_test=options.test_capabilities)
+    if options.operator_namespace:
+        custom_capabilities.CREDENTIALS.namespace = options.operator_namespace
     connection = await kube.connect(options.kubeconfig, options.context)
     registry = kopf.OperatorRegistry()
     workspaces = Path(options.workspaces) if options.workspaces else workspaces_from_env()
@@ -107,6 +113,7 @@ async def run(options: OperatorOptions) -> None:
     audit = AuditWriter(store)
     runtime = WorkflowRuntime(connection, capabilities, RuntimeSettings(workspaces=workspaces), notifier, audit)
     runtime.attestation_key = attestation.load_key(options.attestation_key_file)
+    notifier.signed_urls = lambda namespace: policy_urls(runtime.indexes.policies(), namespace)
     bind = handlers.register(registry, runtime)
     if options.webhook_port:
         admission.register(registry, runtime, operator_user=await whoami(connection), bind=bind)
@@ -142,6 +149,7 @@ async def run(options: OperatorOptions) -> None:
         loop.add_signal_handler(sig, stop.set)
     ready = asyncio.Event()
     probes = await health.serve(options.bind, options.health_port, ready)
+    learning = asyncio.create_task(controlplane.learn(connection), name="the API server's addresses")
     try:
         await kopf.operator(
             registry=registry,
@@ -152,6 +160,7 @@ async def run(options: OperatorOptions) -> None:
         )
     finally:
         watcher.cancel()
+        learning.cancel()
         await probes.cleanup()
         await runtime.shutdown()
         await notifier.close()
@@ -161,4 +170,6 @@ async def run(options: OperatorOptions) -> None:
 
 def main(options: OperatorOptions) -> None:
     logs.configure(verbose=options.verbose)
+    for handler in logging.getLogger().handlers:  # a step's secret values never reach a log line
+        handler.addFilter(secret_refs.ScrubLogFilter())
     asyncio.run(run(options))

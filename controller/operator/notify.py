@@ -1,32 +1,32 @@
 """Approval notifications: a Slack-compatible JSON message to a webhook URL (from the policy rule or the
-step) when an approval is requested and when it is decided. Sent in the background with retries, signed
-with HMAC-SHA256, never blocking reconciliation; a failed delivery is recorded as a Warning event on the
-Approval and is otherwise harmless."""
+step) when an approval is requested and when it is decided. Sent in the background with retries, never
+blocking reconciliation; a failed delivery is recorded as a Warning event on the Approval and is otherwise
+harmless. Every URL passes the egress rules (checked before sending, and again on connecting).
+
+Only a URL that a policy rule names (a ClusterPolicy's, or a Policy's of the approval's namespace) is sent
+signed with the operator's notification key (HMAC-SHA256): a receiver that trusts the signature trusts
+the policy's authors. A URL the workflow's author chose (step.notify.webhookUrl) still gets the message,
+unsigned, so the key never vouches for a message to, or through, a place an author picked."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from controller.api.policy import PolicyObject
 from controller.capabilities.egress import EgressRefused, EgressRules, http_client
+from controller.capabilities.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
-SIGNATURE_HEADER = "X-Airun-Signature"
-TIMESTAMP_HEADER = "X-Airun-Timestamp"
+__all__ = ["SIGNATURE_HEADER", "TIMESTAMP_HEADER", "Notifier", "approval_message", "policy_urls", "sign"]
+
 log = logging.getLogger("airun.notify")
-
-
-def sign(secret: bytes, timestamp: str, body: bytes) -> str:
-    """`sha256=HEX` of HMAC(secret, "TIMESTAMP.BODY"): receivers check it and reject old timestamps."""
-    return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
 def approval_message(event: str, approval: Mapping[str, Any]) -> dict[str, Any]:
@@ -60,11 +60,23 @@ def approval_message(event: str, approval: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def policy_urls(policies: Iterable[PolicyObject], namespace: str) -> set[str]:
+    """The notification URLs that policy rules name for approvals of NAMESPACE: the only ones signed."""
+    return {
+        rule.notify.webhook_url
+        for policy in policies
+        if policy.namespace in (None, namespace)
+        for rule in policy.spec.rules
+        if rule.notify and rule.notify.webhook_url
+    }
+
+
 @dataclass
 class Delivery:
     url: str
     payload: dict[str, Any]
     on_failure: Callable[[str], None]
+    namespace: str = ""
 
 
 class Notifier:
@@ -75,12 +87,16 @@ class Notifier:
         self.timeout = timeout
         self.queue: asyncio.Queue[Delivery] = asyncio.Queue(maxsize=1000)
         self._task: asyncio.Task[None] | None = None
+        # The URLs that policies name for a namespace (the operator points it at its policy index).
+        self.signed_urls: Callable[[str], Collection[str]] = lambda namespace: ()
 
-    def send(self, url: str, payload: dict[str, Any], on_failure: Callable[[str], None]) -> None:
+    def send(
+        self, url: str, payload: dict[str, Any], on_failure: Callable[[str], None], *, namespace: str = ""
+    ) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._work(), name="approval notifications")
         try:
-            self.queue.put_nowait(Delivery(url, payload, on_failure))
+            self.queue.put_nowait(Delivery(url, payload, on_failure, namespace))
         except asyncio.QueueFull:
             on_failure("notification queue full; message dropped")
 
@@ -99,14 +115,13 @@ class Notifier:
         except EgressRefused as refused:
             return f"refused by the egress rules: {refused}"
         body = json.dumps(delivery.payload).encode()
+        signed = delivery.url in self.signed_urls(delivery.namespace)
         error = "not sent"
         for attempt in range(1, self.attempts + 1):
             timestamp = str(int(time.time()))
-            headers = {
-                "Content-Type": "application/json",
-                TIMESTAMP_HEADER: timestamp,
-                SIGNATURE_HEADER: sign(self.secret, timestamp, body),
-            }
+            headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: timestamp}
+            if signed:
+                headers[SIGNATURE_HEADER] = sign(self.secret, timestamp, body)
             try:
                 response = await client.post(delivery.url, content=body, headers=headers)
                 if response.status_code < 300:

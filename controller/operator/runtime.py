@@ -616,17 +616,33 @@ class Runner:
         self.outcomes.append(outcome)
         self.wakeup.set()
 
+    def _secret_paths(self, step: str, compensation: bool = False) -> list[secrets.Path]:
+        """Where the spec wrote secret references for STEP's call (its inputs, or the compensation
+        template that rendered its compensation's inputs): only there are references resolved."""
+        spec = next((s for s in self.spec.steps if s.name == step), None)
+        if spec is None:
+            return []
+        if not compensation:
+            return secrets.ref_paths(spec.inputs)
+        capability = self.rt.capabilities.get(spec.capability or "")
+        chosen = spec.compensation or (capability.compensation if capability else None)
+        return secrets.ref_paths(chosen.inputs) if chosen else []
+
     async def _act(self, action: saga.RunAction) -> None:
         self.rt.stats["steps_run"] += 1
         started = time.monotonic()
         inv = self._invocation(action.step, action.idempotency_key, action.attempt)
+        scrub = secrets.Scrubber(())
         try:
             handler = self.rt.handler(action.capability)
             # Secret values exist only here, in memory, for the call: status, events, logs and the
-            # compensation's inputs keep the references.
-            call = handler(await secrets.resolve(action.inputs, inv), inv)
-            outputs = await (asyncio.wait_for(call, action.timeout) if action.timeout else call)
-            outcome = saga.ActionResult(action.step, True, action.inputs, outputs)
+            # compensation's inputs keep the references, and whatever comes back is scrubbed of them.
+            resolved = await secrets.resolve(action.inputs, inv, self._secret_paths(action.step))
+            scrub = resolved.scrubber
+            with secrets.scrubbing_logs(scrub):
+                call = handler(resolved.inputs, inv)
+                outputs = await (asyncio.wait_for(call, action.timeout) if action.timeout else call)
+            outcome = saga.ActionResult(action.step, True, action.inputs, scrub(outputs))
         except TimeoutError:
             outcome = saga.ActionResult(
                 action.step, False, action.inputs, error=f"timed out after {action.timeout} s", timed_out=True
@@ -640,10 +656,15 @@ class Runner:
                 cancelled=True,
             )
         except CapabilityError as error:
-            outcome = saga.ActionResult(action.step, False, action.inputs, error=str(error), retryable=error.retryable)
+            outcome = saga.ActionResult(
+                action.step, False, action.inputs, error=scrub.text(str(error)), retryable=error.retryable
+            )
         except Exception as error:  # a handler bug must fail the step, never the operator
-            log.exception("step %s failed unexpectedly", action.step, extra=self._log_context(action.step))
-            outcome = saga.ActionResult(action.step, False, action.inputs, error=f"{type(error).__name__}: {error}")
+            with secrets.scrubbing_logs(scrub):
+                log.exception("step %s failed unexpectedly", action.step, extra=self._log_context(action.step))
+            outcome = saga.ActionResult(
+                action.step, False, action.inputs, error=scrub.text(f"{type(error).__name__}: {error}")
+            )
         metrics = self.rt.metrics
         metrics.steps.labels(action.capability).inc()
         if action.attempt > 1 and not action.recovered:
@@ -666,20 +687,26 @@ class Runner:
 
     async def _compensate(self, compensation: saga.RunCompensation) -> None:
         inv = self._invocation(compensation.step, compensation.idempotency_key, compensation.attempt)
+        scrub = secrets.Scrubber(())
         try:
             handler = self.rt.handler(compensation.capability)
-            await handler(await secrets.resolve(compensation.inputs, inv), inv)
+            paths = self._secret_paths(compensation.step, compensation=True)
+            resolved = await secrets.resolve(compensation.inputs, inv, paths)
+            scrub = resolved.scrubber
+            with secrets.scrubbing_logs(scrub):
+                await handler(resolved.inputs, inv)
             outcome = saga.CompensationResult(compensation.step, True)
         except asyncio.CancelledError:
             raise
         except Exception as error:
             if not isinstance(error, CapabilityError):
-                log.exception(
-                    "compensation of %s failed unexpectedly",
-                    compensation.step,
-                    extra=self._log_context(compensation.step),
-                )
-            outcome = saga.CompensationResult(compensation.step, False, f"{error}")
+                with secrets.scrubbing_logs(scrub):
+                    log.exception(
+                        "compensation of %s failed unexpectedly",
+                        compensation.step,
+                        extra=self._log_context(compensation.step),
+                    )
+            outcome = saga.CompensationResult(compensation.step, False, scrub.text(f"{error}"))
         result = "succeeded" if outcome.ok else "failed"
         self.rt.metrics.compensations.labels(compensation.capability, result).inc()
         self._audit(

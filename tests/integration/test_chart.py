@@ -224,8 +224,17 @@ def test_the_chart_carries_the_repository_crds_and_roles() -> None:
 
 def test_the_rendered_roles_are_those_of_rbac_roles_yaml(helm: Path, tmp_path: Path) -> None:
     rendered = {d["metadata"]["name"]: d for d in objects(render(helm, tmp_path, {})) if d["kind"] == "ClusterRole"}
-    sources = {d["metadata"]["name"]: d for d in yaml.safe_load_all((REPO / "rbac" / "roles.yaml").read_text())}
+    documents = list(yaml.safe_load_all((REPO / "rbac" / "roles.yaml").read_text()))
+    sources = {d["metadata"]["name"]: d for d in documents if d["kind"] == "ClusterRole"}
     assert rendered.keys() == sources.keys()
+    # The operator's Roles (API server addresses in default, credentials in its own namespace) come along.
+    roles = {
+        (d["metadata"]["name"], d["metadata"]["namespace"]): d
+        for d in objects(render(helm, tmp_path, {}))
+        if d["kind"] == "Role"
+    }
+    for source in (d for d in documents if d["kind"] == "Role"):
+        assert roles[(source["metadata"]["name"], source["metadata"]["namespace"])]["rules"] == source["rules"]
     for name, source in sources.items():
         rules = source["rules"]
         if name == "airun-operator":

@@ -13,7 +13,7 @@ import pytest
 
 from controller.localcluster.devenv import DevEnvironment
 from controller.operator.notify import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from tests.integration.test_governance import decide, wait_phase
+from tests.integration.test_governance import decide, policy, wait_phase
 from tests.integration.test_saga import steps_of, wait_terminal, wf
 from tests.kube import Kube
 
@@ -60,11 +60,17 @@ def gated(url: str) -> dict[str, Any]:
 def test_requested_and_decided_are_announced_and_signed(
     kube: Kube, namespace: str, operator: DevEnvironment, receiver: Receiver
 ) -> None:
-    kube.apply(gated(receiver.url), namespace=namespace, as_="bob")
+    # Signed because a policy rule names the URL (an author's own URL gets the message unsigned:
+    # tests/security/test_egress.py).
+    rule = {"capabilities": ["io.fs.write_file"], "action": "REQUIRE_APPROVAL", "notify": {"webhookUrl": receiver.url}}
+    kube.apply(policy("writes-are-announced", rule), namespace=namespace)
+    time.sleep(0.5)
+    step = {"name": "gate", "capability": "io.fs.write_file", "inputs": {"path": "a.txt", "content": "x"}}
+    kube.apply(wf("notified", step), namespace=namespace, as_="bob")
     obj = wait_phase(kube, namespace, "notified", "AwaitingApproval")
     name = steps_of(obj)["gate"]["approval"]
     first = receiver.wait(1)[0]
-    assert "Approval requested by bob" in first["text"] and "Ship it?" in first["text"]
+    assert "Approval requested by bob" in first["text"] and "io.fs.write_file" in first["text"]
     assert f"patch approval {name}" in first["text"] and first["blocks"][0]["type"] == "section"
     headers, body = receiver.messages[0]
     secret = operator.notify_secret().read_bytes().strip()

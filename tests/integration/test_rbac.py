@@ -78,3 +78,15 @@ def test_nobody_but_the_operator_writes_workflow_status(kube: Kube, namespace: s
             check=False,
         )
         assert result.returncode != 0 and "forbidden" in result.stderr, who
+
+
+def test_the_operator_reads_the_api_servers_addresses_and_its_own_secrets_only(kube: Kube, namespace: str) -> None:
+    def can(verb: str, resource: str, ns: str) -> bool:
+        result = kube.run("auth", "can-i", verb, resource, "-n", ns, as_="operator", check=False)
+        return result.stdout.strip() == "yes"
+
+    assert can("get", "endpointslices.discovery.k8s.io/kubernetes", "default")
+    assert can("get", "endpoints/kubernetes", "default")
+    assert not can("get", "endpointslices.discovery.k8s.io/other", "default")
+    assert can("get", "secrets", "airun-system")  # credentials of custom Capability endpoints
+    assert not can("get", "secrets", namespace) and not can("list", "secrets", "airun-system")

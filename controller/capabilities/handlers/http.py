@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -73,10 +74,19 @@ async def _send(inputs: dict[str, Any], inv: Invocation, method: str) -> dict[st
 
 
 async def call_endpoint(
-    method: str, url: str, payload: dict[str, Any], inv: Invocation, *, timeout_seconds: float
+    method: str,
+    url: str,
+    payload: dict[str, Any],
+    inv: Invocation,
+    *,
+    timeout_seconds: float,
+    sign_with: Callable[[bytes], dict[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """A custom capability's endpoint: the rendered inputs as the JSON body."""
-    return await _send({"url": url, "json": payload, "timeoutSeconds": timeout_seconds}, inv, method)
+    """A custom capability's endpoint: the rendered inputs as the JSON body. SIGN_WITH gives the headers
+    that authenticate the operator for exactly these body bytes (so they are serialised here, once)."""
+    body = json.dumps(payload, separators=(",", ":"), sort_keys=True)
+    headers = {"Content-Type": "application/json", **(sign_with(body.encode()) if sign_with else {})}
+    return await _send({"url": url, "body": body, "headers": headers, "timeoutSeconds": timeout_seconds}, inv, method)
 
 
 async def get(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:

@@ -73,6 +73,14 @@ class KubeGateway:
             raise CapabilityError(f"{api_version} has no kind {kind}", retryable=False)
         return found
 
+    async def read_as_operator(self, path: str) -> httpx.Response:
+        """A GET with the operator's own identity (no impersonation): only for what the operator itself
+        needs, such as the credentials of custom Capability endpoints in its own namespace."""
+        try:
+            return await self.client.get(path, headers=await self._authorization())
+        except httpx.HTTPError as error:
+            raise CapabilityError(f"GET {path}: {type(error).__name__}: {error}") from error
+
     async def close(self) -> None:
         if self._client is not None:
             await self._client.aclose()
