@@ -104,6 +104,12 @@ def down() -> None:
     type=click.Path(exists=True),
     help="Key that signs approval notifications (HMAC-SHA256).",
 )
+@click.option(
+    "--snapshot-key-file",
+    envvar="AIRUN_SNAPSHOT_KEY_FILE",
+    type=click.Path(exists=True),
+    help="Key that seals the snapshots of Secrets (k8s.* compensation). Without it, steps that change a Secret fail.",
+)
 @click.option("--metrics-port", type=int, help="Serve Prometheus metrics (/metrics) on this port.")
 @click.option(
     "--audit-url",
