@@ -219,6 +219,9 @@ class AuditStore:
                     row = _row(stub_entry(entry, f"payload not storable: {type(error).__name__}: {error}"))
                 digest = record_hash(prev_hash, row)  # the same fields verify() hashes
                 row["prev_hash"], row["hash"] = prev_hash, digest
+                # Explicit ids: a failed transaction would burn PostgreSQL sequence values, and a gap in
+                # the ids reads as deleted records to verify().
+                row["id"] = next_id + len(rows)
                 prev_hash = digest
                 rows.append(row)
             connection.execute(insert(AuditRecord), rows)  # executemany: one round trip per batch
