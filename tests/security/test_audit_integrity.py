@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from controller.audit.store import RECORD_LIMIT, AuditStore
+from controller.audit.store import AuditStore
 from controller.audit.writer import AuditWriter
 from controller.localcluster.devenv import DevEnvironment
 from controller.operator import approvals, handlers
@@ -25,6 +25,7 @@ from tests.integration.test_saga import steps_of, wait_terminal, wf
 from tests.kube import Kube
 
 BIG = 10 * 1024 * 1024
+RECORD_LIMIT = 64 * 1024  # what one stored record may take at most (controller.audit.store)
 
 
 @pytest.fixture
