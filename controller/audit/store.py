@@ -4,6 +4,12 @@ SQLAlchemy 2 on SQLite (a file, the default) or PostgreSQL (by URL); the schema 
 by Alembic. Each record's hash covers its content and the previous record's hash, so `verify` detects a
 record that was edited, deleted or inserted. Inputs are stored as rendered with secret references left
 as references (values never reach the store), and secret-looking keys hidden.
+
+Records are bounded: a payload value larger than VALUE_LIMIT bytes is stored as its digest, its size and
+a preview (a 10 MiB response body must not fill the volume), and a record still larger than RECORD_LIMIT
+has its largest values digested in turn. The hash chain covers what is stored. A record that cannot be
+stored as it is (a value JSON cannot encode, a NUL byte PostgreSQL refuses) is stored as a stub that says
+what was wrong: a bad record never costs the good ones of its batch.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -25,7 +32,12 @@ from sqlalchemy import Integer, String, Text, create_engine, insert, or_, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+log = logging.getLogger("airun.audit")
 GENESIS = "0" * 64
+VALUE_LIMIT = 4 * 1024  # bytes of one payload value (its JSON) before it is stored as a digest
+RECORD_LIMIT = 64 * 1024  # bytes of one record's payload (its JSON)
+PREVIEW_CHARS = 256
+KIND_LENGTH = 64
 MIGRATIONS = Path(__file__).with_name("migrations")
 COLUMNS = (
     "id",
@@ -52,13 +64,14 @@ class AuditRecord(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     recorded_at: Mapped[str] = mapped_column(String(40))
-    kind: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(KIND_LENGTH), index=True)
     namespace: Mapped[str] = mapped_column(String(253), index=True)
-    workflow: Mapped[str] = mapped_column(String(253), index=True)
+    # Text, not VARCHAR: user names (principal, actor) have no length limit in Kubernetes (migration 0002).
+    workflow: Mapped[str] = mapped_column(Text, index=True)
     workflow_uid: Mapped[str] = mapped_column(String(64))
-    step: Mapped[str | None] = mapped_column(String(63), nullable=True)
-    principal: Mapped[str | None] = mapped_column(String(253), nullable=True)
-    actor: Mapped[str | None] = mapped_column(String(253), nullable=True)
+    step: Mapped[str | None] = mapped_column(Text, nullable=True)
+    principal: Mapped[str | None] = mapped_column(Text, nullable=True)
+    actor: Mapped[str | None] = mapped_column(Text, nullable=True)
     payload: Mapped[str] = mapped_column(Text)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
@@ -69,6 +82,20 @@ class AuditRecord(Base):
         return data
 
 
+def _row(entry: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "recorded_at": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        "kind": _column(entry["kind"]),
+        "namespace": _column(entry["namespace"]),
+        "workflow": _column(entry["workflow"]),
+        "workflow_uid": _column(entry["workflow_uid"]),
+        "step": _column(entry.get("step")),
+        "principal": _column(entry.get("principal")),
+        "actor": _column(entry.get("actor")),
+        "payload": json.dumps(bound_payload(dict(entry.get("payload") or {})), sort_keys=True, default=str),
+    }
+
+
 def record_hash(prev_hash: str, fields: dict[str, Any]) -> str:
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256((prev_hash + "\n" + canonical).encode()).hexdigest()
@@ -76,6 +103,63 @@ def record_hash(prev_hash: str, fields: dict[str, Any]) -> str:
 
 def _hashed_fields(record: AuditRecord) -> dict[str, Any]:
     return {c: getattr(record, c) for c in COLUMNS if c not in ("id", "hash", "prev_hash")}
+
+
+def digest_of(text: str) -> dict[str, Any]:
+    """What a value too large to store becomes: enough to recognise it, never the whole of it."""
+    data = text.encode("utf-8", "surrogatepass")
+    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "preview": text[:PREVIEW_CHARS]}
+
+
+def _encoded(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _bound_value(value: Any) -> Any:
+    """VALUE with every part whose JSON exceeds VALUE_LIMIT replaced by its digest (strings by their
+    own text, containers part by part, so the small fields of a large output stay readable)."""
+    if isinstance(value, str):
+        return digest_of(value) if len(value) > VALUE_LIMIT // 4 and len(value.encode()) > VALUE_LIMIT else value
+    if isinstance(value, dict):
+        return {str(k): _bound_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        bounded = [_bound_value(v) for v in value]
+        encoded = _encoded(bounded)
+        return digest_of(encoded) if len(encoded.encode()) > RECORD_LIMIT else bounded
+    return value
+
+
+def bound_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """PAYLOAD as it is stored: large values digested, then the largest top-level values digested until
+    the whole fits RECORD_LIMIT. Raises TypeError/ValueError when it cannot be encoded at all."""
+    bounded = {str(k): _bound_value(v) for k, v in payload.items()}
+    sizes = {k: len(_encoded(v).encode()) for k, v in bounded.items()}
+    total = len(_encoded(bounded).encode())
+    for key in sorted(sizes, key=lambda k: -sizes[k]):
+        if total <= RECORD_LIMIT:
+            break
+        bounded[key] = digest_of(_encoded(bounded[key]))
+        total = len(_encoded(bounded).encode())
+    return bounded
+
+
+def _column(value: Any) -> str | None:
+    """A column value every database stores: text without NUL (PostgreSQL refuses NUL in text)."""
+    if value is None:
+        return None
+    return str(value).replace("\x00", "\N{REPLACEMENT CHARACTER}")
+
+
+def stub_entry(entry: dict[str, Any], error: str) -> dict[str, Any]:
+    """What is stored for ENTRY when it cannot be stored as it is: who, what and why, never silence."""
+    fields = ("namespace", "workflow", "workflow_uid", "step", "principal", "actor")
+    stub: dict[str, Any] = {f: _column(entry.get(f)) for f in fields}
+    stub["namespace"] = (stub["namespace"] or "")[:253]
+    stub["workflow"], stub["workflow_uid"] = stub["workflow"] or "", (stub["workflow_uid"] or "")[:64]
+    kind = _column(entry.get("kind")) or "unknown"
+    stub["kind"] = kind[:KIND_LENGTH]
+    stub["payload"] = {"unstorable": True, "kind": kind, "error": error[:1000]}
+    return stub
 
 
 @dataclass(frozen=True)
@@ -129,23 +213,43 @@ class AuditStore:
             prev_hash, next_id = (last.hash, last.id + 1) if last else (GENESIS, 1)
             rows = []
             for entry in entries:
-                row: dict[str, Any] = {
-                    "recorded_at": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
-                    "kind": entry["kind"],
-                    "namespace": entry["namespace"],
-                    "workflow": entry["workflow"],
-                    "workflow_uid": entry["workflow_uid"],
-                    "step": entry.get("step"),
-                    "principal": entry.get("principal"),
-                    "actor": entry.get("actor"),
-                    "payload": json.dumps(entry.get("payload") or {}, sort_keys=True, default=str),
-                }
+                try:
+                    row = _row(entry)
+                except (TypeError, ValueError, RecursionError) as error:  # JSON cannot encode it
+                    row = _row(stub_entry(entry, f"payload not storable: {type(error).__name__}: {error}"))
                 digest = record_hash(prev_hash, row)  # the same fields verify() hashes
                 row["prev_hash"], row["hash"] = prev_hash, digest
+                # Explicit ids: a failed transaction would burn PostgreSQL sequence values, and a gap in
+                # the ids reads as deleted records to verify().
+                row["id"] = next_id + len(rows)
                 prev_hash = digest
                 rows.append(row)
             connection.execute(insert(AuditRecord), rows)  # executemany: one round trip per batch
             return list(range(next_id, next_id + len(rows)))
+
+    def append_isolated(self, entries: list[dict[str, Any]]) -> tuple[list[int], int]:
+        """Appends ENTRIES in one transaction; when that fails, one by one, and a record that still fails
+        as a stub saying why, so one bad record never costs the others. Returns the ids written and how
+        many records were lost: when even a stub cannot be written the store itself is down, and the
+        rest of the batch is not tried again (the writer must not stall on a dead store)."""
+        try:
+            return self.append_many(entries), 0
+        except Exception:
+            log.warning("a batch of %d audit records failed; writing them one by one", len(entries))
+        ids: list[int] = []
+        for position, entry in enumerate(entries):
+            try:
+                ids += self.append_many([entry])
+                continue
+            except Exception as error:
+                reason = f"record not storable: {type(error).__name__}: {str(error)[:500]}"
+            try:
+                ids += self.append_many([stub_entry(entry, reason)])
+                log.warning("audit record %s stored as a stub: %s", entry.get("kind"), reason)
+            except Exception:
+                log.exception("the audit store refuses even a stub: it is down")
+                return ids, len(entries) - position
+        return ids, 0
 
     def records(
         self,

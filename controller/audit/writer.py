@@ -77,10 +77,13 @@ class AuditWriter:
             entries = [e for e in batch if e is not None]
             if entries:
                 try:
-                    self.store.append_many(entries)
-                except Exception:
-                    self.failures += len(entries)
+                    _, lost = self.store.append_isolated(entries)
+                except Exception:  # never let the writer thread die: it would block durable() forever
+                    lost = len(entries)
                     log.exception("%d audit records were not written", len(entries))
+                if lost:
+                    self.failures += lost
+                    log.error("%d audit records were not written", lost)
                 handled += len(entries)
                 self._handled_up_to(handled)
             if None in batch:

@@ -27,6 +27,11 @@ class Invocation:
     principal: str = ""  # the workflow's principal, from the API server's authentication
     groups: tuple[str, ...] = ()
     kube: Any = None  # controller.capabilities.handlers.k8s.KubeGateway, for k8s.* (None elsewhere)
+    workflow_uid: str = ""  # snapshots are kept per workflow uid, and collected with the workflow
+    # For a compensation: whether the step it undoes may never have run (it was cut off, or in doubt
+    # after a restart). Only then may a missing snapshot mean "nothing to undo"; for a completed step a
+    # missing snapshot is a loss, and the compensation fails.
+    forward_in_doubt: bool = False
 
 
 Handler = Callable[[dict[str, Any], Invocation], Awaitable[dict[str, Any]]]

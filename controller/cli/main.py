@@ -118,6 +118,12 @@ def down() -> None:
     show_default=True,
     help="Name of the Mutating/ValidatingWebhookConfiguration; without both, no new workflow starts.",
 )
+@click.option(
+    "--snapshot-key-file",
+    envvar="AIRUN_SNAPSHOT_KEY_FILE",
+    type=click.Path(exists=True),
+    help="Key that seals the snapshots of Secrets (k8s.* compensation). Without it, steps that change a Secret fail.",
+)
 @click.option("--metrics-port", type=int, help="Serve Prometheus metrics (/metrics) on this port.")
 @click.option(
     "--audit-url",

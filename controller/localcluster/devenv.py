@@ -99,6 +99,14 @@ class DevEnvironment:
             path.chmod(0o600)
         return path
 
+    def snapshot_key(self) -> Path:
+        """The key that seals Secret snapshots (kept across restarts: older snapshots stay readable)."""
+        path = self.dir / "snapshot-key"
+        if not path.exists():
+            path.write_text(secrets.token_hex(32) + "\n")
+            path.chmod(0o600)
+        return path
+
     def endpoints(self) -> dict[str, str]:
         if not self.endpoints_file.exists():
             return {}
@@ -138,6 +146,7 @@ class DevEnvironment:
             f"--webhook-ca={pki.ca_cert}",
             f"--notify-secret-file={self.notify_secret()}",
             f"--attestation-key-file={self.attestation_key()}",
+            f"--snapshot-key-file={self.snapshot_key()}",
             f"--metrics-port={ports['metrics']}",
             f"--audit-url={self.audit_url}",
         ]

@@ -84,39 +84,55 @@ def register(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime) -> Calla
     async def approval_event(type: str, body: kopf.Body, namespace: str | None, spec: kopf.Spec, **_: Any) -> None:
         if type == "DELETED" or namespace is None:
             return
-        status = body.get("status") or {}
-        decision = spec.get("decision") or ""
-        if decision and status.get("phase") in (None, "Pending"):
-            state = approvals.state_of(body)
-            decided = await approvals.record_decision(
-                runtime.connection,
-                namespace,
-                body.metadata.name or "",
-                decision,
-                state.decided_by,
-                spec.get("reason"),
-            )
-            approvals.announce(runtime.notifier, "decided", decided)
-            runtime.audit.record(
-                "approval.decided",
-                namespace=namespace,
-                workflow=spec.get("workflow") or "",
-                workflow_uid=approvals.owner_uid(body),
-                step=spec.get("step"),
-                principal=spec.get("requestedBy"),
-                actor=state.decided_by,
-                payload={
-                    "approval": body.metadata.name,
-                    "decision": decision,
-                    "reason": spec.get("reason"),
-                    "inputsHash": spec.get("inputsHash"),
-                    "capability": spec.get("capability"),
-                },
-            )
-            created = saga.parse_time(body.metadata.get("creationTimestamp"))
-            if created is not None:
-                waited = (datetime.now(UTC) - created).total_seconds()
-                runtime.metrics.approval_wait.labels(decision).observe(waited)
+        await record_approval_decision(runtime, body, namespace, spec)
         runtime.wake(namespace, spec.get("workflow") or "")
 
     return bind
+
+
+async def record_approval_decision(
+    runtime: WorkflowRuntime, body: Mapping[str, Any], namespace: str, spec: Mapping[str, Any]
+) -> None:
+    """Turns a decision written into an Approval's spec into its status, audited first.
+
+    The audit record is made durable BEFORE the status write: an operator killed between the two finds
+    the Approval still Pending on restart and records the decision again, so a decision is recorded at
+    least once, never lost. A repeat is visible: it carries the same approvalUid and generation."""
+    status = body.get("status") or {}
+    decision = spec.get("decision") or ""
+    if not decision or status.get("phase") not in (None, "Pending"):
+        return
+    metadata = body.get("metadata") or {}
+    state = approvals.state_of(body)
+    runtime.audit.record(
+        "approval.decided",
+        namespace=namespace,
+        workflow=spec.get("workflow") or "",
+        workflow_uid=approvals.owner_uid(body),
+        step=spec.get("step"),
+        principal=spec.get("requestedBy"),
+        actor=state.decided_by,
+        payload={
+            "approval": metadata.get("name"),
+            "approvalUid": metadata.get("uid"),
+            "generation": metadata.get("generation"),
+            "decision": decision,
+            "reason": spec.get("reason"),
+            "inputsHash": spec.get("inputsHash"),
+            "capability": spec.get("capability"),
+        },
+    )
+    await runtime.audit.durable()
+    decided = await approvals.record_decision(
+        runtime.connection,
+        namespace,
+        metadata.get("name") or "",
+        decision,
+        state.decided_by,
+        spec.get("reason"),
+    )
+    approvals.announce(runtime.notifier, "decided", decided)
+    created = saga.parse_time(metadata.get("creationTimestamp"))
+    if created is not None:
+        waited = (datetime.now(UTC) - created).total_seconds()
+        runtime.metrics.approval_wait.labels(decision).observe(waited)

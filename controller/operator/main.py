@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import secrets
 import signal
@@ -12,13 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import kopf
+from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
 
+from controller import API_GROUP, API_VERSION
 from controller.audit.store import AuditStore
 from controller.audit.writer import AuditWriter
 from controller.capabilities import custom as custom_capabilities
 from controller.capabilities import registry as capability_registry
 from controller.capabilities import secrets as secret_refs
+from controller.capabilities import snapshots
 from controller.capabilities.egress import EgressRules
 from controller.observability import logs
 from controller.operator import admission, attestation, controlplane, handlers, health, kube, webhooks
@@ -49,6 +56,7 @@ class OperatorOptions:
     notify_secret_file: str | None = None
     attestation_key_file: str | None = None
     webhook_configuration: str = WEBHOOK_CONFIGURATION
+    snapshot_key_file: str | None = None
     metrics_port: int | None = None
     audit_url: str | None = None
     # Where the credentials of custom Capability endpoints live (default: the Pod's namespace, or airun-system)
@@ -93,6 +101,25 @@ async def whoami(connection: kube.Connection) -> str:
     return str(review.status.user_info.username)
 
 
+def snapshot_cipher(secret: bytes) -> Fernet:
+    """The cipher that seals Secret snapshots, from the operator's key file (any high-entropy secret:
+    HKDF turns it into a Fernet key, so the chart's generated key and `openssl rand` both do)."""
+    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"airun k8s snapshots").derive(secret)
+    return Fernet(base64.urlsafe_b64encode(derived))
+
+
+async def sweep_snapshots(connection: kube.Connection, workspaces: Path) -> None:
+    """Removes the snapshots of workflows deleted while the operator was down (before any runner
+    starts, so none of them can be writing one)."""
+    try:
+        listed = await connection.custom.list_cluster_custom_object(API_GROUP, API_VERSION, "workflows")
+    except ApiException as error:
+        log.warning("could not list workflows (%s): snapshots of deleted workflows are kept for now", error.reason)
+        return
+    live = [item["metadata"]["uid"] for item in listed.get("items") or []]
+    await asyncio.to_thread(snapshots.sweep, workspaces, live)
+
+
 async def run(options: OperatorOptions) -> None:
     capabilities = capability_registry.load(include_test=options.test_capabilities)
     if options.operator_namespace:
@@ -114,6 +141,12 @@ async def run(options: OperatorOptions) -> None:
     runtime = WorkflowRuntime(connection, capabilities, RuntimeSettings(workspaces=workspaces), notifier, audit)
     runtime.attestation_key = attestation.load_key(options.attestation_key_file)
     notifier.signed_urls = lambda namespace: policy_urls(runtime.indexes.policies(), namespace)
+    if options.snapshot_key_file:
+        key = Path(options.snapshot_key_file).read_bytes().strip()  # noqa: ASYNC240  (once, at start-up)
+        runtime.kube.snapshot_cipher = snapshot_cipher(key)
+    else:
+        log.warning("no --snapshot-key-file: steps that change a Secret fail (its snapshot could not be sealed)")
+    await sweep_snapshots(connection, workspaces)
     bind = handlers.register(registry, runtime)
     if options.webhook_port:
         admission.register(registry, runtime, operator_user=await whoami(connection), bind=bind)

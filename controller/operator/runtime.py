@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -24,7 +25,7 @@ from controller.api.capability import CapabilitySpec
 from controller.api.policy import Principal
 from controller.api.workflow import TERMINAL_PHASES, WorkflowPhase, WorkflowSpec, WorkflowStatus
 from controller.audit.writer import AuditWriter
-from controller.capabilities import custom, secrets
+from controller.capabilities import custom, secrets, snapshots
 from controller.capabilities.base import CapabilityError, Handler, Invocation
 from controller.capabilities.registry import Registry
 from controller.engine import saga
@@ -230,6 +231,8 @@ class WorkflowRuntime:
     def forget(self, body: kopf.Body) -> None:
         self.held.pop(body.metadata.uid or "", None)
         self.deleted_by.pop(body.metadata.uid or "", None)
+        # The workflow is gone: nothing will restore from its snapshots any more.
+        snapshots.collect(self.settings.workspaces / (body.metadata.namespace or ""), body.metadata.uid or "")
         self.phases.pop(body.metadata.uid or "", None)
         self.finished.pop(body.metadata.uid or "", None)
         runner = self.runners.pop(body.metadata.uid or "", None)
@@ -603,6 +606,7 @@ class Runner:
             self.principal.user,
             tuple(self.principal.groups),
             self.rt.kube,
+            self.ref.uid,
         )
 
     def _done(
@@ -686,7 +690,10 @@ class Runner:
         self._done(self.actions, action.step, outcome)
 
     async def _compensate(self, compensation: saga.RunCompensation) -> None:
-        inv = self._invocation(compensation.step, compensation.idempotency_key, compensation.attempt)
+        inv = dataclasses.replace(
+            self._invocation(compensation.step, compensation.idempotency_key, compensation.attempt),
+            forward_in_doubt=bool(self.status.step(compensation.step).in_doubt),
+        )
         scrub = secrets.Scrubber(())
         try:
             handler = self.rt.handler(compensation.capability)

@@ -12,8 +12,10 @@ from controller.capabilities.base import CapabilityError, Invocation
 from controller.capabilities.handlers.fs import HANDLERS
 
 
-def call(capability: str, inputs: dict[str, object], workspace: Path, key: str = "k1") -> dict[str, object]:
-    inv = Invocation("ns", "wf", "step", key, 1, workspace)
+def call(
+    capability: str, inputs: dict[str, object], workspace: Path, key: str = "k1", *, in_doubt: bool = False
+) -> dict[str, object]:
+    inv = Invocation("ns", "wf", "step", key, 1, workspace, forward_in_doubt=in_doubt)
     return asyncio.run(HANDLERS[capability](dict(inputs), inv))
 
 
@@ -62,7 +64,12 @@ def test_restore_of_a_created_file_removes_it_and_is_harmless_when_nothing_happe
     call("io.fs.write_file", {"path": "new.txt", "content": "x"}, ws)
     call("io.fs.restore", {"snapshot": "k1"}, ws)
     assert not (ws / "new.txt").exists()
-    assert call("io.fs.restore", {"snapshot": "never"}, ws) == {"restored": 0}
+    # Only a step that may never have run (in doubt) may have no snapshot...
+    assert call("io.fs.restore", {"snapshot": "never"}, ws, in_doubt=True) == {"restored": 0}
+    # ...a completed step's snapshot was written before its change: missing means lost, and that fails.
+    with pytest.raises(CapabilityError, match="missing") as error:
+        call("io.fs.restore", {"snapshot": "never"}, ws)
+    assert not error.value.retryable
 
 
 def test_delete_is_undone(tmp_path: Path) -> None:

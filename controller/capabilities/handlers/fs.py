@@ -2,8 +2,10 @@
 
 Every change first records, under the step's idempotency key, each path it is about to touch as it was
 (a file's content, a folder, or nothing). `io.fs.restore` puts all of them back, newest first. A re-run
-with the same key keeps the first record (the state before the step), and a restore without a record
-does nothing: the change never happened.
+with the same key keeps the first record (the state before the step). A restore without a record does
+nothing only when the step may never have run (it was in doubt); for a completed step the record was
+written before its change, so a missing one is a lost snapshot and the restore fails (a person must act).
+Where the records live: controller.capabilities.snapshots.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from controller.capabilities import snapshots
 from controller.capabilities.base import CapabilityError, Handler, Invocation
 
-RESERVED = ".airun"  # snapshots live here; workflows cannot touch it
+RESERVED = snapshots.RESERVED  # snapshots live here; workflows cannot touch it
 MAX_READ_BYTES = 1024 * 1024
 MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
 MAX_LIST_ENTRIES = 1000
@@ -59,15 +62,10 @@ def _atomic_write(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def _snapshot_dir(workspace: Path, key: str) -> Path:
-    safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in key)
-    return workspace.resolve() / RESERVED / "snapshots" / safe
-
-
-def take_snapshot(workspace: Path, key: str, relative: str, target: Path) -> None:
+def take_snapshot(inv: Invocation, relative: str, target: Path) -> None:
     """Records TARGET as it is now, once per (key, path)."""
-    directory = _snapshot_dir(workspace, key)
-    record_file = _record_file(workspace, key, relative)
+    directory = snapshots.fs_dir(inv.workspace, inv.workflow_uid, inv.idempotency_key)
+    record_file = _record_file(inv, relative)
     if record_file.exists():
         return
     record: dict[str, Any] = {
@@ -89,17 +87,18 @@ def take_snapshot(workspace: Path, key: str, relative: str, target: Path) -> Non
     _atomic_write(record_file, json.dumps(record).encode())
 
 
-def _record_file(workspace: Path, key: str, relative: str) -> Path:
-    return _snapshot_dir(workspace, key) / (hashlib.sha256(relative.encode()).hexdigest()[:24] + ".json")
+def _record_file(inv: Invocation, relative: str) -> Path:
+    directory = snapshots.fs_dir(inv.workspace, inv.workflow_uid, inv.idempotency_key)
+    return directory / (hashlib.sha256(relative.encode()).hexdigest()[:24] + ".json")
 
 
-def _record(workspace: Path, key: str, relative: str) -> dict[str, Any] | None:
-    path = _record_file(workspace, key, relative)
+def _record(inv: Invocation, relative: str) -> dict[str, Any] | None:
+    path = _record_file(inv, relative)
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _was_absent(workspace: Path, key: str, relative: str) -> bool:
-    record = _record(workspace, key, relative)
+def _was_absent(inv: Invocation, relative: str) -> bool:
+    record = _record(inv, relative)
     return record is not None and record["kind"] == "absent"
 
 
@@ -107,19 +106,19 @@ def _write(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:
     target = confine(inv.workspace, inputs["path"])
     if target.is_dir():
         raise CapabilityError(f"{inputs['path']} is a folder", retryable=False)
-    take_snapshot(inv.workspace, inv.idempotency_key, inputs["path"], target)
+    take_snapshot(inv, inputs["path"], target)
     data = inputs["content"].encode()
     _atomic_write(target, data)
     return {
         "path": inputs["path"],
         "bytes": len(data),
-        "created": _was_absent(inv.workspace, inv.idempotency_key, inputs["path"]),
+        "created": _was_absent(inv, inputs["path"]),
     }
 
 
 def _append(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:
     target = confine(inv.workspace, inputs["path"])
-    take_snapshot(inv.workspace, inv.idempotency_key, inputs["path"], target)
+    take_snapshot(inv, inputs["path"], target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
     try:
@@ -148,7 +147,7 @@ def _delete(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:
     target = confine(inv.workspace, inputs["path"])
     if target.is_dir():
         raise CapabilityError(f"{inputs['path']} is a folder; io.fs.delete removes files", retryable=False)
-    take_snapshot(inv.workspace, inv.idempotency_key, inputs["path"], target)
+    take_snapshot(inv, inputs["path"], target)
     existed = target.exists()
     target.unlink(missing_ok=True)
     return {"path": inputs["path"], "existed": existed}
@@ -161,7 +160,7 @@ def _copy(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:
         raise CapabilityError(f"{inputs['source']}: no such file", retryable=False)
     if destination.is_dir():
         raise CapabilityError(f"{inputs['destination']} is a folder", retryable=False)
-    take_snapshot(inv.workspace, inv.idempotency_key, inputs["destination"], destination)
+    take_snapshot(inv, inputs["destination"], destination)
     _atomic_write(destination, source.read_bytes())
     return {"source": inputs["source"], "destination": inputs["destination"], "bytes": destination.stat().st_size}
 
@@ -169,17 +168,16 @@ def _copy(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:
 def _move(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:
     source = confine(inv.workspace, inputs["source"])
     destination = confine(inv.workspace, inputs["destination"])
-    key = inv.idempotency_key
     if not source.is_file():
         # A re-run (same key) after the move happened finds the source recorded and the file moved.
-        record = _record(inv.workspace, key, inputs["source"])
+        record = _record(inv, inputs["source"])
         if record is not None and record["kind"] == "file" and destination.is_file():
             return {"source": inputs["source"], "destination": inputs["destination"]}
         raise CapabilityError(f"{inputs['source']}: no such file", retryable=False)
     if destination.is_dir():
         raise CapabilityError(f"{inputs['destination']} is a folder", retryable=False)
-    take_snapshot(inv.workspace, key, inputs["source"], source)
-    take_snapshot(inv.workspace, key, inputs["destination"], destination)
+    take_snapshot(inv, inputs["source"], source)
+    take_snapshot(inv, inputs["destination"], destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     source.replace(destination)
     return {"source": inputs["source"], "destination": inputs["destination"]}
@@ -193,7 +191,7 @@ def _mkdir(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:
     parts = PurePosixPath(inputs["path"]).parts
     for i in range(1, len(parts) + 1):
         relative = str(PurePosixPath(*parts[:i]))
-        take_snapshot(inv.workspace, inv.idempotency_key, relative, inv.workspace.resolve() / relative)
+        take_snapshot(inv, relative, inv.workspace.resolve() / relative)
     created = not target.exists()
     target.mkdir(parents=True, exist_ok=True)
     return {"path": inputs["path"], "created": created}
@@ -227,9 +225,15 @@ def _stat(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:
 
 
 def _restore(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:
-    directory = _snapshot_dir(inv.workspace, inputs["snapshot"])
-    if not directory.exists():
-        return {"restored": 0}  # the change never happened
+    directory = snapshots.find_fs_dir(inv.workspace, inv.workflow_uid, inputs["snapshot"])
+    if directory is None:
+        if inv.forward_in_doubt:
+            return {"restored": 0}  # the step was cut off before its snapshot: the change never happened
+        raise CapabilityError(
+            f"the snapshot {inputs['snapshot']} of a completed step is missing: nothing to restore from; "
+            "a person must put the files back",
+            retryable=False,
+        )
     records = sorted((json.loads(f.read_text()) for f in directory.glob("*.json")), key=lambda r: r["order"])
     for record in reversed(records):
         target = confine(inv.workspace, record["path"])

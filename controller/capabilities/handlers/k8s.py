@@ -1,9 +1,21 @@
-"""k8s.* handlers: the Kubernetes API through httpx, impersonating the workflow's principal."""
+"""k8s.* handlers: the Kubernetes API through httpx, impersonating the workflow's principal.
+
+Every target (apiVersion, kind, name, namespace) is checked before it becomes part of a URL: an empty
+name would address the whole collection, `x/scale` a subresource, `..` or `%2F` another path. Discovery
+(which resource serves a kind) goes through the same impersonated connection as the call, so the
+principal's own rights are what count, and is cached per principal for DISCOVERY_TTL seconds.
+
+Snapshots (the object before the change, for k8s.restore) live under the workspace's reserved folder,
+one folder per workflow uid (collected with the workflow: controller.capabilities.snapshots). A
+Secret's snapshot is sealed (Fernet) with the operator's snapshot key; without a key, Secrets are not
+snapshotted and a step that would change one fails before it does.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -12,9 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from cachetools import TTLCache
+from cryptography.fernet import Fernet, InvalidToken
 
+from controller.capabilities import snapshots
 from controller.capabilities.base import CapabilityError, Handler, Invocation
-from controller.capabilities.handlers.fs import RESERVED, _atomic_write
+from controller.capabilities.handlers.fs import _atomic_write
 
 FIELD_MANAGER = "airun"
 PATCH_TYPES = {
@@ -24,6 +39,44 @@ PATCH_TYPES = {
 }
 # Server-populated fields that a restore must not send back.
 SERVER_FIELDS = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields", "selfLink")
+DISCOVERY_TTL = 300.0  # seconds; new CRDs show up after at most this long
+DISCOVERY_ENTRIES = 1024  # (principal, apiVersion) pairs kept
+
+# The same rules as the JSON Schemas of capabilities/k8s.yaml (kept in step by a unit test).
+_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+# A DNS-1123 subdomain; ':' is allowed too because RBAC objects are named so (system:aggregate-to-edit).
+NAME = re.compile(r"^[a-z0-9]([-a-z0-9:]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9:]*[a-z0-9])?)*$")
+NAMESPACE = re.compile(f"^{_LABEL}$")  # a DNS-1123 label
+KIND = re.compile(r"^[A-Z][A-Za-z0-9]*$")
+API_VERSION = re.compile(rf"^({_LABEL}(\.{_LABEL})*/)?v[0-9]+((alpha|beta)[0-9]+)?$")
+NAME_LENGTH, NAMESPACE_LENGTH, KIND_LENGTH, API_VERSION_LENGTH = 253, 63, 63, 317
+
+
+def _refused(what: str, value: str, why: str) -> CapabilityError:
+    return CapabilityError(f"{what} {value!r} {why}", retryable=False)
+
+
+def check_target(api_version: Any, kind: Any, name: Any, namespace: Any = None) -> None:
+    """Refuses, with the reason, any target that is not exactly one object: each part must be a single,
+    valid path segment of the API (CapabilityError, not retryable)."""
+    for what, value in (("apiVersion", api_version), ("kind", kind), ("name", name)):
+        if not isinstance(value, str) or not value:
+            raise _refused(what, str(value or ""), "is empty (it would address a whole collection)")
+    if namespace is not None and not isinstance(namespace, str):
+        raise _refused("namespace", str(namespace), "is not a string")
+    for what, value in (("name", name), ("namespace", namespace or "")):
+        if "/" in value:
+            raise _refused(what, value, "contains '/' (a subresource or another path): name one object")
+        if "%" in value or value in (".", "..") or ".." in value:
+            raise _refused(what, value, "is a path trick ('%', '.', '..'): refused")
+    if len(name) > NAME_LENGTH or not NAME.match(name):
+        raise _refused("name", name, "is not a DNS-1123 subdomain (lower-case letters, digits, '-', '.')")
+    if namespace and (len(namespace) > NAMESPACE_LENGTH or not NAMESPACE.match(namespace)):
+        raise _refused("namespace", namespace, "is not a DNS-1123 label (lower-case letters, digits, '-')")
+    if len(kind) > KIND_LENGTH or not KIND.match(kind):
+        raise _refused("kind", kind, "is not a kind (CamelCase letters and digits, as in ConfigMap)")
+    if len(api_version) > API_VERSION_LENGTH or not API_VERSION.match(api_version):
+        raise _refused("apiVersion", api_version, "is not an apiVersion (v1, or group/version as in apps/v1)")
 
 
 @dataclass
@@ -33,8 +86,13 @@ class KubeGateway:
     server: str
     ssl_context: ssl.SSLContext
     token: Callable[[], Awaitable[str | None]] | None = None  # asked per request: tokens rotate
+    # Seals Secret snapshots; None: Secrets are never snapshotted, so steps that change one fail first.
+    snapshot_cipher: Fernet | None = None
     _client: httpx.AsyncClient | None = None
-    _resources: dict[str, dict[str, tuple[str, bool]]] = field(default_factory=dict)
+    # (principal, groups, apiVersion) -> {kind: (plural, namespaced)}: what that principal's discovery said.
+    _resources: TTLCache[tuple[str, tuple[str, ...], str], dict[str, tuple[str, bool]]] = field(
+        default_factory=lambda: TTLCache(maxsize=DISCOVERY_ENTRIES, ttl=DISCOVERY_TTL)
+    )
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -57,18 +115,24 @@ class KubeGateway:
         except httpx.HTTPError as error:
             raise CapabilityError(f"{method} {path}: {type(error).__name__}: {error}") from error
 
-    async def resource(self, api_version: str, kind: str) -> tuple[str, bool]:
-        """(plural, namespaced) of a kind, from the API server's discovery (cached)."""
-        if api_version not in self._resources:
+    async def resource(self, inv: Invocation, api_version: str, kind: str) -> tuple[str, bool]:
+        """(plural, namespaced) of a kind, from the API server's discovery as the principal sees it."""
+        key = (inv.principal, tuple(sorted(inv.groups)), api_version)
+        resources = self._resources.get(key)
+        if resources is None:
             path = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
-            response = await self.client.get(path, headers=await self._authorization())
+            response = await self.call(inv, "GET", path)
             if response.status_code == 404:
                 raise CapabilityError(f"unknown apiVersion {api_version}", retryable=False)
-            response.raise_for_status()
-            self._resources[api_version] = {
+            if response.status_code in (401, 403):
+                raise _failed(response, f"discovery of {api_version} as {inv.principal}")
+            if response.status_code != 200:
+                raise _failed(response, f"discovery of {api_version}")
+            resources = {
                 r["kind"]: (r["name"], r["namespaced"]) for r in response.json()["resources"] if "/" not in r["name"]
             }
-        found = self._resources[api_version].get(kind)
+            self._resources[key] = resources
+        found = resources.get(kind)
         if found is None:
             raise CapabilityError(f"{api_version} has no kind {kind}", retryable=False)
         return found
@@ -97,7 +161,8 @@ def _gateway(inv: Invocation) -> KubeGateway:
 async def _path(
     gw: KubeGateway, inv: Invocation, api_version: str, kind: str, name: str, namespace: str | None
 ) -> tuple[str, str | None]:
-    plural, namespaced = await gw.resource(api_version, kind)
+    check_target(api_version, kind, name, namespace)
+    plural, namespaced = await gw.resource(inv, api_version, kind)
     base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
     if namespaced:
         namespace = namespace or inv.namespace
@@ -118,8 +183,34 @@ def _failed(response: httpx.Response, what: str) -> CapabilityError:
 
 
 def _snapshot_file(inv: Invocation, key: str) -> Path:
-    safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in key)
-    return inv.workspace.resolve() / RESERVED / "k8s-snapshots" / f"{safe}.json"
+    return snapshots.k8s_file(inv.workspace, inv.workflow_uid, key)
+
+
+def _seal(gw: KubeGateway, record: dict[str, Any]) -> dict[str, Any]:
+    """A Secret's snapshot keeps its object only encrypted: its data never rests on disk in clear."""
+    if record["kind"] != "Secret" or record["object"] is None:
+        return record
+    if gw.snapshot_cipher is None:
+        raise CapabilityError(
+            f"Secret {record['name']}: no snapshot key (--snapshot-key-file), so it cannot be snapshotted for "
+            "compensation in a safe way; refused before any change",
+            retryable=False,
+        )
+    sealed = gw.snapshot_cipher.encrypt(json.dumps(record["object"]).encode()).decode()
+    return {**record, "object": None, "sealed": sealed}
+
+
+def _unseal(gw: KubeGateway, record: dict[str, Any]) -> Any:
+    if "sealed" not in record:
+        return record["object"]
+    if gw.snapshot_cipher is None:
+        raise CapabilityError(f"the snapshot of {record['name']} is sealed and no snapshot key is set", retryable=False)
+    try:
+        return json.loads(gw.snapshot_cipher.decrypt(record["sealed"].encode()))
+    except InvalidToken as error:
+        raise CapabilityError(
+            f"the snapshot of {record['name']} was sealed with another key: it cannot be restored", retryable=False
+        ) from error
 
 
 async def _snapshot(gw: KubeGateway, inv: Invocation, ref: dict[str, Any]) -> dict[str, Any] | None:
@@ -138,7 +229,7 @@ async def _snapshot(gw: KubeGateway, inv: Invocation, ref: dict[str, Any]) -> di
             "namespace": namespace,
             "object": before,
         }
-        await asyncio.to_thread(_atomic_write, file, json.dumps(record).encode())
+        await asyncio.to_thread(_atomic_write, file, json.dumps(_seal(gw, record)).encode())
     return before
 
 
@@ -149,6 +240,7 @@ async def apply(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:
     gw = _gateway(inv)
     manifest = dict(inputs["manifest"])
     meta = dict(manifest["metadata"])
+    check_target(manifest.get("apiVersion"), manifest.get("kind"), meta.get("name"), meta.get("namespace"))
     ref = {
         "apiVersion": manifest["apiVersion"],
         "kind": manifest["kind"],
@@ -267,12 +359,20 @@ async def wait(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:
 
 async def restore(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:
     gw = _gateway(inv)
-    file = _snapshot_file(inv, inputs["snapshot"])
-    if not file.exists():
-        return {"restored": False}  # the change never happened
+    file = snapshots.find_k8s_file(inv.workspace, inv.workflow_uid, inputs["snapshot"])
+    if file is None:
+        if inv.forward_in_doubt:
+            return {"restored": False}  # the step was cut off before its snapshot: the change never happened
+        # The step completed, so its snapshot was written before its change: it is gone (a lost volume,
+        # someone's cleanup). Saying "compensated" would be a lie.
+        raise CapabilityError(
+            f"the snapshot {inputs['snapshot']} of a completed step is missing: nothing to restore from; "
+            "a person must put the object back",
+            retryable=False,
+        )
     record = json.loads(file.read_text())
     path, _ = await _path(gw, inv, record["apiVersion"], record["kind"], record["name"], record["namespace"])
-    before = record["object"]
+    before = _unseal(gw, record)
     if before is None:
         response = await gw.call(inv, "DELETE", path)
         if response.status_code not in (200, 202, 404):
