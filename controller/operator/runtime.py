@@ -344,7 +344,14 @@ class Runner:
                 self.compensations[compensation.step] = asyncio.create_task(self._compensate(compensation))
             for request in plan.approvals:
                 if request.name not in self.requested:
-                    created = await approval_objects.create(self.rt.connection, self.ref, request, self.principal.user)
+                    try:
+                        created = await approval_objects.create(
+                            self.rt.connection, self.ref, request, self.principal.user
+                        )
+                    except approval_objects.ApprovalNameTaken as error:
+                        self.status = saga.record_approval_refused(self.world(), request.step, str(error))
+                        self.wakeup.set()
+                        continue
                     if created is not None:
                         approval_objects.announce(self.rt.notifier, "requested", created)
                     self.requested.add(request.name)
