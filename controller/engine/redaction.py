@@ -57,6 +57,8 @@ def names_secret(key: str) -> bool:
     if not parts:
         return False
     last = parts[-1]
+    if last.endswith("s") and last[:-1] in _SECRET_WORDS | {"key"}:
+        last = last[:-1]  # tokens, apiKeys: each item is a secret (a reference or an object is still looked into)
     if last in _SECRET_WORDS:
         return True
     return last == "key" and len(parts) > 1 and parts[-2] in _KEY_QUALIFIERS
