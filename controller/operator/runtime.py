@@ -398,6 +398,18 @@ class Runner:
             if s.decision is not None and s.name not in decided:
                 self.rt.metrics.decisions.labels(s.decision.value).inc()
                 self._audit("step.decision", s.name, decision=s.decision.value, policy=s.policy, audit=s.audit)
+        undo_decided = {s.name for s in before.steps if s.compensation and s.compensation.decision is not None}
+        for s in after.steps:
+            undo = s.compensation
+            if undo is not None and undo.decision is not None and s.name not in undo_decided:
+                self._audit(
+                    "compensation.decision",
+                    s.name,
+                    capability=undo.capability,
+                    decision=undo.decision.value,
+                    policy=undo.policy,
+                    approved=undo.approved,
+                )
         for request in plan.approvals:
             if request.name not in self.requested:
                 self._audit(

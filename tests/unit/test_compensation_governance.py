@@ -14,7 +14,9 @@ from tests.unit.test_engine import fail_on
 
 
 def policies(*rules: dict[str, Any], default: str = "ALLOW") -> list[PolicyObject]:
-    return [PolicyObject(name="p", namespace="ns", spec=PolicySpec.model_validate({"default": default, "rules": rules}))]
+    return [
+        PolicyObject(name="p", namespace="ns", spec=PolicySpec.model_validate({"default": default, "rules": rules}))
+    ]
 
 
 ALLOW = policies()

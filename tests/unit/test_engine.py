@@ -284,7 +284,9 @@ def test_step_runs_only_if_its_inputs_still_match_the_approved_hash() -> None:
         policies=ask,
         status=waiting.status,
         # The policy asks for everything, io.fs.restore (the compensation) too: this Approval covers both.
-        approvals={"a": saga.ApprovalState(request.name, "Approved", request.inputs_hash, compensation="io.fs.restore")},
+        approvals={
+            "a": saga.ApprovalState(request.name, "Approved", request.inputs_hash, compensation="io.fs.restore")
+        },
     )
     assert ok.status.phase is WorkflowPhase.SUCCEEDED
     tampered = run(
