@@ -119,6 +119,9 @@ class CompensationStatus(_Model):
     inputs: dict[str, Any] | None = None
     attempts: int = 0
     error: str | None = None
+    decision: Decision | None = Field(None, description="The policy decision for the compensation, made when it runs.")
+    policy: str | None = Field(None, description="Which policy and rule decided the compensation.")
+    approved: bool | None = Field(None, description="The step's Approval covered this compensation too.")
     next_attempt_at: str | None = Field(None, alias="nextAttemptAt")
     started_at: str | None = Field(None, alias="startedAt")
     finished_at: str | None = Field(None, alias="finishedAt")

@@ -20,7 +20,7 @@ from controller.api.capability import CapabilitySpec, RiskLevel
 from controller.api.policy import PolicyObject, PolicySpec, PolicyTestSuite, Principal
 from controller.cli.workflows import Kube, read_workflow, reason_of, with_identity
 from controller.client.capabilities import catalogue
-from controller.policy.evaluate import evaluate
+from controller.policy.evaluate import SEVERITY, PolicyQuery, evaluate
 
 console = Console(width=None if sys.stdout.isatty() else 200)
 
@@ -150,14 +150,8 @@ def register(main: click.Group) -> None:
             raise click.ClickException(f"unknown capability {capability!r}; see `airun capabilities list`")
         principal = Principal(user=user, groups=list(groups)) if user else whoami(kube)
         risk: RiskLevel = specs[capability].risk.level
-        result = evaluate(
-            policies_for(kube),
-            principal=principal,
-            namespace=kube.namespace,
-            capability=capability,
-            risk=risk,
-            irreversible=irreversible,
-        )
+        query = PolicyQuery(principal, kube.namespace, capability, risk, irreversible=irreversible)
+        result = evaluate(policies_for(kube), query)
         console.print(
             f"{principal.user} ({', '.join(principal.groups) or 'no groups'}) -> {capability} "
             f"({risk.value} risk) in namespace {kube.namespace}: [bold]{result.decision.value}[/]"
@@ -297,15 +291,30 @@ def register_plan(main: click.Group) -> None:
             if cap is None:
                 table.add_row(step.name, step.capability or "", "?", "-", "unknown capability", "-", "-")
                 continue
-            result = evaluate(
-                policies,
-                principal=principal,
-                namespace=kube.namespace,
-                capability=cap.id,
-                risk=cap.risk.level,
+            query = PolicyQuery(
+                principal,
+                kube.namespace,
+                cap.id,
+                cap.risk.level,
                 irreversible=step.irreversible,
+                workflow=name,
+                step=step.name,
             )
-            blocked |= result.decision.value == "DENY"
+            result = evaluate(policies, query)
+            decision, why = result.decision, result.reason
+            undo_cap = capabilities.get(
+                (step.compensation.capability if step.compensation else None)
+                or (cap.compensation.capability if cap.compensation else None)
+                or ""
+            )
+            if undo_cap is not None:  # the operator refuses a step whose undo it could not run
+                undo_query = PolicyQuery(
+                    principal, kube.namespace, undo_cap.id, undo_cap.risk.level, workflow=name, step=step.name
+                )
+                undo_result = evaluate(policies, undo_query)
+                if SEVERITY[undo_result.decision] > SEVERITY[decision]:
+                    decision, why = undo_result.decision, f"its compensation {undo_cap.id}: {undo_result.reason}"
+            blocked |= decision.value == "DENY"
             try:
                 inputs = yaml.safe_dump(render(step.inputs, context_values), default_flow_style=True).strip()
             except TemplateError as template_error:
@@ -319,9 +328,7 @@ def register_plan(main: click.Group) -> None:
                 if step.compensation
                 else (cap.compensation.capability if cap.compensation and cap.compensation.capability else "-")
             )
-            table.add_row(
-                step.name, cap.id, cap.risk.level.value, result.decision.value, result.reason, undo or "-", inputs
-            )
+            table.add_row(step.name, cap.id, cap.risk.level.value, decision.value, why, undo or "-", inputs)
             if undo and undo != "-":
                 undo_of[step.name] = undo
         console.print(table)

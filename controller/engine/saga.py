@@ -36,16 +36,19 @@ from controller.api.workflow import (
 )
 from controller.engine import dag
 from controller.engine.conditions import conditions_for
+from controller.engine.redaction import redact as redact  # saga.redact: what approvers and the audit see
 from controller.engine.schema import validate_inputs
 from controller.engine.templating import TemplateError, render
-from controller.policy.evaluate import evaluate
+from controller.policy.evaluate import SEVERITY, PolicyQuery, PolicyResult, evaluate
 
 MAX_OUTPUT_BYTES = 4096
 MAX_OUTPUT_VALUE_BYTES = 1024
 MAX_ERROR_CHARS = 1024
 APPROVAL_TTL = timedelta(hours=24)
 COMPENSATION_RETRY = Retry(limit=3, backoff_seconds=0.5, factor=2)
-_REDACT = re.compile(r"pass(word)?|secret|token|api[-_]?key|credential|private[-_]?key", re.IGNORECASE)
+MAX_OBJECT_NAME = 253  # a Kubernetes object name (DNS subdomain)
+KEY_PREFIX_CHARS = 32  # the readable part of an idempotency key
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 # -- inputs of the state machine ---------------------------------------------------------------------
@@ -68,6 +71,7 @@ class ApprovalState:
     expires_at: datetime | None = None
     decided_by: str | None = None
     requested_at: datetime | None = None
+    compensation: str | None = None  # the compensation capability that this approval covers too
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,14 @@ class RunCompensation:
 
 
 @dataclass(frozen=True)
+class CoveredCompensation:
+    """A compensation that needs approval: the forward step's Approval asks for it too, and covers it."""
+
+    capability: str
+    risk: RiskLevel
+
+
+@dataclass(frozen=True)
 class RequestApproval:
     step: str
     name: str
@@ -123,6 +135,7 @@ class RequestApproval:
     approvers: Approvers | None
     expires_at: datetime
     notify_url: str | None = None
+    compensation: CoveredCompensation | None = None
 
 
 @dataclass(frozen=True)
@@ -187,9 +200,13 @@ def parse_time(value: str | None) -> datetime | None:
 
 
 def idempotency_key(ref: WorkflowRef, step: str, purpose: str = "action") -> str:
-    """Stable across retries and restarts of the same step, distinct across workflows and steps."""
-    digest = hashlib.sha256(f"{ref.uid}/{step}/{purpose}".encode()).hexdigest()[:32]
-    return f"{ref.namespace}.{ref.name}.{step}.{digest}"[:200]
+    """Stable across retries and restarts of the same step, distinct across workflows, steps and
+    purposes. The whole SHA-256 of (uid, step, purpose) makes it unique (none of the three holds a
+    `/`); the short prefix only tells a person reading a remote API's log where the key came from, so
+    the key's length is bounded (at most KEY_PREFIX_CHARS + 65) whatever the names."""
+    digest = hashlib.sha256(f"{ref.uid}/{step}/{purpose}".encode()).hexdigest()
+    prefix = re.sub(r"[^A-Za-z0-9_-]+", "-", f"{ref.name}.{step}")[:KEY_PREFIX_CHARS]
+    return f"{prefix}.{digest}"
 
 
 def inputs_hash(inputs: Mapping[str, Any]) -> str:
@@ -197,24 +214,24 @@ def inputs_hash(inputs: Mapping[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def redact(value: Any) -> Any:
-    """Values under secret-sounding keys are hidden. Secret references ({secretKeyRef: ...}) stay as
-    references: the engine never sees secret values."""
-    if isinstance(value, Mapping):
-        return {
-            k: "***" if (_REDACT.search(str(k)) and isinstance(v, str | int | float)) else redact(v)
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    return value
-
-
 def approval_name(ref: WorkflowRef, step: str) -> str:
-    base = re.sub(r"[^a-z0-9-]+", "-", f"{ref.name}-{step}".lower()).strip("-")
-    if len(base) > 240:
-        base = base[:229] + "-" + hashlib.sha256(base.encode()).hexdigest()[:10]
-    return base
+    """The Approval of one step: `{workflow}.{step}`. Step names hold no dots, so the last dot tells
+    workflow and step apart again and two (workflow, step) pairs never share a name. A step name that is
+    not a lowercase DNS label (`Prod_DB`) is sanitised and gets a digest of its exact spelling (so
+    `Prod_DB` and `prod-db` differ); a name too long for an object keeps a digest of the whole pair."""
+    if _DNS_LABEL.match(step):
+        label = step
+    else:
+        label = (re.sub(r"[^a-z0-9-]+", "-", step.lower()).strip("-")[:54] or "step") + "-" + _digest(step, 8)
+    name = f"{ref.name}.{label}"
+    if len(name) > MAX_OBJECT_NAME:
+        suffix = _digest(f"{ref.name}/{step}", 16)
+        name = name[: MAX_OBJECT_NAME - len(suffix) - 1].rstrip(".-") + "-" + suffix
+    return name
+
+
+def _digest(text: str, chars: int) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:chars]
 
 
 def bound_outputs(outputs: Mapping[str, Any]) -> dict[str, Any]:
@@ -247,6 +264,7 @@ def template_context(ref: WorkflowRef, spec: WorkflowSpec, status: WorkflowStatu
 def spec_errors(spec: WorkflowSpec, capabilities: Mapping[str, CapabilitySpec]) -> list[str]:
     """What makes the workflow impossible to run, found before any step starts."""
     errors = dag.validate(spec.steps)
+    errors += _approval_name_clashes(spec)
     for step in spec.steps:
         if step.type is StepType.APPROVAL:
             continue
@@ -269,6 +287,20 @@ def spec_errors(spec: WorkflowSpec, capabilities: Mapping[str, CapabilitySpec]) 
     return errors
 
 
+def _approval_name_clashes(spec: WorkflowSpec) -> list[str]:
+    """Two steps of one workflow can share an Approval name only when one is named like the other's
+    sanitised form (`Prod_DB` and `prod-db-<its digest>`): refused, so one decision never counts twice."""
+    ref = WorkflowRef("w", "", "")
+    seen: dict[str, str] = {}
+    errors = []
+    for step in spec.steps:
+        name = approval_name(ref, step.name)
+        if name in seen:
+            errors.append(f"steps {seen[name]!r} and {step.name!r} would share one Approval: rename one")
+        seen.setdefault(name, step.name)
+    return errors
+
+
 def _next_completion(status: WorkflowStatus) -> int:
     return 1 + max((s.completion or 0 for s in status.steps), default=0)
 
@@ -287,18 +319,78 @@ def _compensation_for(
     inputs: Mapping[str, Any],
     outputs: Mapping[str, Any],
     context: Mapping[str, Any],
+    approved: bool = False,
 ) -> CompensationStatus | None:
     """Renders the undo of a completed (or in-doubt) step while everything it needs is at hand, so
-    compensation after a restart needs nothing that lived only in memory."""
+    compensation after a restart needs nothing that lived only in memory. APPROVED: the step's approval
+    covered its compensation too (kept in status, so a restart keeps it)."""
     chosen = step.compensation or (cap.compensation if cap else None)
     if chosen is None or not chosen.capability:
         return None
+    covered = True if approved else None
     ctx = {**context, "inputs": dict(inputs), "outputs": dict(outputs), "idempotencyKey": key}
     try:
         rendered = render(chosen.inputs, ctx, where="compensation.inputs")
     except TemplateError as error:
-        return CompensationStatus(phase=StepPhase.PENDING, capability=chosen.capability, error=str(error))
-    return CompensationStatus(phase=StepPhase.PENDING, capability=chosen.capability, inputs=rendered)
+        return CompensationStatus(
+            phase=StepPhase.PENDING, capability=chosen.capability, error=str(error), approved=covered
+        )
+    return CompensationStatus(phase=StepPhase.PENDING, capability=chosen.capability, inputs=rendered, approved=covered)
+
+
+def _compensation_capability(step: Step, cap: CapabilitySpec | None) -> str | None:
+    """The capability that would undo STEP (its own override first)."""
+    chosen = step.compensation or (cap.compensation if cap else None)
+    return chosen.capability if chosen is not None and chosen.capability else None
+
+
+def _approval_covers_compensation(world: World, s: StepStatus, step: Step, cap: CapabilitySpec | None) -> bool:
+    """Whether the step ran under an Approval that asked for its compensation too."""
+    capability = _compensation_capability(step, cap)
+    state = world.approvals.get(s.name)
+    return bool(
+        capability
+        and s.approval
+        and state is not None
+        and state.name == s.approval
+        and state.phase == "Approved"
+        and state.compensation == capability
+    )
+
+
+def _query(world: World, step: str, capability: CapabilitySpec, **extra: Any) -> PolicyQuery:
+    return PolicyQuery(
+        world.principal,
+        world.ref.namespace,
+        capability.id,
+        capability.risk.level,
+        workflow=world.ref.name,
+        step=step,
+        **extra,
+    )
+
+
+def _compensation_refusal(world: World, s: StepStatus, c: CompensationStatus) -> str | None:
+    """Why this compensation must not run now (None: it may). A compensation is a capability run like
+    any other: a policy must allow it for the workflow's principal (decided now, policies may have
+    changed since the step ran; a DENY wins), its inputs must match the capability's schema, and
+    when it needs approval, the step's own Approval must have covered it."""
+    cap = world.capabilities.get(c.capability or "")
+    if cap is None:
+        return f"compensation {c.capability} is not a known capability"
+    problems = validate_inputs(cap.inputs, c.inputs or {})
+    if problems:
+        return f"compensation inputs do not match {cap.id}: " + "; ".join(problems)
+    verdict = evaluate(world.policies, _query(world, s.name, cap, inputs=c.inputs))
+    c.decision, c.policy = verdict.decision, _truncate(verdict.reason)
+    if verdict.decision is Decision.DENY:
+        return f"compensation {cap.id} denied by policy: {verdict.reason}"
+    if verdict.decision is Decision.REQUIRE_APPROVAL and not c.approved:
+        return (
+            f"compensation {cap.id} requires approval ({verdict.reason}) and the step's approval did not "
+            "cover it: a person must undo the step"
+        )
+    return None
 
 
 # -- the state machine -------------------------------------------------------------------------------
@@ -410,7 +502,8 @@ def _run(world: World, status: WorkflowStatus, result: Plan) -> None:
             inputs = render(step.inputs, context)
         except TemplateError:
             inputs = {}
-        s.compensation = _compensation_for(step, cap, key, inputs, {}, context)
+        covered = _approval_covers_compensation(world, s, step, cap)
+        s.compensation = _compensation_for(step, cap, key, inputs, {}, context, covered)
         _fail(status, Reason.IN_DOUBT, f"step {s.name} is in doubt after an operator restart")
         result.events.append(Event("Warning", "InDoubt", f"step {s.name}: {s.error}"))
 
@@ -500,36 +593,72 @@ def _start_ready_steps(world: World, status: WorkflowStatus, result: Plan, specs
             _fail(status, Reason.STEP_FAILED, f"step {s.name} failed: {s.error}")
             continue
 
-        verdict = evaluate(
-            world.policies,
-            principal=world.principal,
-            namespace=world.ref.namespace,
-            capability=cap.id,
-            risk=cap.risk.level,
-            irreversible=step.irreversible,
-        )
-        if s.decision is None:
-            s.decision = verdict.decision
-            s.policy = _truncate(verdict.reason)
-            s.audit = [v.explanation for v in verdict.audit_only] or None
-        if verdict.decision is Decision.DENY:
-            s.decision, s.policy = Decision.DENY, _truncate(verdict.reason)
-            s.phase, s.finished_at = StepPhase.FAILED, iso(now)
-            s.error = f"denied by policy: {verdict.reason}"
-            _fail(status, Reason.POLICY_DENIED, f"step {s.name} was denied: {verdict.reason}")
-            result.events.append(Event("Warning", "PolicyDenied", f"step {s.name}: {verdict.reason}"))
+        verdict = evaluate(world.policies, _query(world, s.name, cap, irreversible=step.irreversible, inputs=inputs))
+        # A step runs only if its undo could run too: its compensation is decided for the same principal
+        # now (its inputs need the step's outputs, so their schema is checked when it runs).
+        undo_id = _compensation_capability(step, cap)
+        undo_cap = world.capabilities.get(undo_id) if undo_id else None
+        if undo_id and undo_cap is None:
+            problem = f"its compensation {undo_id} is not a known capability"
+            s.phase, s.finished_at, s.error = StepPhase.FAILED, iso(now), problem
+            _fail(status, Reason.STEP_FAILED, f"step {s.name} failed: {problem}")
             continue
-        if verdict.decision is Decision.REQUIRE_APPROVAL:
-            deciding = verdict.deciding
-            approvers = deciding.approvers if deciding else None
-            notify = deciding.notify_url if deciding else None
-            if not _gate(world, status, result, s, step, cap, inputs, approvers, notify):
+        undo = evaluate(world.policies, _query(world, s.name, undo_cap)) if undo_cap else None
+        decision, reason = verdict.decision, verdict.reason
+        if undo is not None and SEVERITY[undo.decision] > SEVERITY[decision]:
+            decision, reason = undo.decision, f"its compensation {undo_id}: {undo.reason}"
+        if s.decision is None:
+            s.decision = decision
+            s.policy = _truncate(reason)
+            s.audit = [v.explanation for v in verdict.audit_only] or None
+        if decision is Decision.DENY:
+            s.decision, s.policy = Decision.DENY, _truncate(reason)
+            s.phase, s.finished_at = StepPhase.FAILED, iso(now)
+            why = reason if verdict.decision is Decision.DENY else f"{reason} (the step could not be undone)"
+            s.error = _truncate(f"denied by policy: {why}")
+            _fail(status, Reason.POLICY_DENIED, f"step {s.name} was denied: {why}")
+            result.events.append(Event("Warning", "PolicyDenied", f"step {s.name}: {why}"))
+            continue
+        undo_asks = undo is not None and undo.decision is Decision.REQUIRE_APPROVAL
+        if verdict.decision is Decision.REQUIRE_APPROVAL or undo_asks:
+            asking = [v for v in (verdict, undo if undo_asks else None) if v is not None]
+            approvers, notify = _who_approves([v for v in asking if v.decision is Decision.REQUIRE_APPROVAL])
+            if approvers is not None and not (approvers.users or approvers.groups):
+                # An Approval without approvers may be decided by anyone: never the answer to two rules
+                # that each name their own people.
+                problem = (
+                    f"no approver is named both by the rule that asks for {cap.id} and by the rule that "
+                    f"asks for its compensation {undo_id}: nobody could approve the step"
+                )
+                s.phase, s.finished_at, s.error = StepPhase.FAILED, iso(now), problem
+                _fail(status, Reason.POLICY_DENIED, f"step {s.name} was denied: {problem}")
+                result.events.append(Event("Warning", "PolicyDenied", f"step {s.name}: {problem}"))
+                continue
+            covered = CoveredCompensation(undo_cap.id, undo_cap.risk.level) if undo_asks and undo_cap else None
+            if not _gate(world, status, result, s, step, cap, inputs, approvers, notify, covered):
                 continue
 
         s.phase, s.attempts = StepPhase.RUNNING, s.attempts + 1
         s.started_at, s.next_attempt_at, s.finished_at = iso(now), None, None
         s.idempotency_key = s.idempotency_key or idempotency_key(world.ref, s.name)
         result.actions.append(RunAction(s.name, cap.id, inputs, s.idempotency_key, s.attempts, step.timeout_seconds))
+
+
+def _who_approves(asking: Sequence[PolicyResult]) -> tuple[Approvers | None, str | None]:
+    """Who may decide an Approval that answers every one of ASKING (the step's own decision and its
+    compensation's): when several rules name approvers, only people all of them name (empty when no
+    one is: see the caller); the first notification URL."""
+    named = [v.deciding.approvers for v in asking if v.deciding and v.deciding.approvers]
+    notify = next((v.deciding.notify_url for v in asking if v.deciding and v.deciding.notify_url), None)
+    if not named:
+        return None, notify
+    approvers = named[0]
+    for other in named[1:]:
+        approvers = Approvers(
+            users=[u for u in approvers.users if u in other.users],
+            groups=[g for g in approvers.groups if g in other.groups],
+        )
+    return approvers, notify
 
 
 def _gate(
@@ -542,9 +671,11 @@ def _gate(
     inputs: dict[str, Any] | None,
     approvers: Approvers | None,
     notify: str | None = None,
+    compensation: CoveredCompensation | None = None,
 ) -> bool:
     """A step that needs a person. True when it is approved and may run now (an explicit Approval step
-    succeeds at once instead)."""
+    succeeds at once instead). COMPENSATION: the step's undo needs approval too; the Approval asks for
+    both, and once approved it covers the compensation as well."""
     now = world.now
     digest = inputs_hash(inputs) if inputs is not None else None
     name = s.approval or approval_name(world.ref, s.name)
@@ -560,6 +691,11 @@ def _gate(
             if cap
             else f"Approve step {s.name} of workflow {world.ref.name}?"
         )
+        if compensation is not None:
+            message += (
+                f" Approving also approves its compensation {compensation.capability} "
+                f"({compensation.risk.value} risk), which runs if the workflow is undone."
+            )
         notify = (step.notify.webhook_url if step.notify else None) or notify
         result.approvals.append(
             RequestApproval(
@@ -573,6 +709,7 @@ def _gate(
                 approvers,
                 expires,
                 notify,
+                compensation,
             )
         )
         return False
@@ -589,6 +726,15 @@ def _gate(
         if digest is not None and state.inputs_hash != digest:
             s.phase, s.finished_at = StepPhase.FAILED, iso(now)
             s.error = "the inputs changed after they were approved"
+            _fail(status, Reason.STEP_FAILED, f"step {s.name}: {s.error}")
+            return False
+        if compensation is not None and state.compensation != compensation.capability:
+            # Asked before its compensation needed approval (the policies changed): it cannot cover it.
+            s.phase, s.finished_at = StepPhase.FAILED, iso(now)
+            s.error = (
+                f"approval {name} did not cover the compensation {compensation.capability}, "
+                "which now needs approval too"
+            )
             _fail(status, Reason.STEP_FAILED, f"step {s.name}: {s.error}")
             return False
         if step.type is StepType.APPROVAL:
@@ -621,23 +767,23 @@ def _compensate(world: World, status: WorkflowStatus, result: Plan) -> None:
         if s.phase is StepPhase.FAILED and not s.in_doubt:
             continue
         key = idempotency_key(world.ref, s.name, "compensation")
-        if c.phase is StepPhase.RUNNING:
-            if s.name not in world.compensating:  # interrupted by a restart: compensations are re-runnable
-                result.compensations.append(
-                    RunCompensation(s.name, c.capability or "", c.inputs or {}, key, c.attempts)
-                )
+        if c.phase is StepPhase.RUNNING and s.name in world.compensating:
             return
         if c.inputs is None:  # its inputs could not be rendered when the step completed
-            c.phase, s.phase, c.finished_at = (
-                StepPhase.COMPENSATION_FAILED,
-                StepPhase.COMPENSATION_FAILED,
-                iso(now),
-            )
-            result.events.append(Event("Warning", "CompensationFailed", f"step {s.name}: {c.error}"))
+            _compensation_failed(s, c, c.error or "its inputs could not be rendered", now, result)
             continue
         next_attempt = parse_time(c.next_attempt_at)
-        if next_attempt is not None and next_attempt > now:
+        if c.phase is not StepPhase.RUNNING and next_attempt is not None and next_attempt > now:
             result.wake(next_attempt)
+            return
+        # Decided before every attempt, a re-run after a restart included: never retried, since the
+        # same policies and inputs give the same answer.
+        refusal = _compensation_refusal(world, s, c)
+        if refusal is not None:
+            _compensation_failed(s, c, refusal, now, result)
+            continue
+        if c.phase is StepPhase.RUNNING:  # interrupted by a restart: compensations are re-runnable
+            result.compensations.append(RunCompensation(s.name, c.capability or "", c.inputs, key, c.attempts))
             return
         c.phase, c.attempts, c.next_attempt_at = StepPhase.RUNNING, c.attempts + 1, None
         c.started_at = c.started_at or iso(now)
@@ -660,6 +806,12 @@ def _compensate(world: World, status: WorkflowStatus, result: Plan) -> None:
         result.events.append(Event("Normal", "Compensated", f"{len(order)} steps compensated in reverse order"))
 
 
+def _compensation_failed(s: StepStatus, c: CompensationStatus, error: str, now: datetime, result: Plan) -> None:
+    c.phase, s.phase, c.finished_at = StepPhase.COMPENSATION_FAILED, StepPhase.COMPENSATION_FAILED, iso(now)
+    c.error = _truncate(error)
+    result.events.append(Event("Warning", "CompensationFailed", f"step {s.name}: {c.error}"))
+
+
 # -- outcomes ----------------------------------------------------------------------------------------
 
 
@@ -679,7 +831,8 @@ def record_action(world: World, outcome: ActionResult) -> WorkflowStatus:
         s.phase, s.error, s.outputs = StepPhase.SUCCEEDED, None, bound_outputs(outputs)
         s.completion = _next_completion(status)
         context = template_context(world.ref, world.spec, status)
-        s.compensation = _compensation_for(step, cap, key, outcome.inputs, outputs, context)
+        covered = _approval_covers_compensation(world, s, step, cap)
+        s.compensation = _compensation_for(step, cap, key, outcome.inputs, outputs, context, covered)
         return status
     s.error = _truncate(outcome.error or "failed")
     if outcome.retryable and not outcome.cancelled and s.attempts <= step.retry.limit:
@@ -692,7 +845,8 @@ def record_action(world: World, outcome: ActionResult) -> WorkflowStatus:
         s.in_doubt = True
         s.completion = _next_completion(status)
         context = template_context(world.ref, world.spec, status)
-        s.compensation = _compensation_for(step, cap, key, outcome.inputs, {}, context)
+        covered = _approval_covers_compensation(world, s, step, cap)
+        s.compensation = _compensation_for(step, cap, key, outcome.inputs, {}, context, covered)
     attempts = f" after {s.attempts} attempts" if s.attempts > 1 else ""
     _fail(status, Reason.STEP_FAILED, f"step {s.name} failed{attempts}: {s.error}")
     return status
@@ -716,4 +870,16 @@ def record_compensation(world: World, outcome: CompensationResult) -> WorkflowSt
     else:
         c.phase, c.finished_at = StepPhase.COMPENSATION_FAILED, now
         s.phase = StepPhase.COMPENSATION_FAILED
+    return status
+
+
+def record_approval_refused(world: World, step: str, error: str) -> WorkflowStatus:
+    """The Approval of STEP could not be created (its name is taken by another workflow's Approval,
+    which is never deleted): the step fails with ERROR, and the workflow compensates."""
+    status = world.status.model_copy(deep=True)
+    s = status.step(step)
+    if s.phase is not StepPhase.AWAITING_APPROVAL:
+        return status
+    s.phase, s.finished_at, s.error = StepPhase.FAILED, iso(world.now), _truncate(error)
+    _fail(status, Reason.STEP_FAILED, f"step {s.name}: {s.error}")
     return status

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from controller import API_GROUP, API_VERSION
@@ -32,6 +33,11 @@ def manifest(ref: saga.WorkflowRef, request: saga.RequestApproval, requested_by:
         spec["riskLevel"] = request.risk.value
     if request.inputs_hash:
         spec["inputsHash"] = request.inputs_hash
+    if request.compensation:
+        spec["compensation"] = {
+            "capability": request.compensation.capability,
+            "riskLevel": request.compensation.risk.value,
+        }
     if request.approvers and (request.approvers.users or request.approvers.groups):
         spec["approvers"] = request.approvers.model_dump(exclude_defaults=True)
     annotations = {NOTIFY_ANNOTATION: request.notify_url} if request.notify_url else {}
@@ -61,13 +67,18 @@ def manifest(ref: saga.WorkflowRef, request: saga.RequestApproval, requested_by:
 NOTIFY_ANNOTATION = "aifirst.dev/notify-url"
 
 
+class ApprovalNameTaken(Exception):
+    """The Approval's name belongs to an Approval of another, existing workflow (never deleted)."""
+
+
 async def create(
     connection: Connection, ref: saga.WorkflowRef, request: saga.RequestApproval, requested_by: str = ""
 ) -> dict[str, Any] | None:
-    """The created Approval, or None when this workflow created it already (before a restart). One left by
-    an earlier workflow of the same name is deleted first: its decision was about other inputs."""
+    """The created Approval, or None when this workflow created it already (before a restart). An orphan
+    (its Workflow, by uid, is gone: an earlier workflow of the same name) is replaced: its decision was
+    about another workflow. Any other Approval of that name is left alone and ApprovalNameTaken raised."""
     body = manifest(ref, request, requested_by)
-    for _ in range(2):
+    for _ in range(3):
         try:
             created: dict[str, Any] = await connection.custom.create_namespaced_custom_object(
                 API_GROUP, API_VERSION, ref.namespace, "approvals", body
@@ -76,18 +87,64 @@ async def create(
         except ApiException as error:
             if error.status != 409:
                 raise
-        existing: Any = await connection.custom.get_namespaced_custom_object(
-            API_GROUP, API_VERSION, ref.namespace, "approvals", request.name
-        )
+        try:
+            existing: Any = await connection.custom.get_namespaced_custom_object(
+                API_GROUP, API_VERSION, ref.namespace, "approvals", request.name
+            )
+        except ApiException as error:
+            if error.status == 404:  # deleted meanwhile: create it again
+                continue
+            raise
         if owner_uid(existing) == ref.uid:
             return None
-        await connection.custom.delete_namespaced_custom_object(
-            API_GROUP, API_VERSION, ref.namespace, "approvals", request.name
-        )
+        owner = await _live_owner(connection, ref.namespace, existing)
+        if owner is not None:
+            raise ApprovalNameTaken(
+                f"approval {request.name} already exists and belongs to {owner}; it is not replaced"
+            )
+        await _delete_exactly(connection, ref.namespace, existing)
     else:
         raise RuntimeError(f"approval {request.name} could not be created")
     updated: dict[str, Any] = await _set_status(connection, ref.namespace, request.name, {"phase": "Pending"})
     return updated or created
+
+
+async def _live_owner(connection: Connection, namespace: str, approval: Mapping[str, Any]) -> str | None:
+    """What still owns APPROVAL ("workflow NAME", or a description of an Approval no Workflow owns),
+    None when it is an orphan: the Workflow its owner reference names (by uid) no longer exists."""
+    uid = owner_uid(approval)
+    owner = next(
+        (o for o in (approval.get("metadata") or {}).get("ownerReferences") or [] if o.get("kind") == "Workflow"),
+        None,
+    )
+    if not uid or owner is None:
+        return "no workflow (it was not created by the operator)"
+    try:
+        workflow: Any = await connection.custom.get_namespaced_custom_object(
+            API_GROUP, API_VERSION, namespace, "workflows", str(owner.get("name", ""))
+        )
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    if (workflow.get("metadata") or {}).get("uid") != uid:
+        return None  # a newer workflow of the same name: the owner is gone
+    return f"workflow {owner.get('name')}"
+
+
+async def _delete_exactly(connection: Connection, namespace: str, approval: Mapping[str, Any]) -> None:
+    """Deletes this very object (uid and resourceVersion preconditions): never one created meanwhile."""
+    meta = approval.get("metadata") or {}
+    options = client.V1DeleteOptions(
+        preconditions=client.V1Preconditions(uid=meta.get("uid"), resource_version=meta.get("resourceVersion"))
+    )
+    try:
+        await connection.custom.delete_namespaced_custom_object(
+            API_GROUP, API_VERSION, namespace, "approvals", str(meta.get("name", "")), body=options
+        )
+    except ApiException as error:
+        if error.status not in (404, 409):  # gone, or changed meanwhile: look again
+            raise
 
 
 async def expire(connection: Connection, namespace: str, name: str) -> dict[str, Any]:
@@ -175,4 +232,5 @@ def state_of(body: Mapping[str, Any]) -> saga.ApprovalState:
         decided_by=status.get("decidedBy")
         or (body.get("metadata", {}).get("annotations") or {}).get("aifirst.dev/decided-by"),
         requested_at=saga.parse_time(body.get("metadata", {}).get("creationTimestamp")),
+        compensation=(spec.get("compensation") or {}).get("capability"),
     )

@@ -417,7 +417,14 @@ class Runner:
                 self.compensations[compensation.step] = asyncio.create_task(self._compensate(compensation))
             for request in plan.approvals:
                 if request.name not in self.requested:
-                    created = await approval_objects.create(self.rt.connection, self.ref, request, self.principal.user)
+                    try:
+                        created = await approval_objects.create(
+                            self.rt.connection, self.ref, request, self.principal.user
+                        )
+                    except approval_objects.ApprovalNameTaken as error:
+                        self.status = saga.record_approval_refused(self.world(), request.step, str(error))
+                        self.wakeup.set()
+                        continue
                     if created is not None:
                         approval_objects.announce(self.rt.notifier, "requested", created)
                     self.requested.add(request.name)
@@ -464,6 +471,18 @@ class Runner:
             if s.decision is not None and s.name not in decided:
                 self.rt.metrics.decisions.labels(s.decision.value).inc()
                 self._audit("step.decision", s.name, decision=s.decision.value, policy=s.policy, audit=s.audit)
+        undo_decided = {s.name for s in before.steps if s.compensation and s.compensation.decision is not None}
+        for s in after.steps:
+            undo = s.compensation
+            if undo is not None and undo.decision is not None and s.name not in undo_decided:
+                self._audit(
+                    "compensation.decision",
+                    s.name,
+                    capability=undo.capability,
+                    decision=undo.decision.value,
+                    policy=undo.policy,
+                    approved=undo.approved,
+                )
         for request in plan.approvals:
             if request.name not in self.requested:
                 self._audit(

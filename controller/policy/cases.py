@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from controller.api.capability import RiskLevel
 from controller.api.policy import PolicyObject, PolicyTestCase, PolicyTestSuite
-from controller.policy.evaluate import PolicyResult, evaluate
+from controller.policy.evaluate import PolicyQuery, PolicyResult, evaluate
 
 
 @dataclass(frozen=True)
@@ -53,13 +53,7 @@ def run_cases(
             error = f"unknown capability {case.capability!r} (give `risk:` to test a capability defined elsewhere)"
             results.append(CaseResult(case, namespace, None, error))
             continue
-        result = evaluate(
-            policies,
-            principal=case.principal,
-            namespace=namespace,
-            capability=case.capability,
-            risk=risk,
-            irreversible=case.irreversible,
-        )
+        query = PolicyQuery(case.principal, namespace, case.capability, risk, irreversible=case.irreversible)
+        result = evaluate(policies, query)
         results.append(CaseResult(case, namespace, result))
     return results

@@ -9,15 +9,34 @@ need approval.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from typing import Any
 
 from controller.api.capability import RiskLevel
 from controller.api.policy import Approvers, PolicyMode, PolicyObject, Principal, Rule
 from controller.api.workflow import Decision
 
-_SEVERITY = {Decision.ALLOW: 0, Decision.REQUIRE_APPROVAL: 1, Decision.DENY: 2}
+SEVERITY = {Decision.ALLOW: 0, Decision.REQUIRE_APPROVAL: 1, Decision.DENY: 2}
+
+
+@dataclass(frozen=True)
+class PolicyQuery:
+    """What a policy is asked: may PRINCIPAL run CAPABILITY (of RISK) here? One value for every caller
+    (forward steps, compensations, `airun policy explain/test`, policy test cases), so that a new fact a
+    rule may read (the step's inputs for a `when:` condition) reaches every decision at once. INPUTS are
+    rendered, secrets as references, never values; None where they are not known yet (a compensation
+    checked before its step ran, a policy test case)."""
+
+    principal: Principal
+    namespace: str
+    capability: str
+    risk: RiskLevel
+    irreversible: bool = False
+    workflow: str | None = None
+    step: str | None = None
+    inputs: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -76,22 +95,15 @@ def applicable(policies: Sequence[PolicyObject], namespace: str) -> list[PolicyO
     return [p for p in policies if p.namespace is None or p.namespace == namespace]
 
 
-def evaluate(
-    policies: Sequence[PolicyObject],
-    *,
-    principal: Principal,
-    namespace: str,
-    capability: str,
-    risk: RiskLevel,
-    irreversible: bool = False,
-) -> PolicyResult:
-    relevant = sorted(applicable(policies, namespace), key=lambda p: (p.namespace is not None, p.name))
-    verdicts = tuple(verdict_of(p, principal, capability, risk) for p in relevant)
+def evaluate(policies: Sequence[PolicyObject], query: PolicyQuery) -> PolicyResult:
+    risk, irreversible = query.risk, query.irreversible
+    relevant = sorted(applicable(policies, query.namespace), key=lambda p: (p.namespace is not None, p.name))
+    verdicts = tuple(verdict_of(p, query.principal, query.capability, risk) for p in relevant)
     enforced = [v for v in verdicts if v.mode is PolicyMode.ENFORCE]
     if not verdicts:
         return PolicyResult(Decision.DENY, "no policy applies (the fail-safe default is DENY)", None, verdicts)
     if enforced:
-        deciding: Verdict | None = max(enforced, key=lambda v: _SEVERITY[v.decision])
+        deciding: Verdict | None = max(enforced, key=lambda v: SEVERITY[v.decision])
         assert deciding is not None
         decision, reason = deciding.decision, deciding.explanation
     else:

@@ -52,28 +52,28 @@ def test_approve_uses_the_callers_identity(env: DevEnvironment, kube: Kube, name
         env, "run", str(REPO / "examples" / "approval.yaml"), "--no-wait", "--context", "bob", "-n", namespace
     )
     assert started.returncode == 0, started.stderr
-    kube.wait_for("approval", "approval-gate-review", namespace, lambda o: True, what="the approval")
-    refused = airun(env, "approve", "approval-gate-review", "--context", "bob", "-n", namespace)
+    kube.wait_for("approval", "approval-gate.review", namespace, lambda o: True, what="the approval")
+    refused = airun(env, "approve", "approval-gate.review", "--context", "bob", "-n", namespace)
     assert refused.returncode != 0 and 'User "bob" cannot patch resource "approvals"' in refused.stderr
     approved = airun(  # the workflow's name will do: it waits for one approval
         env, "approve", "approval-gate", "--reason", "reviewed", "--context", "alice", "-n", namespace
     )
     assert approved.returncode == 0, approved.stderr
-    assert "approval approval-gate-review: Approved" in approved.stdout
+    assert "approval approval-gate.review: Approved" in approved.stdout
     kube.wait_for("wf", "approval-gate", namespace, lambda o: o.get("status", {}).get("phase") == "Succeeded")
     status = airun(env, "status", "approval-gate", "--context", "alice", "-n", namespace)
-    assert "approval: approval-gate-review" in status.stdout
-    assert kube.get("approval", "approval-gate-review", namespace)["status"]["decidedBy"] == "alice"
+    assert "approval: approval-gate.review" in status.stdout
+    assert kube.get("approval", "approval-gate.review", namespace)["status"]["decidedBy"] == "alice"
 
 
 def test_kubectl_finds_it_as_a_plugin(env: DevEnvironment, kube: Kube, namespace: str) -> None:
     """`kubectl airun ...`: kubectl runs kubectl-airun from PATH (installed beside airun by pip)."""
     run = airun(env, "run", str(REPO / "examples" / "approval.yaml"), "--no-wait", "--context", "bob", "-n", namespace)
     assert run.returncode == 0, run.stderr
-    kube.wait_for("approval", "approval-gate-review", namespace, lambda o: True, what="the approval")
+    kube.wait_for("approval", "approval-gate.review", namespace, lambda o: True, what="the approval")
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     plugin = subprocess.run(
-        [str(kube.kubectl_binary), "airun", "reject", "approval-gate-review", "--context", "alice", "-n", namespace],
+        [str(kube.kubectl_binary), "airun", "reject", "approval-gate.review", "--context", "alice", "-n", namespace],
         capture_output=True,
         text=True,
         check=False,
@@ -81,8 +81,8 @@ def test_kubectl_finds_it_as_a_plugin(env: DevEnvironment, kube: Kube, namespace
         env={**os.environ, "KUBECONFIG": str(env.kubeconfig), "PATH": path},
     )
     assert plugin.returncode == 0, plugin.stderr
-    assert "approval-gate-review: Rejected" in plugin.stdout
-    assert kube.get("approval", "approval-gate-review", namespace)["status"]["decidedBy"] == "alice"
+    assert "approval-gate.review: Rejected" in plugin.stdout
+    assert kube.get("approval", "approval-gate.review", namespace)["status"]["decidedBy"] == "alice"
 
 
 def test_errors_are_clear(env: DevEnvironment, namespace: str, tmp_path: Path) -> None:

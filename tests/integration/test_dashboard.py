@@ -92,7 +92,7 @@ def test_workflows_appear_and_change_live(env: DevEnvironment, kube: Kube, names
         await until(pilot, lambda: cell(app, key, "phase") == "AwaitingApproval", "AwaitingApproval")
         assert cell(app, key, "progress").endswith(" 1/3") and cell(app, key, "principal") == "bob"
         assert app.selected == key
-        await until(pilot, lambda: "approval-gate-review Pending" in details(app), "the pending approval shown")
+        await until(pilot, lambda: "approval-gate.review Pending" in details(app), "the pending approval shown")
         text = details(app)
         for line in ("draft", "review", "publish", "io.fs.write_file", "(requested by bob)", "ALLOW"):
             assert line in text, text
@@ -106,7 +106,7 @@ def test_workflows_appear_and_change_live(env: DevEnvironment, kube: Kube, names
 
         await asyncio.to_thread(
             kube.run,
-            *("patch", "approval", "approval-gate-review", "-n", namespace, "--type=merge"),
+            *("patch", "approval", "approval-gate.review", "-n", namespace, "--type=merge"),
             *("-p", json.dumps({"spec": {"decision": "Approved"}})),
             as_="alice",
         )
@@ -129,16 +129,16 @@ def test_an_approver_approves_from_the_dashboard(env: DevEnvironment, kube: Kube
     async def scenario(pilot: Pilot[None]) -> None:
         await apply(kube, "approval.yaml", namespace, "bob")
         await until(pilot, lambda: cell(app, key, "phase") == "AwaitingApproval", "AwaitingApproval")
-        await until(pilot, lambda: f"{namespace}/approval-gate-review" in app.approvals, "the approval")
+        await until(pilot, lambda: f"{namespace}/approval-gate.review" in app.approvals, "the approval")
         await pilot.press("a")
         assert isinstance(app.screen, ReasonPrompt)
         await pilot.press(*"reviewed", "enter")
-        await until(pilot, lambda: said(app, "approval approval-gate-review: Approved"), "the confirmation")
+        await until(pilot, lambda: said(app, "approval approval-gate.review: Approved"), "the confirmation")
         await until(pilot, lambda: cell(app, key, "phase") == "Succeeded", "Succeeded")
         await until(pilot, lambda: "Approved by alice: reviewed" in details(app), "the decision in the details")
 
     drive(app, scenario)
-    approval = kube.get("approval", "approval-gate-review", namespace)
+    approval = kube.get("approval", "approval-gate.review", namespace)
     assert approval["spec"] == {**approval["spec"], "decision": "Approved", "reason": "reviewed"}
     assert approval["status"]["decidedBy"] == "alice"
 
@@ -153,13 +153,13 @@ def test_a_rejection_compensates(env: DevEnvironment, kube: Kube, namespace: str
         await pilot.press("r")
         await pilot.press("escape")  # cancelled: nothing is sent
         assert not isinstance(app.screen, ReasonPrompt)
-        assert kube.get("approval", "approval-gate-review", namespace)["spec"]["decision"] == ""
+        assert kube.get("approval", "approval-gate.review", namespace)["spec"]["decision"] == ""
         await pilot.press("r", *"not now", "enter")
         await until(pilot, lambda: cell(app, key, "phase") == "Compensated", "Compensated")
         await until(pilot, lambda: "ApprovalRejected" in details(app), "the reason")
 
     drive(app, scenario)
-    assert kube.get("approval", "approval-gate-review", namespace)["spec"]["reason"] == "not now"
+    assert kube.get("approval", "approval-gate.review", namespace)["spec"]["reason"] == "not now"
 
 
 def test_the_webhook_refuses_a_self_approval_and_the_app_goes_on(
@@ -180,7 +180,7 @@ def test_the_webhook_refuses_a_self_approval_and_the_app_goes_on(
         assert app.is_running and cell(app, key, "phase") == "AwaitingApproval"
 
     drive(app, scenario)
-    assert kube.get("approval", "approval-gate-review", namespace)["spec"]["decision"] == ""
+    assert kube.get("approval", "approval-gate.review", namespace)["spec"]["decision"] == ""
 
 
 def test_rollback_asks_first_then_compensates(env: DevEnvironment, kube: Kube, namespace: str) -> None:

@@ -246,8 +246,8 @@ def test_explicit_approval_step_waits_then_continues() -> None:
     waiting = run(spec)
     assert waiting.status.phase is WorkflowPhase.AWAITING_APPROVAL
     request = waiting.approvals[0]
-    assert request.name == "wf-gate" and request.step == "gate"
-    approved = {"gate": saga.ApprovalState("wf-gate", "Approved", decided_by="alice")}
+    assert request.name == "wf.gate" and request.step == "gate"
+    approved = {"gate": saga.ApprovalState("wf.gate", "Approved", decided_by="alice")}
     done = run(spec, status=waiting.status, approvals=approved)
     assert done.status.phase is WorkflowPhase.SUCCEEDED
     assert done.status.step("gate").outputs == {"approvedBy": "alice"}
@@ -256,7 +256,7 @@ def test_explicit_approval_step_waits_then_continues() -> None:
 def test_rejected_approval_compensates() -> None:
     spec = workflow(step("a"), {"name": "gate", "type": "Approval", "dependsOn": ["a"]})
     waiting = run(spec)
-    done = run(spec, status=waiting.status, approvals={"gate": saga.ApprovalState("wf-gate", "Rejected")})
+    done = run(spec, status=waiting.status, approvals={"gate": saga.ApprovalState("wf.gate", "Rejected")})
     assert done.status.reason == Reason.APPROVAL_REJECTED
     assert done.status.phase is WorkflowPhase.COMPENSATED and done.compensated == ["a"]
 
@@ -264,7 +264,7 @@ def test_rejected_approval_compensates() -> None:
 def test_gate_listed_after_its_dependent_still_frees_it_in_the_same_plan() -> None:
     spec = workflow(step("b", deps=("gate",)), {"name": "gate", "type": "Approval"})
     waiting = run(spec)
-    done = run(spec, status=waiting.status, approvals={"gate": saga.ApprovalState("wf-gate", "Approved")})
+    done = run(spec, status=waiting.status, approvals={"gate": saga.ApprovalState("wf.gate", "Approved")})
     assert done.status.phase is WorkflowPhase.SUCCEEDED
 
 
@@ -283,7 +283,10 @@ def test_step_runs_only_if_its_inputs_still_match_the_approved_hash() -> None:
         spec,
         policies=ask,
         status=waiting.status,
-        approvals={"a": saga.ApprovalState(request.name, "Approved", request.inputs_hash)},
+        # The policy asks for everything, io.fs.restore (the compensation) too: this Approval covers both.
+        approvals={
+            "a": saga.ApprovalState(request.name, "Approved", request.inputs_hash, compensation="io.fs.restore")
+        },
     )
     assert ok.status.phase is WorkflowPhase.SUCCEEDED
     tampered = run(

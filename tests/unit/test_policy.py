@@ -5,7 +5,7 @@ from __future__ import annotations
 from controller.api.capability import RiskLevel
 from controller.api.policy import PolicyObject, PolicySpec, Principal
 from controller.api.workflow import Decision
-from controller.policy.evaluate import evaluate
+from controller.policy.evaluate import PolicyQuery, evaluate
 
 AGENT = Principal(user="system:serviceaccount:agents:planner", groups=["system:serviceaccounts"])
 ALICE = Principal(user="alice", groups=["approvers", "sre"])
@@ -23,7 +23,7 @@ def decide(
     namespace: str = "agents",
     **kw: bool,
 ) -> Decision:
-    return evaluate(policies, principal=who, namespace=namespace, capability=capability, risk=risk, **kw).decision
+    return evaluate(policies, PolicyQuery(who, namespace, capability, risk, **kw)).decision
 
 
 def test_no_policy_denies() -> None:
@@ -76,16 +76,14 @@ def test_high_risk_escalates_and_critical_always_asks() -> None:
 
 def test_audit_mode_records_but_does_not_enforce() -> None:
     audit = policy("audit", [{"capabilities": ["*"], "action": "DENY"}], mode="Audit")
-    result = evaluate(
-        [audit], principal=AGENT, namespace="agents", capability="io.fs.write_file", risk=RiskLevel.MEDIUM
-    )
+    result = evaluate([audit], PolicyQuery(AGENT, "agents", "io.fs.write_file", RiskLevel.MEDIUM))
     assert result.decision is Decision.ALLOW
     assert [v.decision for v in result.audit_only] == [Decision.DENY]
 
 
 def test_decision_names_the_policy_and_rule() -> None:
     p = policy("baseline", [{"capabilities": ["x.*"], "action": "DENY"}, {"capabilities": ["*"], "action": "ALLOW"}])
-    result = evaluate([p], principal=AGENT, namespace="agents", capability="io.fs.read_file", risk=RiskLevel.LOW)
+    result = evaluate([p], PolicyQuery(AGENT, "agents", "io.fs.read_file", RiskLevel.LOW))
     assert result.reason == "ClusterPolicy baseline rule 1: ALLOW"
 
 
