@@ -110,6 +110,7 @@ class Reason(StrEnum):
     ROLLBACK_REQUESTED = "RollbackRequested"
     DELETED = "Deleted"
     INVALID_SPEC = "InvalidSpec"
+    INTERNAL_ERROR = "InternalError"  # the operator's own computation failed (a bug): see the message
 
 
 class CompensationStatus(_Model):

@@ -17,10 +17,12 @@ from controller.audit.store import AuditStore
 from controller.audit.writer import AuditWriter
 from controller.capabilities import registry as capability_registry
 from controller.capabilities.egress import EgressRules
+from controller.engine import templating
 from controller.observability import logs
 from controller.operator import admission, handlers, health, kube
 from controller.operator.notify import Notifier
 from controller.operator.runtime import RuntimeSettings, WorkflowRuntime, workspaces_from_env
+from controller.operator.template_sandbox import TemplateSandbox
 
 WEBHOOK_CONFIGURATION = "airun.aifirst.dev"
 log = logging.getLogger("airun.operator")
@@ -94,6 +96,9 @@ async def run(options: OperatorOptions) -> None:
         store = AuditStore(options.audit_url)
         store.migrate()  # once, at start-up, before anything else runs
     audit = AuditWriter(store)
+    # Templates that do more than read values render in worker processes that can be stopped.
+    sandbox = TemplateSandbox().start()
+    templating.install(sandbox)
     runtime = WorkflowRuntime(connection, capabilities, RuntimeSettings(workspaces=workspaces), notifier, audit)
     bind = handlers.register(registry, runtime)
     if options.webhook_port:
@@ -129,6 +134,8 @@ async def run(options: OperatorOptions) -> None:
     finally:
         await probes.cleanup()
         await runtime.shutdown()
+        templating.install(None)
+        sandbox.close()
         await notifier.close()
         audit.close()
         await connection.close()

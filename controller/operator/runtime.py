@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +29,7 @@ from controller.audit.writer import AuditWriter
 from controller.capabilities import custom, secrets
 from controller.capabilities.base import CapabilityError, Handler, Invocation
 from controller.capabilities.registry import Registry
-from controller.engine import saga
+from controller.engine import faults, saga, templating
 from controller.observability.metrics import Metrics
 from controller.operator import approvals as approval_objects
 from controller.operator.kube import Connection
@@ -38,7 +40,12 @@ FLUSH_AFTER = 0.5  # seconds a deferred (side-effect-free) transition may wait f
 FETCHED_TTL = 60.0  # seconds a Capability read ahead of the index is trusted without the index
 PRINCIPAL_ANNOTATION = "aifirst.dev/principal"
 GROUPS_ANNOTATION = "aifirst.dev/principal-groups"
+PLAN_THREADS = 4  # threads that re-run a plan whose templates need the isolated renderer (which blocks)
 log = logging.getLogger("airun.runtime")
+
+
+class CoreFault(Exception):
+    """The pure core raised something unexpected while planning a workflow (a bug, not a decision)."""
 
 
 def now() -> datetime:
@@ -105,6 +112,9 @@ class WorkflowRuntime:
         self.builtin = registry.specs()
         self.fetched: dict[str, tuple[CapabilitySpec, float]] = {}  # name -> (spec, monotonic time read)
         self.stats = {"status_writes": 0, "steps_run": 0}
+        # Not the default executor: handlers use that one, and a burst of hostile templates must not
+        # starve them (nor they it).
+        self.plan_threads = ThreadPoolExecutor(PLAN_THREADS, thread_name_prefix="airun-plan")
 
     @property
     def capabilities(self) -> dict[str, CapabilitySpec]:
@@ -179,6 +189,7 @@ class WorkflowRuntime:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self.plan_threads.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass
@@ -289,6 +300,10 @@ class Runner:
             for task in [*self.actions.values(), *self.compensations.values()]:
                 task.cancel()
             raise
+        except CoreFault as fault:
+            self.rt.metrics.reconcile_errors.inc()
+            log.error("planning failed: %s", fault.__cause__, exc_info=fault.__cause__, extra=self._log_context())
+            await self._fail_by_fault(fault.__cause__ or fault)
         except Exception:
             self.rt.metrics.reconcile_errors.inc()
             log.exception("the runner failed; it resumes from status on the next event", extra=self._log_context())
@@ -313,13 +328,13 @@ class Runner:
         while True:
             for outcome in self.outcomes:
                 if isinstance(outcome, saga.ActionResult):
-                    self.status = saga.record_action(self.world(), outcome)
+                    self.status = await self._pure(saga.record_action, self.world(), outcome)
                 else:
-                    self.status = saga.record_compensation(self.world(), outcome)
+                    self.status = await self._pure(saga.record_compensation, self.world(), outcome)
             self.outcomes.clear()
             self.wakeup.clear()
             before = self.status
-            plan = saga.plan(self.world())
+            plan = await self._pure(saga.plan, self.world())
             self._count(before, plan)
             if self._must_checkpoint(plan):
                 await self._write(plan.status)
@@ -362,6 +377,42 @@ class Runner:
             if not self.outcomes:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wakeup.wait(), timeout)
+
+    async def _pure(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Runs a pure function of the saga on the event loop, where a template that only reads values
+        renders in microseconds; if one needs the isolated renderer (which blocks for up to its time
+        limit) the same function runs again in a worker thread: it is pure, so nothing is done twice.
+        Anything unexpected it raises is a CoreFault, which fails this workflow, never the operator."""
+        try:
+            try:
+                with templating.non_blocking():
+                    return function(*args)
+            except templating.NeedsIsolation:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self.rt.plan_threads, functools.partial(function, *args))
+        except Exception as error:
+            raise CoreFault(str(error)) from error
+
+    async def _fail_by_fault(self, error: BaseException) -> None:
+        """The last resort: the workflow ends Failed (InternalError) with a message, rather than with no
+        phase and a runner that dies again at every event."""
+        for task in [*self.actions.values(), *self.compensations.values()]:
+            task.cancel()
+        status = faults.failed_by_fault(self.world(), error)
+        try:
+            await self._write(status)
+            self._audit(
+                "workflow.finished", phase=WorkflowPhase.FAILED.value, reason=status.reason, message=status.message
+            )
+            kopf.event(
+                self.body,  # type: ignore[arg-type]
+                type="Warning",
+                reason=status.reason or "InternalError",
+                message=status.message or "",
+            )
+            await self._remove_finalizer()
+        except Exception:
+            log.exception("could not record the failure; it is retried on the next event", extra=self._log_context())
 
     def _audit(self, kind: str, step: str | None = None, actor: str | None = None, **payload: Any) -> None:
         self.rt.audit.record(
