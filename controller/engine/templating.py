@@ -31,6 +31,9 @@ from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 MAX_OUTPUT_BYTES = 1024 * 1024  # a rendered string larger than this is refused (an object is 1.5 MiB at most)
+# Longer templates are never judged nor compiled in-process: compiling costs far more than rendering
+# (70,000 `{{ params.x }}` take 20 s to compile), so only short ones may take the fast path.
+MAX_FAST_SOURCE = 1024
 MAX_POWER_BITS = 16384  # `**` whose result would be larger is refused before it is computed
 # Filters whose cost is linear in their input and that take no argument that could inflate their output
 # (widths, indents, repeat counts): a template using only these stays on the fast path.
@@ -174,6 +177,8 @@ _compiled = functools.lru_cache(maxsize=256)(_compile)  # a worker renders the s
 def _fast_path(source: str, keep_types: bool) -> _Compiled | None:
     """The compiled template when SOURCE only reads values (cached by source), else None. A syntax
     error is raised here, at once: no need to isolate a template that does not parse."""
+    if len(source) > MAX_FAST_SOURCE:
+        return None
     try:
         tree = _ENV.parse(source)
     except Exception as error:

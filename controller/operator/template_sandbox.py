@@ -11,6 +11,7 @@ Rendering blocks the calling thread: callers on the event loop run it in a worke
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import ctypes
 import logging
 import multiprocessing
@@ -19,7 +20,7 @@ import resource
 import signal
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pebble
@@ -127,3 +128,15 @@ class TemplateSandbox:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def installed(workers: int = WORKERS) -> Iterator[TemplateSandbox]:
+    """A TemplateSandbox installed as the isolated renderer for the block (its workers start at the
+    first template that needs them, so a block that needs none costs nothing)."""
+    with TemplateSandbox(workers=workers) as sandbox:
+        previous = templating.install(sandbox)
+        try:
+            yield sandbox
+        finally:
+            templating.install(previous)

@@ -5,22 +5,28 @@ the real operator process: none of them may leave a workflow without a phase, st
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from controller.localcluster.devenv import DevEnvironment
-from tests.integration.test_saga import (  # noqa: F401  (restartable, workspace: fixtures)
-    _kill_operator,
-    restartable,
-    steps_of,
-    wait_terminal,
-    wf,
-    workspace,
-    write,
-)
+from tests.integration.test_saga import _kill_operator, steps_of, wait_terminal, wf, write
 from tests.kube import Kube
+
+
+@pytest.fixture
+def workspace(operator: DevEnvironment, namespace: str) -> Path:
+    return operator.workspaces / namespace
+
+
+@pytest.fixture
+def restartable(operator: DevEnvironment) -> Iterator[DevEnvironment]:
+    yield operator
+    operator.start_operator()  # whatever the test did, the next test has an operator
+
 
 # Loops 10^10 times and prints nothing: only a time limit stops it (the output cap never fires).
 RUNAWAY = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}done"
@@ -72,6 +78,25 @@ def test_runaway_template_stalls_bystanders_and_admission(kube: Kube, namespace:
     assert time.monotonic() - started < 15
 
 
+def test_huge_template_source_stalls_the_operator_while_it_compiles(
+    kube: Kube, namespace: str, workspace: Path
+) -> None:
+    # Only reads of values, but 60,000 of them: compiling it takes Jinja tens of seconds of CPU.
+    huge = wf("huge", write("w", "h.txt") | {"inputs": {"path": "h.txt", "content": "{{ params.x }}" * 60000}})
+    huge["spec"]["params"] = {"x": "a"}
+    bystander = wf("bystander", write("w", "b.txt"))
+    started = time.monotonic()
+    # create, not apply: apply's last-applied annotation would double an object this large
+    kube.run("create", "-n", namespace, "-f", "-", as_="bob", stdin=yaml.safe_dump_all([huge, bystander]))
+    obj = wait_terminal(kube, namespace, "bystander", timeout=30)
+    latency = time.monotonic() - started
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    assert latency < 2.5, f"the bystander took {latency:.1f} s"
+    failed = wait_terminal(kube, namespace, "huge", timeout=30)
+    assert failed["status"]["phase"] == "Failed", failed["status"]
+    assert _error_of(failed, "w") == "inputs.content: the template did not finish within 2 s"
+
+
 def test_runaway_template_wedges_the_operator_again_after_a_restart(
     kube: Kube, namespace: str, restartable: DevEnvironment
 ) -> None:
@@ -91,7 +116,9 @@ def test_runaway_text_render_template_stalls_the_operator(kube: Kube, namespace:
     # {% raw %}: the step's own template rendering passes the template through; text.render runs it.
     template = "{% raw %}" + RUNAWAY + "{% endraw %}"
     kube.apply(wf("render", _step("r", "text.render", template=template, values={})), namespace=namespace, as_="bob")
-    bystander = wf("bystander", _step("r", "text.render", template="{% raw %}{{ count + 1 }}{% endraw %}", values={"count": 1}))
+    bystander = wf(
+        "bystander", _step("r", "text.render", template="{% raw %}{{ count + 1 }}{% endraw %}", values={"count": 1})
+    )
     kube.apply(bystander, namespace=namespace, as_="bob")
     done = wait_terminal(kube, namespace, "bystander", timeout=10)
     assert done["status"]["phase"] == "Succeeded" and steps_of(done)["r"]["outputs"] == {"text": "2"}
