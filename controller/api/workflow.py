@@ -111,6 +111,7 @@ class Reason(StrEnum):
     DELETED = "Deleted"
     INVALID_SPEC = "InvalidSpec"
     UNATTESTED = "Unattested"  # no principal the operator's admission webhook attested
+    INTERNAL_ERROR = "InternalError"  # the operator's own computation failed (a bug): see the message
 
 
 class CompensationStatus(_Model):

@@ -255,7 +255,11 @@ def register_plan(main: click.Group) -> None:
         from controller.engine import dag
         from controller.engine.saga import spec_errors
         from controller.engine.templating import TemplateError, render
+        from controller.operator import template_sandbox
 
+        # Templates that do more than read values render in a worker process with a time limit, as in
+        # the operator: a runaway template in FILE fails its row instead of hanging the command.
+        click.get_current_context().with_resource(template_sandbox.installed(workers=1))
         manifest = read_workflow(Path(file))
         kube = Kube(kubeconfig, context, namespace or manifest.get("metadata", {}).get("namespace"))
         try:

@@ -27,10 +27,12 @@ from controller.capabilities import registry as capability_registry
 from controller.capabilities import secrets as secret_refs
 from controller.capabilities import snapshots
 from controller.capabilities.egress import EgressRules
+from controller.engine import templating
 from controller.observability import logs
 from controller.operator import admission, attestation, controlplane, handlers, health, kube, webhooks
 from controller.operator.notify import Notifier, policy_urls
 from controller.operator.runtime import RuntimeSettings, WorkflowRuntime, workspaces_from_env
+from controller.operator.template_sandbox import TemplateSandbox
 
 WEBHOOK_CONFIGURATION = "airun.aifirst.dev"  # the default of --webhook-configuration
 log = logging.getLogger("airun.operator")
@@ -138,6 +140,9 @@ async def run(options: OperatorOptions) -> None:
         store = AuditStore(options.audit_url)
         store.migrate()  # once, at start-up, before anything else runs
     audit = AuditWriter(store)
+    # Templates that do more than read values render in worker processes that can be stopped.
+    sandbox = TemplateSandbox().start()
+    templating.install(sandbox)
     runtime = WorkflowRuntime(connection, capabilities, RuntimeSettings(workspaces=workspaces), notifier, audit)
     runtime.attestation_key = attestation.load_key(options.attestation_key_file)
     notifier.signed_urls = lambda namespace: policy_urls(runtime.indexes.policies(), namespace)
@@ -196,6 +201,8 @@ async def run(options: OperatorOptions) -> None:
         learning.cancel()
         await probes.cleanup()
         await runtime.shutdown()
+        templating.install(None)
+        sandbox.close()
         await notifier.close()
         audit.close()
         await connection.close()

@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +30,7 @@ from controller.audit.writer import AuditWriter
 from controller.capabilities import custom, secrets, snapshots
 from controller.capabilities.base import CapabilityError, Handler, Invocation
 from controller.capabilities.registry import Registry
-from controller.engine import saga
+from controller.engine import faults, saga, templating
 from controller.observability.metrics import Metrics
 from controller.operator import approvals as approval_objects
 from controller.operator import attestation
@@ -44,7 +46,12 @@ ROLLBACK_BY_ANNOTATION = "aifirst.dev/rollback-requested-by"  # written by the a
 # The condition on a workflow kept from starting because the admission webhooks are not registered
 ADMITTED = "Admitted"
 WEBHOOKS_MISSING = "WebhooksMissing"
+PLAN_THREADS = 4  # threads that re-run a plan whose templates need the isolated renderer (which blocks)
 log = logging.getLogger("airun.runtime")
+
+
+class CoreFault(Exception):
+    """The pure core raised something unexpected while planning a workflow (a bug, not a decision)."""
 
 
 def now() -> datetime:
@@ -126,6 +133,9 @@ class WorkflowRuntime:
         self.webhooks_registered = True
         self.held: dict[str, kopf.Body] = {}
         self.deleted_by: dict[str, str] = {}  # uid -> who deleted it (the DELETE webhook), for the audit
+        # Not the default executor: handlers use that one, and a burst of hostile templates must not
+        # starve them (nor they it).
+        self.plan_threads = ThreadPoolExecutor(PLAN_THREADS, thread_name_prefix="airun-plan")
 
     @property
     def capabilities(self) -> dict[str, CapabilitySpec]:
@@ -250,6 +260,7 @@ class WorkflowRuntime:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self.plan_threads.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass
@@ -362,6 +373,10 @@ class Runner:
             for task in [*self.actions.values(), *self.compensations.values()]:
                 task.cancel()
             raise
+        except CoreFault as fault:
+            self.rt.metrics.reconcile_errors.inc()
+            log.error("planning failed: %s", fault.__cause__, exc_info=fault.__cause__, extra=self._log_context())
+            await self._fail_by_fault(fault.__cause__ or fault)
         except Exception:
             self.rt.metrics.reconcile_errors.inc()
             log.exception("the runner failed; it resumes from status on the next event", extra=self._log_context())
@@ -386,13 +401,13 @@ class Runner:
         while True:
             for outcome in self.outcomes:
                 if isinstance(outcome, saga.ActionResult):
-                    self.status = saga.record_action(self.world(), outcome)
+                    self.status = await self._pure(saga.record_action, self.world(), outcome)
                 else:
-                    self.status = saga.record_compensation(self.world(), outcome)
+                    self.status = await self._pure(saga.record_compensation, self.world(), outcome)
             self.outcomes.clear()
             self.wakeup.clear()
             before = self.status
-            plan = saga.plan(self.world())
+            plan = await self._pure(saga.plan, self.world())
             self._count(before, plan)
             if self._must_checkpoint(plan):
                 await self._write(plan.status)
@@ -442,6 +457,42 @@ class Runner:
             if not self.outcomes:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wakeup.wait(), timeout)
+
+    async def _pure(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Runs a pure function of the saga on the event loop, where a template that only reads values
+        renders in microseconds; if one needs the isolated renderer (which blocks for up to its time
+        limit) the same function runs again in a worker thread: it is pure, so nothing is done twice.
+        Anything unexpected it raises is a CoreFault, which fails this workflow, never the operator."""
+        try:
+            try:
+                with templating.non_blocking():
+                    return function(*args)
+            except templating.NeedsIsolation:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self.rt.plan_threads, functools.partial(function, *args))
+        except Exception as error:
+            raise CoreFault(str(error)) from error
+
+    async def _fail_by_fault(self, error: BaseException) -> None:
+        """The last resort: the workflow ends Failed (InternalError) with a message, rather than with no
+        phase and a runner that dies again at every event."""
+        for task in [*self.actions.values(), *self.compensations.values()]:
+            task.cancel()
+        status = faults.failed_by_fault(self.world(), error)
+        try:
+            await self._write(status)
+            self._audit(
+                "workflow.finished", phase=WorkflowPhase.FAILED.value, reason=status.reason, message=status.message
+            )
+            kopf.event(
+                self.body,  # type: ignore[arg-type]
+                type="Warning",
+                reason=status.reason or "InternalError",
+                message=status.message or "",
+            )
+            await self._remove_finalizer()
+        except Exception:
+            log.exception("could not record the failure; it is retried on the next event", extra=self._log_context())
 
     def _audit(self, kind: str, step: str | None = None, actor: str | None = None, **payload: Any) -> None:
         self.rt.audit.record(
