@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import logging
@@ -131,7 +132,8 @@ class WorkflowRuntime:
         # Whether the admission webhook configurations are registered (controller/operator/webhooks.py):
         # while they are not, no new workflow starts; the ones waiting are kept here, by uid.
         self.webhooks_registered = True
-        self.held: dict[str, kopf.Body] = {}
+        # With the context of the kopf handler that held each (kopf.event needs kopf's context variables).
+        self.held: dict[str, tuple[kopf.Body, contextvars.Context]] = {}
         self.deleted_by: dict[str, str] = {}  # uid -> who deleted it (the DELETE webhook), for the audit
         # Not the default executor: handlers use that one, and a burst of hostile templates must not
         # starve them (nor they it).
@@ -206,7 +208,7 @@ class WorkflowRuntime:
         ):
             self.held.pop(uid, None)
             return False
-        self.held[uid] = body
+        self.held[uid] = (body, contextvars.copy_context())
         conditions = (body.get("status") or {}).get("conditions") or []
         if not any(c.get("type") == ADMITTED and c.get("reason") == WEBHOOKS_MISSING for c in conditions):
             condition = {
@@ -233,8 +235,8 @@ class WorkflowRuntime:
         self.webhooks_registered = registered
         if registered:
             log.info("the admission webhooks are registered: %d waiting workflows start", len(self.held))
-            for body in list(self.held.values()):
-                await self.observe(body)
+            for body, context in list(self.held.values()):
+                await context.run(asyncio.ensure_future, self.observe(body))
         else:
             log.warning("the admission webhooks are not registered: no new workflow starts until they are")
 
