@@ -211,7 +211,7 @@ class AuditStore:
         with self._lock, self.engine.begin() as connection:
             last = connection.execute(select(table.c.id, table.c.hash).order_by(table.c.id.desc()).limit(1)).first()
             prev_hash, next_id = (last.hash, last.id + 1) if last else (GENESIS, 1)
-            rows = []
+            rows: list[dict[str, Any]] = []
             for entry in entries:
                 try:
                     row = _row(entry)
