@@ -28,7 +28,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Integer, String, Text, create_engine, insert, or_, select
+from sqlalchemy import Integer, String, Text, create_engine, insert, or_, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -225,6 +225,11 @@ class AuditStore:
                 prev_hash = digest
                 rows.append(row)
             connection.execute(insert(AuditRecord), rows)  # executemany: one round trip per batch
+            if connection.dialect.name == "postgresql":  # keep the id sequence in step with the explicit ids
+                connection.execute(
+                    text("SELECT setval(pg_get_serial_sequence('audit_records', 'id'), :id)"),
+                    {"id": next_id + len(rows) - 1},
+                )
             return list(range(next_id, next_id + len(rows)))
 
     def append_isolated(self, entries: list[dict[str, Any]]) -> tuple[list[int], int]:
