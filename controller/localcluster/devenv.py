@@ -83,29 +83,25 @@ class DevEnvironment:
     def audit_url(self) -> str:
         return f"sqlite:///{self.dir / 'audit.db'}"
 
-    def notify_secret(self) -> Path:
-        """The key that signs approval notifications (kept across restarts)."""
-        path = self.dir / "notify-secret"
+    def _key(self, name: str) -> Path:
+        """A random key under the state directory, made once and kept across restarts."""
+        path = self.dir / name
         if not path.exists():
             path.write_text(secrets.token_hex(32) + "\n")
             path.chmod(0o600)
         return path
+
+    def notify_secret(self) -> Path:
+        """The key that signs approval notifications."""
+        return self._key("notify-secret")
 
     def attestation_key(self) -> Path:
-        """The key with which the admission webhook signs principals (kept across restarts)."""
-        path = self.dir / "attestation-key"
-        if not path.exists():
-            path.write_text(secrets.token_hex(32) + "\n")
-            path.chmod(0o600)
-        return path
+        """The key with which the admission webhook signs principals."""
+        return self._key("attestation-key")
 
     def snapshot_key(self) -> Path:
-        """The key that seals Secret snapshots (kept across restarts: older snapshots stay readable)."""
-        path = self.dir / "snapshot-key"
-        if not path.exists():
-            path.write_text(secrets.token_hex(32) + "\n")
-            path.chmod(0o600)
-        return path
+        """The key that seals Secret snapshots (kept: older snapshots stay readable)."""
+        return self._key("snapshot-key")
 
     def endpoints(self) -> dict[str, str]:
         if not self.endpoints_file.exists():
