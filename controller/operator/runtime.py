@@ -531,6 +531,7 @@ class Runner:
                 self._audit(
                     "compensation.decision",
                     s.name,
+                    actor=self._undo_actor(),
                     capability=undo.capability,
                     decision=undo.decision.value,
                     policy=undo.policy,
