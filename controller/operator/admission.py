@@ -57,6 +57,22 @@ def _without_rollback(spec: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (spec or {}).items() if k != "rollback"}
 
 
+def _record_who_set(
+    old: Mapping[str, Any] | None,
+    body: Mapping[str, Any],
+    field: str,
+    patch: kopf.Patch,
+    annotation: str,
+    userinfo: Mapping[str, Any],
+) -> None:
+    """When spec.FIELD goes from unset to set, ANNOTATION names the authenticated user who set it."""
+    before = ((old or {}).get("spec") or {}).get(field)
+    after = (body.get("spec") or {}).get(field)
+    if after and not before:
+        user, _groups = _user(userinfo)
+        patch.setdefault("metadata", {}).setdefault("annotations", {})[annotation] = user
+
+
 def _annotations(body: Mapping[str, Any] | None) -> Mapping[str, str]:
     return (body or {}).get("metadata", {}).get("annotations") or {}
 
@@ -138,12 +154,7 @@ def register(
     )
     def workflow_rollback_actor(body: kopf.Body, patch: kopf.Patch, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
         """Who asked for the rollback: its compensation is recorded as that person's act."""
-        old: Mapping[str, Any] | None = kwargs.get("old")
-        before = bool(((old or {}).get("spec") or {}).get("rollback"))
-        after = bool((body.get("spec") or {}).get("rollback"))
-        if after and not before:
-            user, _groups = _user(userinfo)
-            patch.setdefault("metadata", {}).setdefault("annotations", {})[ROLLBACK_BY_ANNOTATION] = user
+        _record_who_set(kwargs.get("old"), body, "rollback", patch, ROLLBACK_BY_ANNOTATION, userinfo)
 
     @kopf.on.validate(
         API_GROUP,
@@ -258,12 +269,7 @@ def register(
         id="approval-decider",
     )
     def approval_decider(body: kopf.Body, patch: kopf.Patch, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
-        old: Mapping[str, Any] | None = kwargs.get("old")
-        before = ((old or {}).get("spec") or {}).get("decision") or ""
-        after = (body.get("spec") or {}).get("decision") or ""
-        if not before and after:
-            user, _groups = _user(userinfo)
-            patch.setdefault("metadata", {}).setdefault("annotations", {})[DECIDED_BY_ANNOTATION] = user
+        _record_who_set(kwargs.get("old"), body, "decision", patch, DECIDED_BY_ANNOTATION, userinfo)
 
     @kopf.on.validate(
         API_GROUP,
