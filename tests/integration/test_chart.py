@@ -39,12 +39,14 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     },
     "postgresql": {"audit": {"store": "postgresql", "postgresql": {"existingSecret": "airun-audit-db"}}},
     "sqlite-emptydir": {"audit": {"sqlite": {"persistence": {"enabled": False}}}},
+    "workspaces-emptydir": {"workspaces": {"persistence": {"enabled": False}}},
     "monitoring": MONITORING,
     "everything": {
         **MONITORING,
         "certManager": {"enabled": True},
         "audit": {"store": "postgresql", "postgresql": {"existingSecret": "db", "key": "dsn"}},
-        "workspaces": {"existingClaim": "workspaces"},
+        "workspaces": {"persistence": {"existingClaim": "workspaces"}},
+        "snapshots": {"existingSecret": "snapshot-key"},
         "notify": {"existingSecret": "notify-key"},
         "egress": {"forbidden": ["10.0.0.1:2379"]},
     },
@@ -183,6 +185,8 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
         "/securityContext/capabilities",
     ),
     "issuer kind": ({"certManager": {"issuerRef": {"name": "x", "kind": "Vault"}}}, "/certManager/issuerRef/kind"),
+    "workspaces size": ({"workspaces": {"persistence": {"size": "lots"}}}, "/workspaces/persistence/size"),
+    "snapshot key": ({"snapshots": {"key": ""}}, "/snapshots/key"),
 }
 
 
@@ -404,7 +408,8 @@ def test_the_webhook_certificate_names_the_service_and_is_kept_across_upgrades(
     assert find(objects(render(helm, tmp_path, {}, namespace)), "Secret", secret["metadata"]["name"]) != secret
     # An upgrade (rendering against the cluster) keeps the Secrets that exist.
     notify = find(first, "Secret", f"{RELEASE}-notify")
-    kube.run("apply", "-f", "-", stdin=yaml.safe_dump_all([secret, notify]))
+    snapshot_key = find(first, "Secret", f"{RELEASE}-snapshot-key")
+    kube.run("apply", "-f", "-", stdin=yaml.safe_dump_all([secret, notify, snapshot_key]))
     context = ["--kube-context", "admin"] if kube.local else []
     cluster = ["--dry-run=server", "--kubeconfig", str(kube.kubeconfig), *context, "--kube-version", KUBE_VERSION]
     upgrade = _template(helm, _values_file(tmp_path, {}), namespace, *cluster)
@@ -412,6 +417,7 @@ def test_the_webhook_certificate_names_the_service_and_is_kept_across_upgrades(
     again = objects(upgrade.stdout)
     assert find(again, "Secret", secret["metadata"]["name"])["data"] == secret["data"]
     assert find(again, "Secret", notify["metadata"]["name"])["data"] == notify["data"]
+    assert find(again, "Secret", snapshot_key["metadata"]["name"])["data"] == snapshot_key["data"]
     bundles = {w["clientConfig"]["caBundle"] for w in find(again, "ValidatingWebhookConfiguration")["webhooks"]}
     assert bundles == {secret["data"]["ca.crt"]}
 
@@ -479,7 +485,7 @@ def test_audit_store_sqlite_on_a_claim_or_postgresql_from_a_secret(helm: Path, t
     docs = objects(render(helm, tmp_path, {}))
     env = {e["name"]: e for e in _container(docs)["env"]}
     assert env["AIRUN_AUDIT_URL"]["value"] == "sqlite:////var/lib/airun/audit/audit.db"
-    claim = find(docs, "PersistentVolumeClaim")
+    claim = find(docs, "PersistentVolumeClaim", f"{RELEASE}-audit")
     volumes = {v["name"]: v for v in find(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
     assert volumes["audit"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
     assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
@@ -491,7 +497,38 @@ def test_audit_store_sqlite_on_a_claim_or_postgresql_from_a_secret(helm: Path, t
         "name": "AIRUN_AUDIT_URL",
         "valueFrom": {"secretKeyRef": {"name": "db", "key": "dsn"}},
     }
-    assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"].endswith("-audit")]
+
+
+def test_workspaces_and_snapshots_outlive_the_pod(helm: Path, tmp_path: Path) -> None:
+    """Compensations restore from snapshots on the workspaces volume: a PVC by default (kept on uninstall),
+    an emptyDir only when asked; Secret snapshots are sealed with a key from a Secret the chart keeps."""
+    docs = objects(render(helm, tmp_path, {}))
+    claim = find(docs, "PersistentVolumeClaim", f"{RELEASE}-workspaces")
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    volumes = {v["name"]: v for v in find(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["workspaces"] == {
+        "name": "workspaces",
+        "persistentVolumeClaim": {"claimName": f"{RELEASE}-workspaces"},
+    }
+    key = find(docs, "Secret", f"{RELEASE}-snapshot-key")
+    assert key["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep" and key["data"]["key"]
+    assert volumes["snapshot-key"]["secret"]["secretName"] == key["metadata"]["name"]
+    assert "--snapshot-key-file=/etc/airun/snapshot-key/key" in _container(docs)["args"]
+
+    for values in (
+        {"workspaces": {"persistence": {"existingClaim": "mine"}}},
+        {"workspaces": {"existingClaim": "mine"}},
+    ):
+        docs = objects(render(helm, tmp_path, values))
+        volumes = {v["name"]: v for v in find(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["workspaces"]["persistentVolumeClaim"] == {"claimName": "mine"}
+        assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim" and "workspaces" in d["metadata"]["name"]]
+
+    docs = objects(render(helm, tmp_path, {"workspaces": {"persistence": {"enabled": False}}}))
+    volumes = {v["name"]: v for v in find(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["workspaces"] == {"name": "workspaces", "emptyDir": {}}
 
 
 def test_monitoring_scrapes_as_job_airun_operator_and_ships_the_alert_rules(helm: Path, tmp_path: Path) -> None:

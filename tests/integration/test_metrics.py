@@ -67,7 +67,7 @@ def test_metrics_follow_workflows(kube: Kube, namespace: str, operator: DevEnvir
     # every decision has a series before it first happens; pending approvals go back to 0, not to nothing
     assert ("airun_policy_decisions_total", (("decision", "DENY"),)) in before
     patch = '{"spec":{"decision":"Approved"}}'
-    kube.run("patch", "approval", "m-wait-gate", "-n", namespace, "--type", "merge", "-p", patch, as_="alice")
+    kube.run("patch", "approval", "m-wait.gate", "-n", namespace, "--type", "merge", "-p", patch, as_="alice")
     wait_terminal(kube, namespace, "m-wait")
     decided = scrape(operator)
     assert decided[("airun_approvals_pending", (("namespace", namespace),))] == 0

@@ -95,7 +95,7 @@ def test_snapshots_outlive_their_workflow(kube: Kube, namespace: str, operator: 
     kube.apply(wf("done", write("a", "a.txt"), _configmap_step("leftover")), namespace=namespace)
     obj = wait_terminal(kube, namespace, "done")
     assert obj["status"]["phase"] == "Succeeded", obj["status"]
-
+    assert obj["metadata"]["uid"]
     reserved = operator.workspaces / namespace / ".airun"
     assert any(p.is_file() for p in reserved.rglob("*"))
     kube.run("delete", "wf", "done", "-n", namespace, "--wait=true", "--timeout=30s")

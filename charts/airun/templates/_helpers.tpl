@@ -59,6 +59,15 @@ app.kubernetes.io/component: operator
 {{- default (printf "%s-notify" (include "airun.fullname" .)) .Values.notify.existingSecret -}}
 {{- end -}}
 
+{{- define "airun.workspacesClaim" -}}
+{{- $persistence := .Values.workspaces.persistence -}}
+{{- default (default (printf "%s-workspaces" (include "airun.fullname" .)) .Values.workspaces.existingClaim) $persistence.existingClaim -}}
+{{- end -}}
+
+{{- define "airun.snapshotKeySecret" -}}
+{{- default (printf "%s-snapshot-key" (include "airun.fullname" .)) .Values.snapshots.existingSecret -}}
+{{- end -}}
+
 {{- define "airun.auditClaim" -}}
 {{- default (printf "%s-audit" (include "airun.fullname" .)) .Values.audit.sqlite.persistence.existingClaim -}}
 {{- end -}}
