@@ -62,10 +62,12 @@ def kube(devenv: object) -> Kube:
 
 @pytest.fixture
 def namespace(kube: Kube) -> Iterator[str]:
-    """A fresh namespace per test (the local control plane never garbage-collects it: no controllers)."""
+    """A fresh namespace per test, deleted afterwards (not waited for: the namespace controller finishes it,
+    and a workflow still running there is compensated first, as on any cluster)."""
     name = f"t-{uuid.uuid4().hex[:8]}"
     kube.create_namespace(name)
     yield name
+    kube.run("delete", "namespace", name, "--wait=false", check=False)
 
 
 @pytest.fixture(scope="session")
