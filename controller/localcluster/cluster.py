@@ -78,16 +78,19 @@ class LocalCluster:
         die_with_parent: bool = False,
         address: str = "127.0.0.1",
         scheduler: bool = False,
+        apiserver_args: tuple[str, ...] = (),
     ) -> None:
         """FAST_ETCD runs etcd without fsync (tests only: never call figures from it production ones).
         DIE_WITH_PARENT ties the processes to this one's life (tests); `make up` leaves them detached.
         ADDRESS is where the API server listens and what it advertises: loopback, or the node's address
         when Pods must reach it through the `kubernetes` Service (make e2e). SCHEDULER runs kube-scheduler
-        too (only useful with a node: nothing would run what it schedules)."""
+        too (only useful with a node: nothing would run what it schedules). APISERVER_ARGS are added to the
+        API server's (a node's kubelet client certificate, for `kubectl logs` and `exec`)."""
         self.dir = state_dir.resolve()
         self.fast_etcd = fast_etcd
         self.die_with_parent = die_with_parent
         self.address = address
+        self.apiserver_args = apiserver_args
         self.pki = PKI(self.dir / "pki", server_addresses=() if address == "127.0.0.1" else (address,))
         self.components = self.dir / "components"
         self.controllers = ("kube-controller-manager", *(["kube-scheduler"] if scheduler else []))
@@ -206,6 +209,7 @@ class LocalCluster:
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--allow-privileged=true",
             "--v=1",
+            *self.apiserver_args,
         ]
         if self.address == "127.0.0.1":
             # A loopback address is no valid endpoint: the `kubernetes` Service has none here (no Pod
