@@ -15,9 +15,8 @@ ENTRYPOINT ["airun", "operator"]
 CMD ["--bind=0.0.0.0"]
 WORKDIR /opt/airun
 
-COPY pyproject.toml README.md ./
-COPY controller/ controller/
-COPY capabilities/ capabilities/
+# One layer: .dockerignore lets pyproject.toml, README.md, controller/ and capabilities/ through, nothing else.
+COPY . ./
 # A virtualenv: Debian's own python3 refuses installs into the system (PEP 668); python:3.x-slim does not
 # care. An editable install: the capability registry reads capabilities/*.yaml next to the package, so the
 # package stays in /opt/airun. The postgresql extra adds the audit store's PostgreSQL driver.
