@@ -18,13 +18,18 @@ cluster="${1:?usage: run.sh node|kind [--check]}"
 started=$SECONDS
 log() { echo "e2e [$((SECONDS - started)) s]: $*" >&2; }
 
-helm="$(bash tools/build-go-tools.sh helm)/helm"
-kubectl="$(.venv/bin/python -c 'from controller.localcluster.binaries import find_binaries; print(find_binaries() / "kubectl")')"
 release_namespace=airun-system
 release=airun
 
+# helm (tools/helm) and kubectl (tools/k8s), built once and cached.
+find_tools() {
+  helm="$(bash tools/build-go-tools.sh helm)/helm"
+  kubectl="$(.venv/bin/python -c 'from controller.localcluster.binaries import find_binaries; print(find_binaries() / "kubectl")')"
+}
+
 case "$cluster" in
   node)
+    find_tools
     state="${AIRUN_E2E_STATE:-$repo/.airun/e2e}"
     image=airun.local/airun-operator:e2e
     node() { .venv/bin/python tools/e2e/node.py "$@"; }
@@ -72,6 +77,7 @@ EOF
     "$docker" info >/dev/null 2>&1 || { echo "kind-e2e: '$docker' is installed but its daemon does not answer ('$docker info' fails)" >&2; exit 1; }
     command -v "$kind" >/dev/null || { echo "kind-e2e: needs kind (https://kind.sigs.k8s.io/docs/user/quick-start/#installation): '$kind' not found" >&2; exit 1; }
     [ "${2:-}" = --check ] && exit 0
+    find_tools
     kind_cluster="${KIND_CLUSTER:-airun-e2e}"
     image="${IMAGE:-airun-operator:e2e}"
     work="$(mktemp -d)"
