@@ -18,6 +18,7 @@ from rich.table import Table
 from controller import API_GROUP, API_VERSION
 from controller.api.capability import CapabilitySpec, RiskLevel
 from controller.api.policy import PolicyObject, PolicySpec, PolicyTestSuite, Principal
+from controller.api.workflow import Decision
 from controller.cli.workflows import Kube, read_workflow, reason_of, with_identity
 from controller.client.capabilities import catalogue
 from controller.policy.evaluate import SEVERITY, PolicyQuery, evaluate
@@ -289,7 +290,7 @@ def register_plan(main: click.Group) -> None:
         for step_name in order:
             step = steps[step_name]
             if step.type is StepType.APPROVAL:
-                table.add_row(step.name, "-", "-", "REQUIRE_APPROVAL", "an explicit approval step", "-", "-")
+                table.add_row(step.name, "-", "-", Decision.REQUIRE_APPROVAL, "an explicit approval step", "-", "-")
                 continue
             cap = capabilities.get(step.capability or "")
             if cap is None:
@@ -318,7 +319,7 @@ def register_plan(main: click.Group) -> None:
                 undo_result = evaluate(policies, undo_query)
                 if SEVERITY[undo_result.decision] > SEVERITY[decision]:
                     decision, why = undo_result.decision, f"its compensation {undo_cap.id}: {undo_result.reason}"
-            blocked |= decision.value == "DENY"
+            blocked |= decision is Decision.DENY
             try:
                 inputs = yaml.safe_dump(render(step.inputs, context_values), default_flow_style=True).strip()
             except TemplateError as template_error:

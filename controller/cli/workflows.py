@@ -14,12 +14,19 @@ from rich.console import Console
 from rich.tree import Tree
 
 from controller import API_GROUP, API_VERSION
+from controller.api.approval import ApprovalPhase
+from controller.api.workflow import EventType, StepPhase, WorkflowPhase
 from controller.cli import progress
 from controller.cli.progress import styled
-from controller.client.workflows import TERMINAL, NotAWorkflow, pending_approvals, reason_of, workflow_from_text
+from controller.client.workflows import NotAWorkflow, pending_approvals, reason_of, workflow_from_text
 
-__all__ = ["TERMINAL", "Kube", "read_workflow", "reason_of", "tree", "with_identity"]
-EXIT_CODES = {"Succeeded": 0, "Failed": 1, "Compensated": 1, "CompensationFailed": 2}
+__all__ = ["Kube", "read_workflow", "reason_of", "tree", "with_identity"]
+EXIT_CODES = {
+    WorkflowPhase.SUCCEEDED: 0,
+    WorkflowPhase.FAILED: 1,
+    WorkflowPhase.COMPENSATED: 1,
+    WorkflowPhase.COMPENSATION_FAILED: 2,
+}
 console = Console()
 
 
@@ -54,10 +61,12 @@ class Kube:
         return dict(result)
 
 
-def decide(kube: Kube, name: str, decision: str, reason: str | None, namespace: str | None = None) -> dict[str, Any]:
+def decide(
+    kube: Kube, name: str, decision: ApprovalPhase, reason: str | None, namespace: str | None = None
+) -> dict[str, Any]:
     """Approve or reject the Approval NAME. The same merge patch kubectl would send; the API server records
     who sent it, and the admission webhook refuses it when that identity may not decide."""
-    spec: dict[str, Any] = {"decision": decision}
+    spec: dict[str, Any] = {"decision": decision.value}
     if reason:
         spec["reason"] = reason
     return kube.patch("approvals", name, {"spec": spec}, namespace)
@@ -125,7 +134,7 @@ def tree(obj: dict[str, Any]) -> Tree:
         if step.get("error"):
             node.add(f"[red]error: {step['error']}[/]")
         compensation = step.get("compensation") or {}
-        if compensation.get("phase") and compensation["phase"] != "Pending":
+        if compensation.get("phase") and compensation["phase"] != StepPhase.PENDING:
             node.add(f"compensation: {compensation.get('capability')} {styled(compensation['phase'])}")
     if status.get("message"):
         root.add(f"[dim]{status['message']}[/]")
@@ -189,7 +198,12 @@ def register(main: click.Group) -> None:
         console.print(tree(Kube(kubeconfig, context, namespace).get("workflows", name)))
 
     def decide_as(
-        name: str, decision: str, reason: str | None, kubeconfig: str | None, context: str | None, namespace: str | None
+        name: str,
+        decision: ApprovalPhase,
+        reason: str | None,
+        kubeconfig: str | None,
+        context: str | None,
+        namespace: str | None,
     ) -> None:
         kube = Kube(kubeconfig, context, namespace)
         result = decide(kube, approval_named(kube, name), decision, reason)
@@ -203,7 +217,7 @@ def register(main: click.Group) -> None:
         name: str, reason: str | None, kubeconfig: str | None, context: str | None, namespace: str | None
     ) -> None:
         """Approve the Approval NAME, or the one a workflow NAME waits for (as your own identity)."""
-        decide_as(name, "Approved", reason, kubeconfig, context, namespace)
+        decide_as(name, ApprovalPhase.APPROVED, reason, kubeconfig, context, namespace)
 
     @main.command()
     @click.argument("name")
@@ -213,7 +227,7 @@ def register(main: click.Group) -> None:
         name: str, reason: str | None, kubeconfig: str | None, context: str | None, namespace: str | None
     ) -> None:
         """Reject the Approval NAME (or the one a workflow NAME waits for): its workflow fails and is compensated."""
-        decide_as(name, "Rejected", reason, kubeconfig, context, namespace)
+        decide_as(name, ApprovalPhase.REJECTED, reason, kubeconfig, context, namespace)
 
     @main.command()
     @click.argument("name")
@@ -238,5 +252,5 @@ def register(main: click.Group) -> None:
         items.sort(key=lambda e: str(e.last_timestamp or e.event_time or e.metadata.creation_timestamp))
         for event in items:
             when = event.last_timestamp or event.event_time or event.metadata.creation_timestamp
-            style = "yellow" if event.type == "Warning" else "white"
+            style = "yellow" if event.type == EventType.WARNING else "white"
             console.print(f"{when:%H:%M:%S} [{style}]{event.type:<7} {event.reason}[/] {event.message}")

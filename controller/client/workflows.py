@@ -6,7 +6,7 @@ from typing import Any
 
 import yaml
 
-TERMINAL = frozenset({"Succeeded", "Failed", "Compensated", "CompensationFailed"})
+from controller.api.workflow import StepPhase, WorkflowPhase
 
 
 class NotAWorkflow(ValueError):
@@ -37,7 +37,9 @@ def workflow_from_text(text: str, source: str) -> dict[str, Any]:
 def pending_approvals(obj: dict[str, Any]) -> dict[str, str]:
     """Step name -> name of the Approval it waits for."""
     steps = (obj.get("status") or {}).get("steps") or []
-    return {s["name"]: s["approval"] for s in steps if s.get("phase") == "AwaitingApproval" and s.get("approval")}
+    return {
+        s["name"]: s["approval"] for s in steps if s.get("phase") == StepPhase.AWAITING_APPROVAL and s.get("approval")
+    }
 
 
 def summary(obj: dict[str, Any]) -> dict[str, Any]:
@@ -50,7 +52,7 @@ def summary(obj: dict[str, Any]) -> dict[str, Any]:
     return {
         "workflow": meta.get("name"),
         "namespace": meta.get("namespace"),
-        "phase": status.get("phase") or "Pending",
+        "phase": WorkflowPhase(status.get("phase") or WorkflowPhase.PENDING),
         **{k: status[k] for k in ("reason", "message", "principal", "progress") if status.get(k)},
         "steps": [{"name": s["name"], **{k: s[k] for k in keep if s.get(k) is not None}} for s in steps],
     }

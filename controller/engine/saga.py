@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from controller.api.approval import ApprovalPhase
 from controller.api.capability import CapabilitySpec, RiskLevel
 from controller.api.policy import Approvers, PolicyObject, Principal
 from controller.api.workflow import (
     TERMINAL_PHASES,
     CompensationStatus,
     Decision,
+    EventType,
     Reason,
     Retry,
     Step,
@@ -66,7 +68,7 @@ class WorkflowRef:
 @dataclass(frozen=True)
 class ApprovalState:
     name: str
-    phase: str  # Pending | Approved | Rejected | Expired
+    phase: ApprovalPhase
     inputs_hash: str | None = None
     expires_at: datetime | None = None
     decided_by: str | None = None
@@ -146,7 +148,7 @@ class ExpireApproval:
 
 @dataclass(frozen=True)
 class Event:
-    type: str  # Normal | Warning
+    type: EventType
     reason: str
     message: str
 
@@ -353,7 +355,7 @@ def _approval_covers_compensation(world: World, s: StepStatus, step: Step, cap: 
         and s.approval
         and state is not None
         and state.name == s.approval
-        and state.phase == "Approved"
+        and state.phase is ApprovalPhase.APPROVED
         and state.compensation == capability
     )
 
@@ -406,7 +408,7 @@ def plan(world: World) -> Plan:
             status.phase = WorkflowPhase.COMPENSATING
             status.reason, status.message = Reason.ROLLBACK_REQUESTED.value, "spec.rollback was set"
             status.finished_at = None
-            result.events.append(Event("Normal", "RollbackRequested", "compensating the completed steps"))
+            result.events.append(Event(EventType.NORMAL, "RollbackRequested", "compensating the completed steps"))
         else:
             result.finished = True
             _finish(world, status)
@@ -429,13 +431,13 @@ def plan(world: World) -> Plan:
             status.finished_at = iso(world.now)
             for s in status.steps:
                 s.phase = StepPhase.SKIPPED
-            result.events.append(Event("Warning", reason.value, status.message))
+            result.events.append(Event(EventType.WARNING, reason.value, status.message))
             result.finished = True
             _finish(world, status)
             return result
         status.phase = WorkflowPhase.RUNNING
         status.started_at = iso(world.now)
-        result.events.append(Event("Normal", "Started", f"{len(world.spec.steps)} steps"))
+        result.events.append(Event(EventType.NORMAL, "Started", f"{len(world.spec.steps)} steps"))
 
     if status.phase in (WorkflowPhase.RUNNING, WorkflowPhase.AWAITING_APPROVAL):
         _run(world, status, result)
@@ -485,7 +487,7 @@ def _run(world: World, status: WorkflowStatus, result: Plan) -> None:
             )
             result.events.append(
                 Event(
-                    "Normal",
+                    EventType.NORMAL,
                     "Recovered",
                     f"step {s.name} was running when the operator stopped; "
                     f"{cap.id} is idempotent, so it runs again with the same idempotency key",
@@ -505,7 +507,7 @@ def _run(world: World, status: WorkflowStatus, result: Plan) -> None:
         covered = _approval_covers_compensation(world, s, step, cap)
         s.compensation = _compensation_for(step, cap, key, inputs, {}, context, covered)
         _fail(status, Reason.IN_DOUBT, f"step {s.name} is in doubt after an operator restart")
-        result.events.append(Event("Warning", "InDoubt", f"step {s.name}: {s.error}"))
+        result.events.append(Event(EventType.WARNING, "InDoubt", f"step {s.name}: {s.error}"))
 
     # Why the workflow must stop starting steps, if it must.
     if status.reason is None:
@@ -536,12 +538,12 @@ def _run(world: World, status: WorkflowStatus, result: Plan) -> None:
                 s.phase = StepPhase.SKIPPED
         if any(s.compensation is not None for s in status.steps):
             status.phase = WorkflowPhase.COMPENSATING
-            result.events.append(Event("Warning", "Compensating", status.message or ""))
+            result.events.append(Event(EventType.WARNING, "Compensating", status.message or ""))
         else:
             status.phase = WorkflowPhase.FAILED
             status.finished_at = iso(now)
             result.finished = not world.in_flight
-            result.events.append(Event("Warning", "Failed", status.message or ""))
+            result.events.append(Event(EventType.WARNING, "Failed", status.message or ""))
         return
 
     if all(s.phase is StepPhase.SUCCEEDED for s in status.steps):
@@ -549,7 +551,7 @@ def _run(world: World, status: WorkflowStatus, result: Plan) -> None:
         status.reason, status.message = None, None
         status.finished_at = iso(now)
         result.finished = True
-        result.events.append(Event("Normal", "Succeeded", f"{len(status.steps)} steps succeeded"))
+        result.events.append(Event(EventType.NORMAL, "Succeeded", f"{len(status.steps)} steps succeeded"))
         return
     waiting = any(s.phase is StepPhase.AWAITING_APPROVAL for s in status.steps)
     status.phase = WorkflowPhase.AWAITING_APPROVAL if waiting and not running else WorkflowPhase.RUNNING
@@ -617,7 +619,7 @@ def _start_ready_steps(world: World, status: WorkflowStatus, result: Plan, specs
             why = reason if verdict.decision is Decision.DENY else f"{reason} (the step could not be undone)"
             s.error = _truncate(f"denied by policy: {why}")
             _fail(status, Reason.POLICY_DENIED, f"step {s.name} was denied: {why}")
-            result.events.append(Event("Warning", "PolicyDenied", f"step {s.name}: {why}"))
+            result.events.append(Event(EventType.WARNING, "PolicyDenied", f"step {s.name}: {why}"))
             continue
         undo_asks = undo is not None and undo.decision is Decision.REQUIRE_APPROVAL
         if verdict.decision is Decision.REQUIRE_APPROVAL or undo_asks:
@@ -632,7 +634,7 @@ def _start_ready_steps(world: World, status: WorkflowStatus, result: Plan, specs
                 )
                 s.phase, s.finished_at, s.error = StepPhase.FAILED, iso(now), problem
                 _fail(status, Reason.POLICY_DENIED, f"step {s.name} was denied: {problem}")
-                result.events.append(Event("Warning", "PolicyDenied", f"step {s.name}: {problem}"))
+                result.events.append(Event(EventType.WARNING, "PolicyDenied", f"step {s.name}: {problem}"))
                 continue
             covered = CoveredCompensation(undo_cap.id, undo_cap.risk.level) if undo_asks and undo_cap else None
             if not _gate(world, status, result, s, step, cap, inputs, approvers, notify, covered):
@@ -683,7 +685,9 @@ def _gate(
     if state is None or state.name != name:
         if s.approval is None:
             s.approval, s.phase = name, StepPhase.AWAITING_APPROVAL
-            result.events.append(Event("Normal", "ApprovalRequested", f"step {s.name} waits for approval {name}"))
+            result.events.append(
+                Event(EventType.NORMAL, "ApprovalRequested", f"step {s.name} waits for approval {name}")
+            )
         ttl = timedelta(seconds=step.approval_timeout_seconds) if step.approval_timeout_seconds else APPROVAL_TTL
         expires = now + ttl
         message = step.message or (
@@ -713,16 +717,16 @@ def _gate(
             )
         )
         return False
-    if state.phase == "Pending":
+    if state.phase is ApprovalPhase.PENDING:
         if state.expires_at is not None and now >= state.expires_at:
             result.expire.append(ExpireApproval(s.name, name))
-            state = ApprovalState(state.name, "Expired")
+            state = ApprovalState(state.name, ApprovalPhase.EXPIRED)
         else:
             s.phase = StepPhase.AWAITING_APPROVAL
             if state.expires_at is not None:
                 result.wake(state.expires_at)
             return False
-    if state.phase == "Approved":
+    if state.phase is ApprovalPhase.APPROVED:
         if digest is not None and state.inputs_hash != digest:
             s.phase, s.finished_at = StepPhase.FAILED, iso(now)
             s.error = "the inputs changed after they were approved"
@@ -743,11 +747,11 @@ def _gate(
             s.completion = _next_completion(status)
             return False
         return True
-    reason = Reason.APPROVAL_REJECTED if state.phase == "Rejected" else Reason.APPROVAL_EXPIRED
+    reason = Reason.APPROVAL_REJECTED if state.phase is ApprovalPhase.REJECTED else Reason.APPROVAL_EXPIRED
     s.phase, s.finished_at = StepPhase.FAILED, iso(now)
     s.error = f"approval {name} was {state.phase.lower()}" + (f" by {state.decided_by}" if state.decided_by else "")
     _fail(status, reason, f"step {s.name}: {s.error}")
-    result.events.append(Event("Warning", reason.value, f"step {s.name}: {s.error}"))
+    result.events.append(Event(EventType.WARNING, reason.value, f"step {s.name}: {s.error}"))
     return False
 
 
@@ -797,19 +801,19 @@ def _compensate(world: World, status: WorkflowStatus, result: Plan) -> None:
     if failed:
         result.events.append(
             Event(
-                "Warning",
+                EventType.WARNING,
                 "CompensationFailed",
                 f"could not compensate {', '.join(failed)}: a person must act",
             )
         )
     else:
-        result.events.append(Event("Normal", "Compensated", f"{len(order)} steps compensated in reverse order"))
+        result.events.append(Event(EventType.NORMAL, "Compensated", f"{len(order)} steps compensated in reverse order"))
 
 
 def _compensation_failed(s: StepStatus, c: CompensationStatus, error: str, now: datetime, result: Plan) -> None:
     c.phase, s.phase, c.finished_at = StepPhase.COMPENSATION_FAILED, StepPhase.COMPENSATION_FAILED, iso(now)
     c.error = _truncate(error)
-    result.events.append(Event("Warning", "CompensationFailed", f"step {s.name}: {c.error}"))
+    result.events.append(Event(EventType.WARNING, "CompensationFailed", f"step {s.name}: {c.error}"))
 
 
 # -- outcomes ----------------------------------------------------------------------------------------

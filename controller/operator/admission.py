@@ -33,8 +33,9 @@ import kopf
 from pydantic import ValidationError
 
 from controller import API_GROUP, API_VERSION
+from controller.api.audit import AuditKind
 from controller.api.policy import Approvers
-from controller.api.workflow import TERMINAL_PHASES, WorkflowSpec
+from controller.api.workflow import TERMINAL_PHASES, WorkflowPhase, WorkflowSpec
 from controller.capabilities import custom
 from controller.engine.saga import spec_errors
 from controller.operator import attestation
@@ -173,7 +174,7 @@ def register(
         uid = body.metadata.uid or ""
         runtime.deleted_by[uid] = user
         runtime.audit.record(
-            "workflow.deletion_requested",
+            AuditKind.WORKFLOW_DELETION_REQUESTED,
             namespace=body.metadata.namespace or "",
             workflow=body.metadata.name or "",
             workflow_uid=uid,
@@ -244,7 +245,7 @@ def register(
         had = FINALIZER in ((old or {}).get("metadata", {}).get("finalizers") or [])
         has = FINALIZER in (body.metadata.get("finalizers") or [])
         phase = ((old or {}).get("status") or {}).get("phase")
-        finished = phase in {p.value for p in TERMINAL_PHASES}
+        finished = phase in TERMINAL_PHASES
         if had and not has and user != operator_user and not finished:
             raise kopf.AdmissionError(
                 f"the finalizer {FINALIZER} guarantees compensation; only the operator removes it "
@@ -253,7 +254,7 @@ def register(
             )
         if _without_rollback((old or {}).get("spec")) == _without_rollback(spec):
             return  # metadata or rollback only: never blocked by, say, a capability deleted since
-        if (phase or "Pending") != "Pending":
+        if (phase or WorkflowPhase.PENDING) != WorkflowPhase.PENDING:
             raise kopf.AdmissionError(
                 "spec is immutable once the workflow has started; only spec.rollback may change", code=422
             )

@@ -24,9 +24,11 @@ import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from controller import API_GROUP, API_VERSION
+from controller.api.approval import ApprovalNotice
+from controller.api.audit import AuditKind
 from controller.api.capability import CapabilitySpec
 from controller.api.policy import Principal
-from controller.api.workflow import TERMINAL_PHASES, WorkflowPhase, WorkflowSpec, WorkflowStatus
+from controller.api.workflow import TERMINAL_PHASES, EventType, Reason, WorkflowPhase, WorkflowSpec, WorkflowStatus
 from controller.audit.writer import AuditWriter
 from controller.capabilities import custom, secrets, snapshots
 from controller.capabilities.base import CapabilityError, Handler, Invocation
@@ -80,8 +82,8 @@ def needs_work(body: Mapping[str, Any]) -> bool:
     phase = status.get("phase")
     if FINALIZER in (body.get("metadata", {}).get("finalizers") or []):
         return True
-    if phase in {p.value for p in TERMINAL_PHASES}:
-        return bool(body.get("spec", {}).get("rollback")) and phase == WorkflowPhase.SUCCEEDED.value
+    if phase in TERMINAL_PHASES:
+        return bool(body.get("spec", {}).get("rollback")) and phase == WorkflowPhase.SUCCEEDED
     return True
 
 
@@ -173,7 +175,10 @@ class WorkflowRuntime:
 
     async def observe(self, body: kopf.Body) -> None:
         uid = body.metadata.uid or ""
-        self.phases[uid] = (body.metadata.namespace or "", (body.get("status") or {}).get("phase") or "Pending")
+        self.phases[uid] = (
+            body.metadata.namespace or "",
+            (body.get("status") or {}).get("phase") or WorkflowPhase.PENDING,
+        )
         runner = self.runners.get(uid)
         if runner is not None:
             runner.update(body)
@@ -203,7 +208,7 @@ class WorkflowRuntime:
         phase = (body.get("status") or {}).get("phase")
         if (
             self.webhooks_registered
-            or phase not in (None, WorkflowPhase.PENDING.value)
+            or phase not in (None, WorkflowPhase.PENDING)
             or body.metadata.get("deletionTimestamp")
         ):
             self.held.pop(uid, None)
@@ -417,7 +422,7 @@ class Runner:
                 self.status = plan.status  # written with the next checkpoint, or within FLUSH_AFTER
                 self.unwritten_since = self.unwritten_since or time.monotonic()
             for event in plan.events:
-                level = logging.WARNING if event.type == "Warning" else logging.INFO
+                level = logging.WARNING if event.type is EventType.WARNING else logging.INFO
                 log.log(level, "%s: %s", event.reason, event.message, extra=self._log_context())
                 kopf.event(
                     self.body,  # type: ignore[arg-type]  # any mapping with metadata will do
@@ -443,11 +448,11 @@ class Runner:
                         self.wakeup.set()
                         continue
                     if created is not None:
-                        approval_objects.announce(self.rt.notifier, "requested", created)
+                        approval_objects.announce(self.rt.notifier, ApprovalNotice.REQUESTED, created)
                     self.requested.add(request.name)
             for expired in plan.expire:
                 expired_body = await approval_objects.expire(self.rt.connection, self.ref.namespace, expired.name)
-                approval_objects.announce(self.rt.notifier, "expired", expired_body)
+                approval_objects.announce(self.rt.notifier, ApprovalNotice.EXPIRED, expired_body)
             if plan.finished and not self.actions and not self.compensations:
                 break
             timeout = None
@@ -484,19 +489,22 @@ class Runner:
         try:
             await self._write(status)
             self._audit(
-                "workflow.finished", phase=WorkflowPhase.FAILED.value, reason=status.reason, message=status.message
+                AuditKind.WORKFLOW_FINISHED,
+                phase=WorkflowPhase.FAILED.value,
+                reason=status.reason,
+                message=status.message,
             )
             kopf.event(
                 self.body,  # type: ignore[arg-type]
-                type="Warning",
-                reason=status.reason or "InternalError",
+                type=EventType.WARNING,
+                reason=status.reason or Reason.INTERNAL_ERROR,
                 message=status.message or "",
             )
             await self._remove_finalizer()
         except Exception:
             log.exception("could not record the failure; it is retried on the next event", extra=self._log_context())
 
-    def _audit(self, kind: str, step: str | None = None, actor: str | None = None, **payload: Any) -> None:
+    def _audit(self, kind: AuditKind, step: str | None = None, actor: str | None = None, **payload: Any) -> None:
         self.rt.audit.record(
             kind,
             namespace=self.ref.namespace,
@@ -513,7 +521,7 @@ class Runner:
         after = plan.status
         if before.phase in (None, WorkflowPhase.PENDING) and after.phase is not WorkflowPhase.PENDING:
             self._audit(
-                "workflow.started",
+                AuditKind.WORKFLOW_STARTED,
                 groups=self.principal.groups,
                 description=self.spec.description,
                 steps=[s.name for s in self.spec.steps],
@@ -523,13 +531,13 @@ class Runner:
         for s in after.steps:
             if s.decision is not None and s.name not in decided:
                 self.rt.metrics.decisions.labels(s.decision.value).inc()
-                self._audit("step.decision", s.name, decision=s.decision.value, policy=s.policy, audit=s.audit)
+                self._audit(AuditKind.STEP_DECISION, s.name, decision=s.decision.value, policy=s.policy, audit=s.audit)
         undo_decided = {s.name for s in before.steps if s.compensation and s.compensation.decision is not None}
         for s in after.steps:
             undo = s.compensation
             if undo is not None and undo.decision is not None and s.name not in undo_decided:
                 self._audit(
-                    "compensation.decision",
+                    AuditKind.COMPENSATION_DECISION,
                     s.name,
                     actor=self._undo_actor(),
                     capability=undo.capability,
@@ -540,7 +548,7 @@ class Runner:
         for request in plan.approvals:
             if request.name not in self.requested:
                 self._audit(
-                    "approval.requested",
+                    AuditKind.APPROVAL_REQUESTED,
                     request.step,
                     approval=request.name,
                     capability=request.capability,
@@ -551,7 +559,7 @@ class Runner:
                 )
         for action in plan.actions:
             self._audit(
-                "step.started",
+                AuditKind.STEP_STARTED,
                 action.step,
                 capability=action.capability,
                 attempt=action.attempt,
@@ -560,10 +568,10 @@ class Runner:
                 recovered=action.recovered,
             )
         if before.phase is WorkflowPhase.SUCCEEDED and after.phase is WorkflowPhase.COMPENSATING:
-            self._audit("workflow.rollback_requested", actor=self._undo_actor())
+            self._audit(AuditKind.WORKFLOW_ROLLBACK_REQUESTED, actor=self._undo_actor())
         for comp in plan.compensations:
             self._audit(
-                "compensation.started",
+                AuditKind.COMPENSATION_STARTED,
                 comp.step,
                 actor=self._undo_actor(),
                 capability=comp.capability,
@@ -577,7 +585,7 @@ class Runner:
                     (finished - started).total_seconds()
                 )
             self._audit(
-                "workflow.finished",
+                AuditKind.WORKFLOW_FINISHED,
                 phase=after.phase.value if after.phase else None,
                 reason=after.reason,
                 message=after.message,
@@ -751,7 +759,7 @@ class Runner:
         result = "succeeded" if outcome.ok else "failed"
         metrics.step_duration.labels(action.capability, result).observe(time.monotonic() - started)
         self._audit(
-            "step.finished",
+            AuditKind.STEP_FINISHED,
             action.step,
             capability=action.capability,
             attempt=action.attempt,
@@ -790,7 +798,7 @@ class Runner:
         result = "succeeded" if outcome.ok else "failed"
         self.rt.metrics.compensations.labels(compensation.capability, result).inc()
         self._audit(
-            "compensation.finished",
+            AuditKind.COMPENSATION_FINISHED,
             compensation.step,
             actor=self._undo_actor(),
             capability=compensation.capability,
