@@ -40,7 +40,7 @@ class AuditWriter:
             self._queued += 1
             self._queue.put(
                 {
-                    "kind": kind.value,
+                    "kind": str(kind),  # any kind is stored (the store is a log); AuditKind names ours
                     "namespace": namespace,
                     "workflow": workflow,
                     "workflow_uid": workflow_uid,
