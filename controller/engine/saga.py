@@ -40,7 +40,7 @@ from controller.engine import dag
 from controller.engine.conditions import conditions_for
 from controller.engine.redaction import redact as redact  # saga.redact: what approvers and the audit see
 from controller.engine.schema import validate_inputs
-from controller.engine.templating import TemplateError, render
+from controller.engine.templating import TemplateError, render, step_reads
 from controller.policy.evaluate import SEVERITY, PolicyQuery, PolicyResult, evaluate
 
 MAX_OUTPUT_BYTES = 4096
@@ -266,6 +266,8 @@ def template_context(ref: WorkflowRef, spec: WorkflowSpec, status: WorkflowStatu
 def spec_errors(spec: WorkflowSpec, capabilities: Mapping[str, CapabilitySpec]) -> list[str]:
     """What makes the workflow impossible to run, found before any step starts."""
     errors = dag.validate(spec.steps)
+    if not errors:
+        errors += undeclared_reads(spec)
     errors += _approval_name_clashes(spec)
     for step in spec.steps:
         if step.type is StepType.APPROVAL:
@@ -285,6 +287,45 @@ def spec_errors(spec: WorkflowSpec, capabilities: Mapping[str, CapabilitySpec]) 
             errors.append(
                 f"step {step.name!r}: {cap.id} has side effects ({', '.join(cap.side_effects)}) and no "
                 "compensation; set irreversible: true to acknowledge it (the step then needs approval)"
+            )
+    return errors
+
+
+def undeclared_reads(spec: WorkflowSpec) -> list[str]:
+    """Templates that read `steps.X` of a step X the step does not depend on (directly or transitively):
+    a race, since X may not have run yet (it fails with an undefined X, or works by luck), so refused
+    before anything runs, naming the dependsOn that would make it certain. A step's compensation may
+    read the step itself (it renders once the step succeeded). Assumes dag.validate() found nothing."""
+    names = {s.name for s in spec.steps}
+    before = dag.ancestors(spec.steps)
+    errors = []
+    for step in spec.steps:
+        reads = step_reads(step.inputs)
+        undo = step_reads(step.compensation.inputs) if step.compensation else None
+        unknown = sorted((reads.named | (undo.named if undo else frozenset())) - names)
+        if unknown:
+            listed = ", ".join(f"steps.{n}" for n in unknown)
+            errors.append(f"step {step.name!r} reads {listed}, which is not a step of this workflow")
+        if step.name in reads.named:
+            errors.append(
+                f"step {step.name!r} reads its own steps.{step.name} in its inputs: its outputs exist only after it ran"
+            )
+        missing = sorted(
+            ((reads.named | (undo.named - {step.name} if undo else frozenset())) & names)
+            - before[step.name]
+            - {step.name}
+        )
+        if missing:
+            listed = ", ".join(f"steps.{n}" for n in missing)
+            needed = ", ".join([*step.depends_on, *missing])
+            errors.append(
+                f"step {step.name!r} reads {listed} but does not depend on {', '.join(missing)}, which may not have "
+                f"run yet: add dependsOn: [{needed}]"
+            )
+        if reads.dynamic or (undo is not None and undo.dynamic):
+            errors.append(
+                f"step {step.name!r} reads steps by an expression (steps[...], or a loop over steps): name each "
+                "step it reads (steps.NAME or steps['NAME']) and depend on it"
             )
     return errors
 
