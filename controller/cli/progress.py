@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from controller.api.workflow import TERMINAL_PHASES, StepPhase
+from controller.client.workflows import step_label
 
 # Step and workflow phases share their names (a workflow has no Skipped, a step no other extra).
 PHASE_STYLE: dict[str, str] = {
@@ -57,7 +58,7 @@ def note(step: dict[str, Any], namespace: str) -> str:
 def render(obj: dict[str, Any], started: float) -> Group:
     """The workflow as a header with a progress bar and a table of its steps."""
     meta, status = obj["metadata"], obj.get("status") or {}
-    capability = {s["name"]: s.get("capability") or s.get("type", "") for s in obj.get("spec", {}).get("steps", [])}
+    capability = {s["name"]: step_label(s) for s in obj.get("spec", {}).get("steps", [])}
     steps = status.get("steps") or [{"name": name} for name in capability]
     done = sum(1 for s in steps if s.get("phase") == StepPhase.SUCCEEDED)
     header = Table.grid(padding=(0, 2))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
-from controller.api.workflow import StepPhase, WorkflowPhase
+from controller.api.workflow import Step, StepPhase, WorkflowPhase
+from controller.engine.steps import kind_of
 
 
 class NotAWorkflow(ValueError):
@@ -32,6 +35,15 @@ def workflow_from_text(text: str, source: str) -> dict[str, Any]:
     if len(workflows) != 1:
         raise NotAWorkflow(f"{source} does not hold one Workflow (it holds {len(workflows)})")
     return workflows[0]
+
+
+def step_label(spec_step: Mapping[str, Any]) -> str:
+    """What the front doors show in a step's capability column: its kind says (controller.engine.steps)."""
+    try:
+        step = Step.model_validate(spec_step)
+    except ValidationError:
+        return str(spec_step.get("capability") or "")
+    return kind_of(step).label(step)
 
 
 def pending_approvals(obj: dict[str, Any]) -> dict[str, str]:

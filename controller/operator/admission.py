@@ -37,7 +37,7 @@ from controller.api.audit import AuditKind
 from controller.api.policy import Approvers
 from controller.api.workflow import TERMINAL_PHASES, WorkflowPhase, WorkflowSpec
 from controller.capabilities import custom
-from controller.engine.saga import spec_errors
+from controller.engine.validation import spec_errors
 from controller.operator import attestation
 from controller.operator.runtime import FINALIZER, ROLLBACK_BY_ANNOTATION, WorkflowRuntime
 from controller.policy.approvers import decision_refusal

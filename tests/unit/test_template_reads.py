@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from controller.api.workflow import Reason, StepPhase, WorkflowPhase
 from controller.engine import dag
-from controller.engine.saga import spec_errors, undeclared_reads
 from controller.engine.templating import StepReads, step_reads
+from controller.engine.validation import spec_errors, undeclared_reads
 from tests.unit.simulation import CAPS, run, step, workflow
 
 

@@ -13,8 +13,9 @@ from rich.table import Table
 from rich.text import Text
 
 from controller.api.approval import ApprovalPhase
-from controller.api.workflow import Decision, EventType, StepPhase, StepType, WorkflowPhase
+from controller.api.workflow import Decision, EventType, StepPhase, WorkflowPhase
 from controller.cli.progress import PHASE_STYLE
+from controller.client.workflows import step_label
 
 BAR_WIDTH = 12
 # Phases after which a workflow has nothing left to roll back.
@@ -140,12 +141,6 @@ def approval_state(name: str, approval: Mapping[str, Any] | None) -> Text:
     return text
 
 
-def _capability(spec_step: Mapping[str, Any]) -> str:
-    if spec_step.get("type") == StepType.APPROVAL:
-        return "(approval)"
-    return str(spec_step.get("capability") or "")
-
-
 def _compensation(step: Mapping[str, Any]) -> Text:
     compensation = step.get("compensation") or {}
     if not compensation.get("capability"):
@@ -170,7 +165,7 @@ def steps_table(obj: Mapping[str, Any], approvals: Mapping[str, Mapping[str, Any
         table.add_row(
             spec_step["name"],
             styled(step.get("phase")),
-            _capability(spec_step),
+            step_label(spec_step),
             step.get("decision") or "",
             approval_state(approval_name, approval_of(obj, approvals, approval_name)) if approval_name else "",
             _compensation(step),
