@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +13,19 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from controller import API_GROUP, API_VERSION
 from controller.api.capability import CapabilitySpec, RiskLevel
 from controller.api.policy import PolicyObject, PolicySpec, PolicyTestSuite, Principal
-from controller.api.workflow import Decision
+from controller.api.workflow import Decision, WorkflowSpec, WorkflowStatus
 from controller.cli.workflows import Kube, read_workflow, reason_of, with_identity
 from controller.client.capabilities import catalogue
-from controller.policy.evaluate import SEVERITY, PolicyQuery, evaluate
+from controller.engine import steps
+from controller.engine.state import WorkflowRef, World
+from controller.engine.validation import spec_errors
+from controller.policy.evaluate import PolicyQuery, evaluate
 
 console = Console(width=None if sys.stdout.isatty() else 200)
 
@@ -251,11 +255,6 @@ def register_plan(main: click.Group) -> None:
         """Dry run of the Workflow in FILE, with no side effects: validate it, render the inputs it can,
         evaluate the cluster's policies for you, and show which steps would run, ask or be denied, and how
         each would be undone. Exit 1 when it could not run as it is."""
-
-        from controller.api.workflow import StepType, WorkflowSpec
-        from controller.engine import dag
-        from controller.engine.saga import spec_errors
-        from controller.engine.templating import TemplateError, render
         from controller.operator import template_sandbox
 
         # Templates that do more than read values render in a worker process with a time limit, as in
@@ -269,79 +268,54 @@ def register_plan(main: click.Group) -> None:
             raise click.ClickException(
                 f"{file}: not a valid Workflow spec: {_errors(invalid, prefix='spec')}"
             ) from invalid
-        capabilities = all_capabilities(kube)
-        errors = spec_errors(spec, capabilities)
-        principal = whoami(kube)
-        policies = policies_for(kube)
-        name = manifest.get("metadata", {}).get("name", "?")
-        console.print(f"plan of workflow {kube.namespace}/{name} for {principal.user}")
-        table = Table()
-        for column in ("step", "capability", "risk", "decision", "why", "undone by", "inputs"):
-            table.add_column(column, overflow="fold")
-        context_values = {
-            "params": spec.params,
-            "steps": {},
-            "workflow": {"name": name, "namespace": kube.namespace, "uid": "<uid>"},
-        }
-        blocked = bool(errors)
-        undo_of: dict[str, str] = {}
-        order = dag.topological_order(spec.steps) if not errors else [s.name for s in spec.steps]
-        steps = {s.name: s for s in spec.steps}
-        for step_name in order:
-            step = steps[step_name]
-            if step.type is StepType.APPROVAL:
-                table.add_row(step.name, "-", "-", Decision.REQUIRE_APPROVAL, "an explicit approval step", "-", "-")
-                continue
-            cap = capabilities.get(step.capability or "")
-            if cap is None:
-                table.add_row(step.name, step.capability or "", "?", "-", "unknown capability", "-", "-")
-                continue
-            query = PolicyQuery(
-                principal,
-                kube.namespace,
-                cap.id,
-                cap.risk.level,
-                irreversible=step.irreversible,
-                workflow=name,
-                step=step.name,
-            )
-            result = evaluate(policies, query)
-            decision, why = result.decision, result.reason
-            undo_cap = capabilities.get(
-                (step.compensation.capability if step.compensation else None)
-                or (cap.compensation.capability if cap.compensation else None)
-                or ""
-            )
-            if undo_cap is not None:  # the operator refuses a step whose undo it could not run
-                undo_query = PolicyQuery(
-                    principal, kube.namespace, undo_cap.id, undo_cap.risk.level, workflow=name, step=step.name
-                )
-                undo_result = evaluate(policies, undo_query)
-                if SEVERITY[undo_result.decision] > SEVERITY[decision]:
-                    decision, why = undo_result.decision, f"its compensation {undo_cap.id}: {undo_result.reason}"
-            blocked |= decision is Decision.DENY
-            try:
-                inputs = yaml.safe_dump(render(step.inputs, context_values), default_flow_style=True).strip()
-            except TemplateError as template_error:
-                if "steps" in json.dumps(step.inputs) or "outputs" in json.dumps(step.inputs):
-                    inputs = "(rendered at run time: uses outputs of earlier steps)"
-                else:  # nothing at run time can fix it: a missing parameter, a typo
-                    inputs = f"[red]template error: {template_error}[/]"
-                    blocked = True
-            undo = (
-                step.compensation.capability
-                if step.compensation
-                else (cap.compensation.capability if cap.compensation and cap.compensation.capability else "-")
-            )
-            table.add_row(step.name, cap.id, cap.risk.level.value, decision.value, why, undo or "-", inputs)
-            if undo and undo != "-":
-                undo_of[step.name] = undo
-        console.print(table)
+        world = _dry_run_world(kube, manifest.get("metadata", {}).get("name", "?"), spec)
+        errors = spec_errors(spec, world.capabilities)
+        console.print(f"plan of workflow {kube.namespace}/{world.ref.name} for {world.principal.user}")
+        previews = steps.preview(world)
+        console.print(_plan_table(previews))
         for error in errors:
-            console.print(f"[red]invalid:[/] {error}")
-        undoable = [n for n in order if n in undo_of]
+            console.print(f"[red]invalid:[/] {escape(error)}")
+        undoable = [p for p in previews if p.undone_by]
         if undoable:
-            chain = " <- ".join(f"{n} ({undo_of[n]})" for n in reversed(undoable))
+            chain = " <- ".join(f"{p.step} ({p.undone_by})" for p in reversed(undoable))
             console.print(f"if a later step fails, these are undone, newest first: {chain}")
-        if blocked:
+        if errors or any(p.decision is Decision.DENY or p.template_error for p in previews):
             raise SystemExit(1)
+
+
+def _dry_run_world(kube: Kube, name: str, spec: WorkflowSpec) -> World:
+    """The world the operator would plan the workflow in if the caller created it now (no uid yet)."""
+    return World(
+        ref=WorkflowRef(name, kube.namespace, "<uid>"),
+        spec=spec,
+        status=WorkflowStatus(),
+        capabilities=all_capabilities(kube),
+        policies=policies_for(kube),
+        principal=whoami(kube),
+        now=datetime.now(UTC),
+    )
+
+
+def _plan_table(previews: list[steps.Preview]) -> Table:
+    table = Table()
+    for column in ("step", "capability", "risk", "decision", "why", "undone by", "inputs"):
+        table.add_column(column, overflow="fold")
+    for p in previews:
+        if p.template_error:
+            inputs = f"[red]template error: {escape(p.template_error)}[/]"
+        elif p.run_time:
+            inputs = steps.RUN_TIME_INPUTS
+        elif p.inputs is not None:
+            inputs = escape(yaml.safe_dump(p.inputs, default_flow_style=True).strip())
+        else:
+            inputs = "-"
+        table.add_row(
+            p.step,
+            p.label or "-",
+            p.risk.value if p.risk else ("?" if p.decision is None else "-"),
+            p.decision.value if p.decision else "-",
+            escape(p.why),
+            p.undone_by or "-",
+            inputs,
+        )
+    return table
