@@ -33,7 +33,8 @@ from controller.audit.writer import AuditWriter
 from controller.capabilities import custom, secrets, snapshots
 from controller.capabilities.base import CapabilityError, Handler, Invocation
 from controller.capabilities.registry import Registry
-from controller.engine import faults, saga, templating
+from controller.engine import checkpoints, faults, saga, steps, templating
+from controller.engine.state import compensation_of
 from controller.observability.metrics import Metrics
 from controller.operator import approvals as approval_objects
 from controller.operator import attestation
@@ -606,34 +607,11 @@ class Runner:
             context["step"] = step
         return context
 
-    def _has_side_effects(self, step: str) -> bool:
-        spec = next((s for s in self.spec.steps if s.name == step), None)
-        if spec is None or not spec.capability:
-            return True  # approval gates and anything unknown: always durable
-        capability = self.rt.builtin.get(spec.capability) or self.rt.capabilities.get(spec.capability)
-        return capability is None or bool(capability.side_effects)
-
     def _must_checkpoint(self, plan: saga.Plan) -> bool:
-        """Whether the status must be durable before the plan is carried out. Always, except when the
-        plan only starts steps without side effects and nothing else changed but steps without side
-        effects: re-running those after a crash is harmless (rule R4 makes them idempotent), so their
-        transitions ride along with the next checkpoint. A side effect never starts, and a side effect's
-        result never waits, without a write."""
-        if self.unwritten_since is not None and time.monotonic() - self.unwritten_since >= FLUSH_AFTER:
-            return True
-        if not plan.actions or plan.finished or plan.compensations or plan.approvals or plan.expire or plan.cancel:
-            return True
-        if any(self._has_side_effects(a.step) for a in plan.actions):
-            return True
-        after = plan.status.dump()
-        if {k: v for k, v in after.items() if k not in ("steps", "conditions", "progress")} != {
-            k: v for k, v in self.written.items() if k not in ("steps", "conditions", "progress")
-        }:
-            return True  # the workflow itself changed (phase, reason, ...)
-        written_steps = {s["name"]: s for s in self.written.get("steps", [])}
-        return any(
-            step != written_steps.get(step["name"]) and self._has_side_effects(step["name"]) for step in after["steps"]
-        )
+        """Whether the status must be durable before the plan is carried out (engine.checkpoints)."""
+        overdue = self.unwritten_since is not None and time.monotonic() - self.unwritten_since >= FLUSH_AFTER
+        deferrable = steps.deferrable_steps(self.spec.steps, self.rt.capabilities)
+        return checkpoints.must_checkpoint(plan, self.written, deferrable, overdue=overdue)
 
     async def _write(self, status: WorkflowStatus) -> None:
         """Makes STATUS durable. If the PATCH fails, self.status stays as it was: nothing the plan meant
@@ -709,8 +687,7 @@ class Runner:
             return []
         if not compensation:
             return secrets.ref_paths(spec.inputs)
-        capability = self.rt.capabilities.get(spec.capability or "")
-        chosen = spec.compensation or (capability.compensation if capability else None)
+        chosen = compensation_of(spec, self.rt.capabilities)
         return secrets.ref_paths(chosen.inputs) if chosen else []
 
     async def _act(self, action: saga.RunAction) -> None:
