@@ -12,12 +12,11 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from controller import API_GROUP, API_VERSION
 from controller.api.approval import DECISIONS, ApprovalNotice, ApprovalPhase, approval_phase
+from controller.api.metadata import DECIDED_BY_ANNOTATION, NOTIFY_ANNOTATION, WORKFLOW_LABEL
 from controller.api.workflow import EventType
 from controller.engine import saga
 from controller.operator.kube import Connection
 from controller.operator.notify import Notifier, approval_message
-
-WORKFLOW_LABEL = "aifirst.dev/workflow"
 
 
 def manifest(ref: saga.WorkflowRef, request: saga.RequestApproval, requested_by: str) -> dict[str, Any]:
@@ -64,9 +63,6 @@ def manifest(ref: saga.WorkflowRef, request: saga.RequestApproval, requested_by:
         },
         "spec": spec,
     }
-
-
-NOTIFY_ANNOTATION = "aifirst.dev/notify-url"
 
 
 class ApprovalNameTaken(Exception):
@@ -234,7 +230,7 @@ def state_of(body: Mapping[str, Any]) -> saga.ApprovalState:
         inputs_hash=spec.get("inputsHash"),
         expires_at=saga.parse_time(spec.get("expiresAt")),
         decided_by=status.get("decidedBy")
-        or (body.get("metadata", {}).get("annotations") or {}).get("aifirst.dev/decided-by"),
+        or (body.get("metadata", {}).get("annotations") or {}).get(DECIDED_BY_ANNOTATION),
         requested_at=saga.parse_time(body.get("metadata", {}).get("creationTimestamp")),
         compensation=(spec.get("compensation") or {}).get("capability"),
     )
