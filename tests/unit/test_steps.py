@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from controller.api.approval import ApprovalPhase
 from controller.api.policy import PolicyObject, PolicySpec, Principal, Rule
-from controller.api.workflow import Decision, Reason, StepPhase, StepStatus, StepType, WorkflowPhase, WorkflowStatus
+from controller.api.workflow import (
+    Decision,
+    Reason,
+    StepPhase,
+    StepStatus,
+    StepType,
+    WorkflowPhase,
+    WorkflowSpec,
+    WorkflowStatus,
+)
 from controller.client.workflows import step_label
 from controller.engine import saga, steps
 from controller.engine.state import Plan, Planning, fail_step
@@ -14,7 +23,9 @@ from tests.unit.simulation import ALLOW_ALL, CAPS, T0, run, step, workflow
 GATED = workflow(step("write"), {"name": "gate", "type": "Approval", "dependsOn": ["write"]})
 
 
-def world(spec=GATED, status=None, policies=ALLOW_ALL, **extra):  # type: ignore[no-untyped-def]
+def world(
+    spec: WorkflowSpec = GATED, status: WorkflowStatus | None = None, policies: list[PolicyObject] = ALLOW_ALL
+) -> saga.World:
     return saga.World(
         ref=saga.WorkflowRef("wf", "ns", "uid-1"),
         spec=spec,
@@ -23,7 +34,6 @@ def world(spec=GATED, status=None, policies=ALLOW_ALL, **extra):  # type: ignore
         policies=policies,
         principal=Principal(user="bob", groups=["developers"]),
         now=T0,
-        **extra,
     )
 
 
