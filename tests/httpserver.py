@@ -3,6 +3,7 @@ every request received."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -50,10 +51,8 @@ class LoopbackAPI:
                     item_id = api.by_key[key] = str(len(api.items) + 1)
                     api.items[item_id] = json.loads(body or b"{}")
                     time.sleep(api.delay)  # the caller may be killed meanwhile; the item exists regardless
-                    try:
+                    with contextlib.suppress(OSError):
                         self._reply(201, {"id": item_id, "url": f"{api.url}/items/{item_id}"})
-                    except OSError:
-                        pass
                 else:
                     self._reply(404, {"error": "no such path"})
 
