@@ -134,12 +134,6 @@ def test_secret_references_are_resolved_as_the_principal_and_never_stored(
     assert 'User "bob" cannot get resource "secrets"' in steps_of(obj)["call"]["error"]
 
 
-@pytest.fixture
-def restartable(operator: DevEnvironment) -> Iterator[DevEnvironment]:
-    yield operator
-    operator.start_operator()  # whatever the test did, the next test has an operator
-
-
 def test_crash_during_an_idempotent_http_step_runs_it_again_with_the_same_key(
     kube: Kube, namespace: str, restartable: DevEnvironment, api: LoopbackAPI
 ) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -240,12 +239,6 @@ def _kill_operator(env: DevEnvironment) -> None:
     deadline = time.monotonic() + 10
     while processes.alive(env.operator_pid, "controller") and time.monotonic() < deadline:
         time.sleep(0.05)
-
-
-@pytest.fixture
-def restartable(operator: DevEnvironment) -> Iterator[DevEnvironment]:
-    yield operator
-    operator.start_operator()  # whatever the test did, the next test has an operator
 
 
 def _lines(path: Path) -> list[str]:

@@ -5,7 +5,6 @@ the real operator process: none of them may leave a workflow without a phase, st
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,6 @@ from tests.kube import Kube
 @pytest.fixture
 def workspace(operator: DevEnvironment, namespace: str) -> Path:
     return operator.workspaces / namespace
-
-
-@pytest.fixture
-def restartable(operator: DevEnvironment) -> Iterator[DevEnvironment]:
-    yield operator
-    operator.start_operator()  # whatever the test did, the next test has an operator
 
 
 # Loops 10^10 times and prints nothing: only a time limit stops it (the output cap never fires).
