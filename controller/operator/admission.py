@@ -312,20 +312,20 @@ class Webhook:
     id: str
     mutating: bool
     plural: str
-    operations: frozenset[Operation]
+    operations: tuple[Operation, ...]  # in this order in the webhook configuration
     handler: str
     ignore_failures: bool = False
 
 
 WEBHOOKS = (
-    Webhook("workflow-principal", True, "workflows", frozenset({"CREATE"}), "workflow_principal"),
-    Webhook("workflow-rollback-actor", True, "workflows", frozenset({"UPDATE"}), "workflow_rollback_actor"),
-    Webhook("workflow-deletion", False, "workflows", frozenset({"DELETE"}), "workflow_deletion", ignore_failures=True),
-    Webhook("workflow-runnable", False, "workflows", frozenset({"CREATE"}), "workflow_runnable"),
-    Webhook("workflow-update", False, "workflows", frozenset({"UPDATE"}), "workflow_update"),
-    Webhook("approval-decider", True, "approvals", frozenset({"UPDATE"}), "approval_decider"),
-    Webhook("approval-decision", False, "approvals", frozenset({"UPDATE"}), "approval_decision"),
-    Webhook("capability-coherent", False, "capabilities", frozenset({"CREATE", "UPDATE"}), "capability_coherent"),
+    Webhook("workflow-principal", True, "workflows", ("CREATE",), "workflow_principal"),
+    Webhook("workflow-rollback-actor", True, "workflows", ("UPDATE",), "workflow_rollback_actor"),
+    Webhook("workflow-deletion", False, "workflows", ("DELETE",), "workflow_deletion", ignore_failures=True),
+    Webhook("workflow-runnable", False, "workflows", ("CREATE",), "workflow_runnable"),
+    Webhook("workflow-update", False, "workflows", ("UPDATE",), "workflow_update"),
+    Webhook("approval-decider", True, "approvals", ("UPDATE",), "approval_decider"),
+    Webhook("approval-decision", False, "approvals", ("UPDATE",), "approval_decision"),
+    Webhook("capability-coherent", False, "capabilities", ("CREATE", "UPDATE"), "capability_coherent"),
 )
 
 
@@ -342,7 +342,7 @@ def register(
             API_GROUP,
             API_VERSION,
             hook.plural,
-            operations=set(hook.operations),
+            operations=list(hook.operations),
             registry=registry,
             persistent=True,
             ignore_failures=hook.ignore_failures,
