@@ -1,5 +1,6 @@
-"""Pydantic models of the Workflow custom resource (DESIGN section 2). The CRD schema in crds/ is the
-authority on what the API server accepts; these models give the operator and the engine typed access."""
+"""Pydantic models of the Workflow custom resource (crds/workflow.yaml; docs/user-guide.md). The CRD schema
+is the authority on what the API server accepts; these models give the operator and the engine typed access,
+and their enums are the one spelling of each phase, decision and reason (no string literals elsewhere)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,9 @@ class Step(_Model):
     timeout_seconds: int | None = Field(None, alias="timeoutSeconds")
     compensation: CompensationOverride | None = None
     irreversible: bool = False
+    # The remote API honours `Idempotency-Key`: after a crash the step runs again with the same key instead
+    # of ending in doubt. Only for capabilities that send the key (checked at apply).
+    idempotent: bool = False
     message: str | None = None
     approval_timeout_seconds: int | None = Field(None, alias="approvalTimeoutSeconds")
     notify: Notify | None = None
@@ -112,6 +116,13 @@ class Reason(StrEnum):
     INVALID_SPEC = "InvalidSpec"
     UNATTESTED = "Unattested"  # no principal the operator's admission webhook attested
     INTERNAL_ERROR = "InternalError"  # the operator's own computation failed (a bug): see the message
+
+
+class EventType(StrEnum):
+    """The type of a Kubernetes Event the operator records."""
+
+    NORMAL = "Normal"
+    WARNING = "Warning"
 
 
 class CompensationStatus(_Model):

@@ -2,7 +2,7 @@
 
 Argo CD and Flux apply a directory in their own order, so a Capability may arrive before the capability that
 compensates it. It is accepted, and stays `Ready=False` (reason CompensationUnknown) until that one exists;
-workflows that use it are refused at admission until then (controller.engine.saga.spec_errors). Every event
+workflows that use it are refused at admission until then (controller.engine.validation.spec_errors). Every event
 of a Capability re-evaluates it and the Capabilities that name it, so it turns ready as soon as the other one
 is applied, and not ready again when that one is deleted.
 """
@@ -19,7 +19,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from controller import API_GROUP, API_VERSION
 from controller.api.capability import CapabilitySpec
 from controller.capabilities import custom
-from controller.engine.saga import iso
+from controller.engine.state import iso
 from controller.operator.runtime import WorkflowRuntime
 
 log = logging.getLogger("airun.capabilities")

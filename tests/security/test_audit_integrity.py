@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from controller.api.audit import AuditKind
+from controller.api.workflow import WorkflowPhase
 from controller.audit.store import AuditStore
 from controller.audit.writer import AuditWriter
 from controller.localcluster.devenv import DevEnvironment
@@ -60,7 +62,7 @@ def test_huge_output_fills_the_audit_volume_bounded_to_a_digest(
     step = {"name": "fetch", "capability": "net.http.get", "inputs": {"url": url, "maxResponseBytes": BIG}}
     kube.apply(wf("huge", step), namespace=namespace)
     obj = wait_terminal(kube, namespace, "huge", timeout=90)
-    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    assert obj["status"]["phase"] == WorkflowPhase.SUCCEEDED, obj["status"]
     assert len(json.dumps(steps_of(obj)["fetch"].get("outputs") or {})) < RECORD_LIMIT  # status stays small
     records = [r.as_dict() for r in AuditStore(operator.audit_url).records(namespace=namespace, workflow="huge")]
     finished = next(r for r in records if r["kind"] == "step.finished")
@@ -77,12 +79,12 @@ def test_one_unstorable_record_drops_its_whole_batch(store: AuditStore) -> None:
     writer = AuditWriter(store)
     # Holding the store's lock keeps the writer from writing: what is queued meanwhile is one batch.
     with store._lock:
-        writer.record("step.started", step="one", payload={"n": 1}, **good)
-        writer.record("step.started", step="bad", payload={"loop": circular}, **good)  # JSON cannot encode it
-        writer.record("step.started", step="nul\x00byte", payload={"n": 3}, **good)  # PostgreSQL refuses NUL
-        writer.record("step.finished", step="two", payload={"n": 4}, **good)
+        writer.record(AuditKind.STEP_STARTED, step="one", payload={"n": 1}, **good)
+        writer.record(AuditKind.STEP_STARTED, step="bad", payload={"loop": circular}, **good)  # JSON cannot encode it
+        writer.record(AuditKind.STEP_STARTED, step="nul\x00byte", payload={"n": 3}, **good)  # PostgreSQL refuses NUL
+        writer.record(AuditKind.STEP_FINISHED, step="two", payload={"n": 4}, **good)
         writer.record("k" * 100, step="long-kind", payload={"n": 5}, **good)  # over VARCHAR(64) on PostgreSQL
-        writer.record("step.finished", step="three", payload={"n": 6}, **good)
+        writer.record(AuditKind.STEP_FINISHED, step="three", payload={"n": 6}, **good)
 
     async def flush() -> None:
         await writer.durable()
@@ -123,7 +125,7 @@ def test_long_principal_overflows_the_store(
         "--as", user, "--as-group", "system:masters", "apply", "-n", namespace, "-f", "-", stdin=json.dumps(manifest)
     )
     obj = wait_terminal(kube, namespace, "long-principal")
-    assert obj["status"]["principal"] == user and obj["status"]["phase"] == "Succeeded"
+    assert obj["status"]["principal"] == user and obj["status"]["phase"] == WorkflowPhase.SUCCEEDED
     trail = [r.as_dict() for r in AuditStore(operator.audit_url).records(namespace=namespace)]
     assert trail and all(r["principal"] == user for r in trail)
     # The same records in PostgreSQL, the production store (VARCHAR(253) refused them).

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from controller.api.workflow import Reason, StepPhase, StepStatus, WorkflowPhase, WorkflowStatus
+from controller.api.approval import ApprovalPhase
+from controller.api.workflow import Decision, Reason, StepPhase, StepStatus, WorkflowPhase, WorkflowStatus
 from controller.engine import dag, saga
 from controller.engine.templating import TemplateError, render
 from tests.unit.simulation import CAPS, run, step, succeed, workflow
@@ -230,13 +231,49 @@ def test_non_idempotent_step_found_running_is_in_doubt_and_compensated() -> None
     assert a.compensation and a.compensation.inputs == {"ledger": "l", "key": "key-1"}
 
 
+def _running_http(**extra: object) -> tuple[object, WorkflowStatus]:
+    inputs = {"method": "POST", "url": "https://api.example/items"}
+    undo = {"capability": "net.http.request", "inputs": {"method": "DELETE", "url": "https://api.example/items/1"}}
+    spec = workflow(step("a", capability="net.http.request", inputs=inputs, compensation=undo, **extra))
+    status = WorkflowStatus(
+        phase=WorkflowPhase.RUNNING,
+        started_at="2026-01-01T00:00:00Z",
+        steps=[StepStatus(name="a", phase=StepPhase.RUNNING, attempts=1, idempotency_key="key-1")],
+    )
+    return spec, status
+
+
+def test_http_step_that_says_idempotent_found_running_runs_again_with_the_same_key() -> None:
+    spec, status = _running_http(idempotent=True)
+    trace = run(spec, status=status)  # type: ignore[arg-type]
+    assert trace.status.phase is WorkflowPhase.SUCCEEDED, trace.status
+    assert trace.status.step("a").idempotency_key == "key-1" and not trace.status.step("a").in_doubt
+    assert any(e.reason == "Recovered" and "Idempotency-Key" in e.message for e in trace.events)
+
+
+def test_http_step_without_idempotent_found_running_is_in_doubt_with_a_hint() -> None:
+    spec, status = _running_http()
+    trace = run(spec, status=status)  # type: ignore[arg-type]
+    a = trace.status.step("a")
+    assert a.in_doubt and trace.status.reason == Reason.IN_DOUBT
+    assert "set idempotent: true on the step" in (a.error or "")
+
+
+def test_idempotent_is_refused_for_capabilities_that_do_not_send_the_key() -> None:
+    problems = saga.spec_errors(workflow(step("a", idempotent=True)), CAPS)
+    assert problems == [
+        "step 'a': idempotent: true needs a capability that sends the Idempotency-Key header "
+        "(net.http.request, custom HTTP capabilities); io.fs.write_file does not"
+    ]
+
+
 # -- governance -----------------------------------------------------------------------------------------
 
 
 def test_no_policy_means_deny_and_the_step_never_runs() -> None:
     trace = run(workflow(step("a")), policies=[])
     a = trace.status.step("a")
-    assert a.phase is StepPhase.FAILED and a.decision == "DENY"
+    assert a.phase is StepPhase.FAILED and a.decision == Decision.DENY
     assert trace.status.reason == Reason.POLICY_DENIED
     assert trace.started == []
 
@@ -247,7 +284,7 @@ def test_explicit_approval_step_waits_then_continues() -> None:
     assert waiting.status.phase is WorkflowPhase.AWAITING_APPROVAL
     request = waiting.approvals[0]
     assert request.name == "wf.gate" and request.step == "gate"
-    approved = {"gate": saga.ApprovalState("wf.gate", "Approved", decided_by="alice")}
+    approved = {"gate": saga.ApprovalState("wf.gate", ApprovalPhase.APPROVED, decided_by="alice")}
     done = run(spec, status=waiting.status, approvals=approved)
     assert done.status.phase is WorkflowPhase.SUCCEEDED
     assert done.status.step("gate").outputs == {"approvedBy": "alice"}
@@ -256,7 +293,7 @@ def test_explicit_approval_step_waits_then_continues() -> None:
 def test_rejected_approval_compensates() -> None:
     spec = workflow(step("a"), {"name": "gate", "type": "Approval", "dependsOn": ["a"]})
     waiting = run(spec)
-    done = run(spec, status=waiting.status, approvals={"gate": saga.ApprovalState("wf.gate", "Rejected")})
+    done = run(spec, status=waiting.status, approvals={"gate": saga.ApprovalState("wf.gate", ApprovalPhase.REJECTED)})
     assert done.status.reason == Reason.APPROVAL_REJECTED
     assert done.status.phase is WorkflowPhase.COMPENSATED and done.compensated == ["a"]
 
@@ -264,7 +301,7 @@ def test_rejected_approval_compensates() -> None:
 def test_gate_listed_after_its_dependent_still_frees_it_in_the_same_plan() -> None:
     spec = workflow(step("b", deps=("gate",)), {"name": "gate", "type": "Approval"})
     waiting = run(spec)
-    done = run(spec, status=waiting.status, approvals={"gate": saga.ApprovalState("wf.gate", "Approved")})
+    done = run(spec, status=waiting.status, approvals={"gate": saga.ApprovalState("wf.gate", ApprovalPhase.APPROVED)})
     assert done.status.phase is WorkflowPhase.SUCCEEDED
 
 
@@ -285,7 +322,9 @@ def test_step_runs_only_if_its_inputs_still_match_the_approved_hash() -> None:
         status=waiting.status,
         # The policy asks for everything, io.fs.restore (the compensation) too: this Approval covers both.
         approvals={
-            "a": saga.ApprovalState(request.name, "Approved", request.inputs_hash, compensation="io.fs.restore")
+            "a": saga.ApprovalState(
+                request.name, ApprovalPhase.APPROVED, request.inputs_hash, compensation="io.fs.restore"
+            )
         },
     )
     assert ok.status.phase is WorkflowPhase.SUCCEEDED
@@ -293,7 +332,7 @@ def test_step_runs_only_if_its_inputs_still_match_the_approved_hash() -> None:
         spec,
         policies=ask,
         status=waiting.status,
-        approvals={"a": saga.ApprovalState(request.name, "Approved", "sha256:" + "0" * 64)},
+        approvals={"a": saga.ApprovalState(request.name, ApprovalPhase.APPROVED, "sha256:" + "0" * 64)},
     )
     assert tampered.started == [] and "changed after they were approved" in (tampered.status.step("a").error or "")
 
