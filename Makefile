@@ -98,5 +98,5 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-clean: down
+clean: down e2e-down  # a node first: .airun/e2e holds its mounts while it runs
 	rm -rf .airun
