@@ -55,6 +55,10 @@ stop_dockerd() {
     kill -9 "$pid" 2>/dev/null || true
   fi
   rm -f "$pid_file"
+  # dockerd bind-mounts the host's network namespace here and leaves it mounted when it stops.
+  if mountpoint -q "$state/run/docker-exec/netns/default" 2>/dev/null; then
+    umount "$state/run/docker-exec/netns/default"
+  fi
 }
 trap stop_dockerd EXIT
 stop_dockerd
