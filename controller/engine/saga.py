@@ -24,6 +24,7 @@ from controller.api.workflow import (
     TERMINAL_PHASES,
     CompensationStatus,
     Decision,
+    PolicyCondition,
     Reason,
     Retry,
     Step,
@@ -39,6 +40,7 @@ from controller.engine.conditions import conditions_for
 from controller.engine.redaction import redact as redact  # saga.redact: what approvers and the audit see
 from controller.engine.schema import validate_inputs
 from controller.engine.templating import TemplateError, render
+from controller.policy.conditions import bounded
 from controller.policy.evaluate import SEVERITY, PolicyQuery, PolicyResult, evaluate
 
 MAX_OUTPUT_BYTES = 4096
@@ -90,6 +92,7 @@ class World:
     approvals: Mapping[str, ApprovalState] = field(default_factory=dict)
     in_flight: frozenset[str] = frozenset()
     compensating: frozenset[str] = frozenset()
+    labels: Mapping[str, str] = field(default_factory=dict)  # the workflow's (`workflow.labels` in conditions)
 
 
 # -- outputs -----------------------------------------------------------------------------------------
@@ -366,7 +369,22 @@ def _query(world: World, step: str, capability: CapabilitySpec, **extra: Any) ->
         capability.risk.level,
         workflow=world.ref.name,
         step=step,
+        labels=world.labels,
+        params=world.spec.params,
+        now=world.now,
         **extra,
+    )
+
+
+def _condition_of(result: PolicyResult) -> PolicyCondition | None:
+    """The condition of the rule that decided, with the values it saw, redacted: for status and audit."""
+    verdict = result.deciding
+    if verdict is None or verdict.when is None:
+        return None
+    rule = f"{verdict.policy} rule {verdict.rule}"
+    saw = {key: bounded(value) for key, value in redact(dict(verdict.seen)).items()} if verdict.seen else None
+    return PolicyCondition(
+        rule=rule, when=verdict.when, saw=saw, error=_truncate(verdict.error) if verdict.error else None
     )
 
 
@@ -611,8 +629,10 @@ def _start_ready_steps(world: World, status: WorkflowStatus, result: Plan, specs
             s.decision = decision
             s.policy = _truncate(reason)
             s.audit = [v.explanation for v in verdict.audit_only] or None
+            s.condition = _condition_of(verdict)
         if decision is Decision.DENY:
             s.decision, s.policy = Decision.DENY, _truncate(reason)
+            s.condition = _condition_of(verdict) or s.condition
             s.phase, s.finished_at = StepPhase.FAILED, iso(now)
             why = reason if verdict.decision is Decision.DENY else f"{reason} (the step could not be undone)"
             s.error = _truncate(f"denied by policy: {why}")

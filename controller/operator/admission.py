@@ -8,6 +8,9 @@ Workflow CREATE   records the creator as the principal (annotations, groups as a
 Workflow UPDATE   records who set spec.rollback; refuses changes to the recorded identities, and removal of
                   the saga finalizer by anyone but the operator while the workflow is not finished.
 Workflow DELETE   records who deleted it (audit), so that its compensation names the actor.
+Policy, ClusterPolicy CREATE/UPDATE
+                  compiles and checks every rule's `when:` condition: a bad one is refused with its
+                  position and message (controller/policy/conditions.py).
 Approval UPDATE   records who decided (annotation), refuses self-approval, approvers the policy does
                   not name, any change to a decided Approval, and any change (removal included) to what is
                   not the decision or its reason: the rest of spec, its owner, our labels and annotations.
@@ -33,13 +36,14 @@ import kopf
 from pydantic import ValidationError
 
 from controller import API_GROUP, API_VERSION
-from controller.api.policy import Approvers
+from controller.api.policy import Approvers, PolicySpec
 from controller.api.workflow import TERMINAL_PHASES, WorkflowSpec
 from controller.capabilities import custom
 from controller.engine.saga import spec_errors
 from controller.operator import attestation
 from controller.operator.runtime import FINALIZER, ROLLBACK_BY_ANNOTATION, WorkflowRuntime
 from controller.policy.approvers import decision_refusal
+from controller.policy.conditions import ConditionError, compile_condition
 
 DECIDED_BY_ANNOTATION = "aifirst.dev/decided-by"
 IDENTITY_ANNOTATIONS = (
@@ -105,6 +109,24 @@ def approval_tampering(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | 
         if old_notes.get(key) != new_notes.get(key):
             return f"metadata.annotations[{key}]"
     return None
+
+
+def policy_problems(spec: Mapping[str, Any]) -> list[str]:
+    """What makes a Policy or ClusterPolicy spec unusable: its model, and each `when:` that does not
+    compile or type-check (with the rule's index and the error's line and column)."""
+    try:
+        parsed = PolicySpec.model_validate(dict(spec))
+    except ValidationError as error:
+        return [f"spec: {error}"]
+    problems = []
+    for index, rule in enumerate(parsed.rules):
+        if rule.when is None:
+            continue
+        try:
+            compile_condition(rule.when)
+        except ConditionError as error:
+            problems.append(f"spec.rules[{index}].when: {error}")
+    return problems
 
 
 def register(
@@ -312,6 +334,35 @@ def register(
                 "authentication and cannot be changed",
                 code=403,
             )
+
+    def check_policy(spec: Mapping[str, Any]) -> None:
+        problems = policy_problems(spec)
+        if problems:
+            raise kopf.AdmissionError("; ".join(problems), code=422)
+
+    @kopf.on.validate(
+        API_GROUP,
+        API_VERSION,
+        "policies",
+        operations=["CREATE", "UPDATE"],
+        registry=registry,
+        persistent=True,
+        id="policy-conditions",
+    )
+    def policy_conditions(spec: kopf.Spec, **_: Any) -> None:
+        check_policy(spec)
+
+    @kopf.on.validate(
+        API_GROUP,
+        API_VERSION,
+        "clusterpolicies",
+        operations=["CREATE", "UPDATE"],
+        registry=registry,
+        persistent=True,
+        id="clusterpolicy-conditions",
+    )
+    def clusterpolicy_conditions(spec: kopf.Spec, **_: Any) -> None:
+        check_policy(spec)
 
     @kopf.on.validate(
         API_GROUP,

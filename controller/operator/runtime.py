@@ -340,6 +340,7 @@ class Runner:
             approvals=self.rt.indexes.approvals(self.ref.namespace, self.ref.uid),
             in_flight=frozenset(self.actions),
             compensating=frozenset(self.compensations),
+            labels=dict((self.body.get("metadata") or {}).get("labels") or {}),
         )
 
     # -- the loop ------------------------------------------------------------------------------------
@@ -523,7 +524,15 @@ class Runner:
         for s in after.steps:
             if s.decision is not None and s.name not in decided:
                 self.rt.metrics.decisions.labels(s.decision.value).inc()
-                self._audit("step.decision", s.name, decision=s.decision.value, policy=s.policy, audit=s.audit)
+                condition = s.condition.model_dump(by_alias=True, exclude_none=True) if s.condition else None
+                self._audit(
+                    "step.decision",
+                    s.name,
+                    decision=s.decision.value,
+                    policy=s.policy,
+                    audit=s.audit,
+                    condition=condition,
+                )
         undo_decided = {s.name for s in before.steps if s.compensation and s.compensation.decision is not None}
         for s in after.steps:
             undo = s.compensation

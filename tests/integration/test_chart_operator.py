@@ -226,6 +226,10 @@ def _approval(decision: str, decided_by: str | None = None) -> dict[str, Any]:
 
 
 # One request per webhook that only its own handler answers as asserted.
+def _bad_condition() -> dict[str, Any]:
+    return {"rules": [{"capabilities": ["io.fs.delete"], "when": "step.inputs.path.startsWith(", "action": "DENY"}]}
+
+
 REVIEWS: dict[str, tuple[dict[str, Any], str]] = {
     # the principal is taken from authentication
     "workflow-principal": (_review("workflows", "Workflow", "CREATE", "bob", _workflow(principal="mallory")), "bob"),
@@ -252,6 +256,16 @@ REVIEWS: dict[str, tuple[dict[str, Any], str]] = {
     "capability-coherent": (
         _review("capabilities", "Capability", "CREATE", "bob", {"metadata": {"name": "io.fs.write_file"}, "spec": {}}),
         "io.fs.write_file",
+    ),
+    "policy-conditions": (
+        _review("policies", "Policy", "CREATE", "bob", {"metadata": {"name": "p"}, "spec": _bad_condition()}),
+        "line 1, column",
+    ),
+    "clusterpolicy-conditions": (
+        _review(
+            "clusterpolicies", "ClusterPolicy", "CREATE", "bob", {"metadata": {"name": "p"}, "spec": _bad_condition()}
+        ),
+        "line 1, column",
     ),
 }
 
