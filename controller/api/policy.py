@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from controller.api.capability import RiskLevel
 from controller.api.workflow import Decision
@@ -72,6 +72,9 @@ class PolicyObject(BaseModel):
     name: str
     namespace: str | None = None
     spec: PolicySpec
+    # Memo of controller.policy.evaluate: which rules can match a (principal, capability, risk), so that a
+    # decision among many rules costs a lookup. A changed policy is a new object (kopf's index), with a new memo.
+    _candidates: dict[tuple[Any, ...], tuple[int, ...]] = PrivateAttr(default_factory=dict)
 
     @property
     def ref(self) -> str:

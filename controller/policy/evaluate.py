@@ -132,6 +132,29 @@ def rule_matches(rule: Rule, principal: Principal, capability: str, risk: RiskLe
     return rule.risk_levels is None or risk in rule.risk_levels
 
 
+MAX_MEMO = 4096  # (principal, capability, risk) keys remembered per policy
+
+
+def candidates(policy: PolicyObject, principal: Principal, capability: str, risk: RiskLevel) -> tuple[int, ...]:
+    """The indexes of POLICY's rules whose principal, capabilities and risk levels match, in order, up to
+    the first that has no condition (no later rule can decide). Remembered per policy."""
+    key = (principal.user, tuple(principal.groups), capability, risk)
+    memo: dict[tuple[Any, ...], tuple[int, ...]] = policy.__pydantic_private__["_candidates"]  # type: ignore[index]
+    found = memo.get(key)
+    if found is None:
+        matching: list[int] = []
+        for index, rule in enumerate(policy.spec.rules):
+            if rule_matches(rule, principal, capability, risk):
+                matching.append(index)
+                if rule.when is None:
+                    break
+        found = tuple(matching)
+        if len(memo) >= MAX_MEMO:
+            memo.clear()
+        memo[key] = found
+    return found
+
+
 def verdict_of(
     policy: PolicyObject,
     principal: Principal,
@@ -143,9 +166,9 @@ def verdict_of(
     not match). A condition that fails is that rule's DENY, except one that reads an input of a query
     whose inputs are not known yet (None): the rule does not match, the decision is made again on the
     inputs when they are (a compensation is decided again right before it runs)."""
-    for index, rule in enumerate(policy.spec.rules):
-        if not rule_matches(rule, principal, capability, risk):
-            continue
+    rules = policy.spec.rules
+    for index in candidates(policy, principal, capability, risk):
+        rule = rules[index]
         notify = rule.notify.webhook_url if rule.notify else None
         if rule.when is None:
             return Verdict(policy.ref, rule.action, index, policy.spec.mode, rule.approvers, notify)

@@ -154,3 +154,14 @@ def test_a_long_value_is_redacted_before_it_is_cut_to_size() -> None:
     assert record is not None and record.saw is not None
     text = record.saw["step.inputs.headers"]
     assert isinstance(text, str) and len(text) <= 256 and "sss" not in text and "***" in text
+
+
+def test_conditions_of_one_decision_share_its_variables_each_seeing_all_it_reads() -> None:
+    p = policy(
+        {"capabilities": ["io.fs.delete"], "when": 'step.inputs.path == "nope"', "action": "DENY"},
+        {"capabilities": ["io.fs.delete"], "when": "size(step.inputs) == 2 && !has(step.inputs.x)", "action": "DENY"},
+        {"capabilities": ["io.fs.delete"], "when": "[1].all(step, step > 0) && step > 0", "action": "ALLOW"},
+    )
+    result = decide(p, "io.fs.delete", {"path": "a", "mode": "b"})
+    assert result.decision is Decision.DENY and result.deciding.rule == 1
+    assert result.deciding.seen == {"step.inputs": {"path": "a", "mode": "b"}}  # step.inputs.x: not there
