@@ -642,8 +642,9 @@ def _start_ready_steps(world: World, status: WorkflowStatus, result: Plan, specs
         undo_asks = undo is not None and undo.decision is Decision.REQUIRE_APPROVAL
         if verdict.decision is Decision.REQUIRE_APPROVAL or undo_asks:
             asking = [v for v in (verdict, undo if undo_asks else None) if v is not None]
-            approvers, notify = _who_approves([v for v in asking if v.decision is Decision.REQUIRE_APPROVAL])
-            if approvers is not None and not (approvers.users or approvers.groups):
+            asked = [v for v in asking if v.decision is Decision.REQUIRE_APPROVAL]
+            approvers, notify = _who_approves(asked)
+            if _names_nobody(approvers, asked):
                 # An Approval without approvers may be decided by anyone: never the answer to two rules
                 # that each name their own people.
                 problem = (
@@ -667,18 +668,28 @@ def _start_ready_steps(world: World, status: WorkflowStatus, result: Plan, specs
 def _who_approves(asking: Sequence[PolicyResult]) -> tuple[Approvers | None, str | None]:
     """Who may decide an Approval that answers every one of ASKING (the step's own decision and its
     compensation's): when several rules name approvers, only people all of them name (empty when no
-    one is: see the caller); the first notification URL."""
-    named = [v.deciding.approvers for v in asking if v.deciding and v.deciding.approvers]
+    one is: see the caller), as many of them as the largest quorum asks; the first notification URL."""
+    every = [v.deciding.approvers for v in asking if v.deciding and v.deciding.approvers]
+    named = [a for a in every if a.users or a.groups]
     notify = next((v.deciding.notify_url for v in asking if v.deciding and v.deciding.notify_url), None)
+    count = max((a.count for a in every), default=1)
     if not named:
-        return None, notify
+        return (Approvers(count=count) if count > 1 else None), notify
     approvers = named[0]
     for other in named[1:]:
         approvers = Approvers(
             users=[u for u in approvers.users if u in other.users],
             groups=[g for g in approvers.groups if g in other.groups],
         )
-    return approvers, notify
+    return approvers.model_copy(update={"count": count}), notify
+
+
+def _names_nobody(approvers: Approvers | None, asking: Sequence[PolicyResult]) -> bool:
+    """Rules named approvers, and no one is named by all of them."""
+    named = any(
+        v.deciding.approvers.users or v.deciding.approvers.groups for v in asking if v.deciding and v.deciding.approvers
+    )
+    return approvers is not None and named and not (approvers.users or approvers.groups)
 
 
 def _gate(

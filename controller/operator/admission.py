@@ -42,7 +42,7 @@ from controller.capabilities import custom
 from controller.engine.saga import spec_errors
 from controller.operator import attestation
 from controller.operator.runtime import FINALIZER, ROLLBACK_BY_ANNOTATION, WorkflowRuntime
-from controller.policy.approvers import decision_refusal
+from controller.policy.approvers import decision_refusal, outcome, quorum, vote_refusal
 from controller.policy.conditions import ConditionError, compile_condition
 
 DECIDED_BY_ANNOTATION = "aifirst.dev/decided-by"
@@ -52,8 +52,9 @@ IDENTITY_ANNOTATIONS = (
     attestation.ATTESTATION_ANNOTATION,
 )
 OURS = "aifirst.dev/"
-# What a person may change on an Approval: the decision and why. Everything else is what was approved.
-DECISION_FIELDS = ("decision", "reason")
+# What a person may change on an Approval: the decision and why (and, for a quorum, the votes, which the
+# webhooks write from the decision). Everything else is what was approved.
+DECISION_FIELDS = ("decision", "reason", "votes")
 _NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the API server's own generateName alphabet
 
 
@@ -87,6 +88,10 @@ def _ours(values: Mapping[str, str] | None) -> dict[str, str]:
 
 def _user(userinfo: Mapping[str, Any]) -> tuple[str, list[str]]:
     return str(userinfo.get("username", "")), [str(g) for g in userinfo.get("groups") or []]
+
+
+def _approvers(spec: Mapping[str, Any]) -> Approvers | None:
+    return Approvers.model_validate(spec["approvers"]) if spec.get("approvers") else None
 
 
 def approval_tampering(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
@@ -291,7 +296,25 @@ def register(
         id="approval-decider",
     )
     def approval_decider(body: kopf.Body, patch: kopf.Patch, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
-        _record_who_set(kwargs.get("old"), body, "decision", patch, DECIDED_BY_ANNOTATION, userinfo)
+        """Who decided. On a quorum Approval (approvers.count > 1) a person's decision is a vote: appended to
+        spec.votes under their authenticated name, and spec.decision stays empty until the votes decide
+        (the first rejection, or COUNT distinct approvals)."""
+        old: Mapping[str, Any] = kwargs.get("old") or {}
+        old_spec, spec = old.get("spec") or {}, body.get("spec") or {}
+        count = quorum(_approvers(old_spec))
+        user, _groups = _user(userinfo)
+        if count > 1 and user != operator_user and not old_spec.get("decision") and spec.get("decision"):
+            vote = {"user": user, "decision": spec["decision"], "at": datetime.now(UTC).isoformat(timespec="seconds")}
+            if spec.get("reason"):
+                vote["reason"] = spec["reason"]
+            votes = [*(old_spec.get("votes") or []), vote]
+            patch.setdefault("spec", {})["votes"] = votes
+            if not outcome(votes, count):
+                patch["spec"]["decision"] = ""
+                if spec.get("reason") != old_spec.get("reason"):
+                    patch["spec"]["reason"] = old_spec.get("reason")  # the vote keeps it
+                return
+        _record_who_set(old, body, "decision", patch, DECIDED_BY_ANNOTATION, userinfo)
 
     @kopf.on.validate(
         API_GROUP,
@@ -319,8 +342,29 @@ def register(
         old_by, new_by = _annotations(old).get(DECIDED_BY_ANNOTATION), _annotations(body).get(DECIDED_BY_ANNOTATION)
         if before and before != after:
             raise kopf.AdmissionError("the decision of an Approval is final and cannot be changed", code=403)
+        approvers = _approvers(old_spec)
+        count = quorum(approvers)
+        old_votes, new_votes = list(old_spec.get("votes") or []), list(spec.get("votes") or [])
+        if old_votes != new_votes and (count == 1 or before or user == operator_user):
+            raise kopf.AdmissionError(
+                "spec.votes are written by the admission webhook from a person's decision on a pending quorum "
+                "Approval only",
+                code=403,
+            )
+        if count > 1 and user != operator_user:
+            refusal = vote_refusal(
+                old_votes=old_votes,
+                new_votes=new_votes,
+                decision=after,
+                count=count,
+                requested_by=old_spec.get("requestedBy") or "",
+                approvers=approvers,
+                user=user,
+                groups=groups,
+            )
+            if refusal:
+                raise kopf.AdmissionError(refusal, code=403)
         if not before and after:
-            approvers = Approvers.model_validate(old_spec["approvers"]) if old_spec.get("approvers") else None
             refusal = decision_refusal(
                 requested_by=old_spec.get("requestedBy") or "", approvers=approvers, user=user, groups=groups
             )

@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from controller.cli.progress import PHASE_STYLE
+from controller.policy.approvers import quorum_text
 
 BAR_WIDTH = 12
 # Phases after which a workflow has nothing left to roll back.
@@ -123,6 +124,9 @@ def approval_state(name: str, approval: Mapping[str, Any] | None) -> Text:
     text.append(f" {phase}", style={"Approved": "green", "Rejected": "red", "Expired": "red"}.get(phase, "magenta"))
     if status.get("decidedBy"):
         text.append(f" by {status['decidedBy']}")
+    tally = quorum_text(spec)
+    if tally and phase == "Pending":
+        text.append(f" {tally}", style="bold")
     reason = status.get("reason") or spec.get("reason")
     if reason:
         text.append(f": {reason}", style="italic")
