@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,9 @@ from controller.api.capability import CapabilitySpec, RiskLevel
 from controller.api.policy import PolicyObject, PolicySpec, PolicyTestSuite, Principal
 from controller.cli.workflows import Kube, read_workflow, reason_of, with_identity
 from controller.client.capabilities import catalogue
-from controller.policy.evaluate import SEVERITY, PolicyQuery, evaluate
+from controller.engine.redaction import redact
+from controller.policy.evaluate import SEVERITY, PolicyQuery, PolicyResult, evaluate
+from controller.policy.limits import limits_for
 
 console = Console(width=None if sys.stdout.isatty() else 200)
 
@@ -133,32 +136,103 @@ def register(main: click.Group) -> None:
     @click.option("--user", help="Explain for this user instead of yourself (as the API server knows you).")
     @click.option("--group", "groups", multiple=True, help="A group of --user (repeat).")
     @click.option("--irreversible", is_flag=True, help="As a step marked irreversible.")
+    @click.option(
+        "--input",
+        "inputs",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="A rendered input of the step, for `when:` conditions (repeat; VALUE is YAML: 3, true, {kind: X}).",
+    )
+    @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="A label of the workflow (repeat).")
     @with_identity
     def policy_explain(
         capability: str,
         user: str | None,
         groups: tuple[str, ...],
         irreversible: bool,
+        inputs: tuple[str, ...],
+        labels: tuple[str, ...],
         kubeconfig: str | None,
         context: str | None,
         namespace: str | None,
     ) -> None:
-        """The decision for CAPABILITY in the namespace: each policy's verdict and what decides."""
+        """The decision for CAPABILITY in the namespace: each policy's verdict and what decides, the values
+        its conditions saw, the quorum it asks, and the rate limits that count the step. Without --input the
+        conditions that read inputs leave their rules unmatched (as for a step not rendered yet)."""
         kube = Kube(kubeconfig, context, namespace)
         specs = all_capabilities(kube)
         if capability not in specs:
             raise click.ClickException(f"unknown capability {capability!r}; see `airun capabilities list`")
         principal = Principal(user=user, groups=list(groups)) if user else whoami(kube)
         risk: RiskLevel = specs[capability].risk.level
-        query = PolicyQuery(principal, kube.namespace, capability, risk, irreversible=irreversible)
-        result = evaluate(policies_for(kube), query)
+        step_inputs = _pairs(inputs, "--input") if inputs else None
+        query = PolicyQuery(
+            principal,
+            kube.namespace,
+            capability,
+            risk,
+            irreversible=irreversible,
+            inputs=step_inputs,
+            labels={k: str(v) for k, v in _pairs(labels, "--label").items()},
+            now=datetime.now(UTC),
+        )
+        policies = policies_for(kube)
+        result = evaluate(policies, query)
         console.print(
             f"{principal.user} ({', '.join(principal.groups) or 'no groups'}) -> {capability} "
-            f"({risk.value} risk) in namespace {kube.namespace}: [bold]{result.decision.value}[/]"
+            f"({risk.value} risk) in namespace {kube.namespace}: [bold]{result.decision.value}[/]",
+            soft_wrap=True,
         )
-        console.print(f"  because: {result.reason}")
+        console.print(f"  because: {result.reason}", soft_wrap=True)
+        for line in decision_details(result):
+            console.print(f"  {line}", soft_wrap=True)
         for verdict in result.verdicts:
-            console.print(f"  {verdict.explanation} ({verdict.mode.value})")
+            console.print(f"  {verdict.explanation} ({verdict.mode.value})", soft_wrap=True)
+        for applied in limits_for(policies, principal, kube.namespace, capability):
+            console.print(f"  counted by {applied.describe()}", soft_wrap=True)
+
+    @policy.command("reset")
+    @click.argument("principal")
+    @click.option(
+        "--operator-namespace",
+        envvar="AIRUN_OPERATOR_NAMESPACE",
+        default="airun-system",
+        show_default=True,
+        help="Where the operator keeps its state (the chart's release namespace).",
+    )
+    @with_identity
+    def policy_reset(
+        principal: str,
+        operator_namespace: str,
+        kubeconfig: str | None,
+        context: str | None,
+        namespace: str | None,
+    ) -> None:
+        """Close the circuit breakers that PRINCIPAL's denials opened (its new workflows are accepted again)
+        and forget its denials. Needs the approver role; recorded in the audit trail as your act."""
+        from controller.operator.limits import BREAKERS, principal_key
+
+        kube = Kube(kubeconfig, context, namespace)
+        key = principal_key(principal)
+        try:
+            current: Any = kube.core.read_namespaced_config_map(BREAKERS, operator_namespace)
+        except ApiException as error:
+            if error.status == 404:
+                console.print(f"no circuit breaker has recorded anything for {principal}")
+                return
+            raise click.ClickException(reason_of(error)) from error
+        entry = json.loads((current.data or {}).get(key) or "{}")
+        if not entry:
+            console.print(f"no circuit breaker has recorded anything for {principal}")
+            return
+        try:
+            kube.core.patch_namespaced_config_map(BREAKERS, operator_namespace, {"data": {key: None}})
+        except ApiException as error:
+            raise click.ClickException(reason_of(error)) from error
+        opened = ", ".join(sorted(entry.get("open") or {})) or "none open"
+        console.print(
+            f"reset {principal}: breakers closed ({opened}), {len(entry.get('denials') or [])} denials forgotten"
+        )
 
     @policy.command("test")
     @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -183,7 +257,7 @@ def register(main: click.Group) -> None:
                 policies = cluster_policies(kube, namespaces)
                 source = "the cluster's policies"
             risks = {cap_id: spec.risk.level for cap_id, spec in all_capabilities(kube).items()}
-            results = run_cases(suite, policies, risks)
+            results = run_cases(suite, policies, risks, now=datetime.now(UTC))
             console.print(f"[bold]{file}[/] against {source}", soft_wrap=True)
             table = Table()
             for column in ("case", "expected", "got", "", "why"):
@@ -202,6 +276,36 @@ def register(main: click.Group) -> None:
         console.print(f"[{style}]{total - failed} passed, {failed} failed[/]")
         if failed:
             raise SystemExit(1)
+
+
+def _pairs(values: tuple[str, ...], option: str) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for value in values:
+        key, sep, text = value.partition("=")
+        if not sep or not key:
+            raise click.ClickException(f"{option} {value!r}: expected KEY=VALUE")
+        try:
+            found[key] = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError as error:
+            raise click.ClickException(f"{option} {value!r}: VALUE is not YAML: {error}") from error
+    return found
+
+
+def decision_details(result: PolicyResult) -> list[str]:
+    """What a person needs beyond the reason: the values the deciding condition saw, the quorum."""
+    lines = []
+    deciding = result.deciding
+    if deciding is not None and deciding.seen:
+        saw = ", ".join(f"{k} = {json.dumps(v, default=str)}" for k, v in redact(dict(deciding.seen)).items())
+        lines.append(f"its condition saw: {saw}")
+    if result.decision.value == "REQUIRE_APPROVAL" and deciding is not None and deciding.approvers:
+        who = deciding.approvers
+        named = [f"users {', '.join(who.users)}"] * bool(who.users) + [f"groups {', '.join(who.groups)}"] * bool(
+            who.groups
+        )
+        people = "; ".join(named) or "anyone but the requester"
+        lines.append(f"approvers: {people}" + (f"; {who.count} distinct people must approve" if who.count > 1 else ""))
+    return lines
 
 
 def _read_suite(file: Path) -> PolicyTestSuite:
@@ -283,6 +387,8 @@ def register_plan(main: click.Group) -> None:
             "workflow": {"name": name, "namespace": kube.namespace, "uid": "<uid>"},
         }
         blocked = bool(errors)
+        labels = {str(k): str(v) for k, v in (manifest.get("metadata", {}).get("labels") or {}).items()}
+        counted: list[str] = []
         undo_of: dict[str, str] = {}
         order = dag.topological_order(spec.steps) if not errors else [s.name for s in spec.steps]
         steps = {s.name: s for s in spec.steps}
@@ -295,6 +401,16 @@ def register_plan(main: click.Group) -> None:
             if cap is None:
                 table.add_row(step.name, step.capability or "", "?", "-", "unknown capability", "-", "-")
                 continue
+            rendered: dict[str, Any] | None = None
+            try:
+                rendered = render(step.inputs, context_values)
+                inputs = yaml.safe_dump(rendered, default_flow_style=True).strip()
+            except TemplateError as template_error:
+                if "steps" in json.dumps(step.inputs) or "outputs" in json.dumps(step.inputs):
+                    inputs = "(rendered at run time: uses outputs of earlier steps; decided then, on them)"
+                else:  # nothing at run time can fix it: a missing parameter, a typo
+                    inputs = f"[red]template error: {template_error}[/]"
+                    blocked = True
             query = PolicyQuery(
                 principal,
                 kube.namespace,
@@ -303,9 +419,13 @@ def register_plan(main: click.Group) -> None:
                 irreversible=step.irreversible,
                 workflow=name,
                 step=step.name,
+                inputs=rendered,
+                labels=labels,
+                params=spec.params,
+                now=datetime.now(UTC),
             )
             result = evaluate(policies, query)
-            decision, why = result.decision, result.reason
+            decision, why = result.decision, "; ".join([result.reason, *decision_details(result)])
             undo_cap = capabilities.get(
                 (step.compensation.capability if step.compensation else None)
                 or (cap.compensation.capability if cap.compensation else None)
@@ -319,14 +439,9 @@ def register_plan(main: click.Group) -> None:
                 if SEVERITY[undo_result.decision] > SEVERITY[decision]:
                     decision, why = undo_result.decision, f"its compensation {undo_cap.id}: {undo_result.reason}"
             blocked |= decision.value == "DENY"
-            try:
-                inputs = yaml.safe_dump(render(step.inputs, context_values), default_flow_style=True).strip()
-            except TemplateError as template_error:
-                if "steps" in json.dumps(step.inputs) or "outputs" in json.dumps(step.inputs):
-                    inputs = "(rendered at run time: uses outputs of earlier steps)"
-                else:  # nothing at run time can fix it: a missing parameter, a typo
-                    inputs = f"[red]template error: {template_error}[/]"
-                    blocked = True
+            for applied in limits_for(policies, principal, kube.namespace, cap.id):
+                if applied.describe() not in counted:
+                    counted.append(applied.describe())
             undo = (
                 step.compensation.capability
                 if step.compensation
@@ -336,6 +451,8 @@ def register_plan(main: click.Group) -> None:
             if undo and undo != "-":
                 undo_of[step.name] = undo
         console.print(table)
+        for line in counted:
+            console.print(f"rate limit: {line} (counted when a step starts)", soft_wrap=True)
         for error in errors:
             console.print(f"[red]invalid:[/] {error}")
         undoable = [n for n in order if n in undo_of]

@@ -914,3 +914,18 @@ def record_approval_refused(world: World, step: str, error: str) -> WorkflowStat
     s.phase, s.finished_at, s.error = StepPhase.FAILED, iso(world.now), _truncate(error)
     _fail(status, Reason.STEP_FAILED, f"step {s.name}: {s.error}")
     return status
+
+
+def record_rate_limited(world: World, step: str, message: str) -> WorkflowStatus:
+    """STEP was about to start but a policy's rate limit allows no more steps now: it never ran; it is
+    DENY with reason RateLimited (MESSAGE: which limit, when its window frees), and the workflow compensates."""
+    status = world.status.model_copy(deep=True)
+    s = status.step(step)
+    if s.phase is not StepPhase.RUNNING:
+        return status
+    s.phase, s.finished_at, s.started_at = StepPhase.FAILED, iso(world.now), None
+    s.attempts = max(0, s.attempts - 1)
+    s.decision, s.policy = Decision.DENY, _truncate(message)
+    s.error = _truncate(f"denied: {message}")
+    _fail(status, Reason.RATE_LIMITED, f"step {s.name} was denied: {message}")
+    return status

@@ -27,6 +27,7 @@ workflow-deletion only records; it must never keep anyone from deleting (failure
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -41,9 +42,11 @@ from controller.api.workflow import TERMINAL_PHASES, WorkflowSpec
 from controller.capabilities import custom
 from controller.engine.saga import spec_errors
 from controller.operator import attestation
+from controller.operator import limits as policy_state
 from controller.operator.runtime import FINALIZER, ROLLBACK_BY_ANNOTATION, WorkflowRuntime
 from controller.policy.approvers import decision_refusal, outcome, quorum, vote_refusal
 from controller.policy.conditions import ConditionError, compile_condition
+from controller.policy.limits import breakers_for
 
 DECIDED_BY_ANNOTATION = "aifirst.dev/decided-by"
 IDENTITY_ANNOTATIONS = (
@@ -219,9 +222,32 @@ def register(
         persistent=True,
         id="workflow-runnable",
     )
-    async def workflow_runnable(spec: kopf.Spec, **kwargs: Any) -> None:
+    async def workflow_runnable(
+        spec: kopf.Spec, userinfo: Mapping[str, Any], namespace: str | None, **kwargs: Any
+    ) -> None:
         bind(kwargs)  # the custom capabilities of the cluster count too
+        await check_breakers(_user(userinfo)[0], namespace or "")
         await check_runnable(spec)
+
+    async def check_breakers(user: str, namespace: str) -> None:
+        """A principal whose denials opened the circuit breaker of a policy that applies here starts nothing
+        new until an approver resets it."""
+        applying = {b.policy: b.breaker for b in breakers_for(runtime.indexes.policies(), namespace)}
+        if not applying:
+            return
+        entry = await runtime.breakers.open_for(user)
+        for policy, since in sorted((entry.get("open") or {}).items()):
+            breaker = applying.get(policy)
+            if breaker is None:
+                continue
+            opened = datetime.fromtimestamp(float(since), UTC).isoformat(timespec="seconds")
+            raise kopf.AdmissionError(
+                f"the circuit breaker of {policy} is open for {user} since {opened}: {breaker.denials} of its "
+                f"steps were denied within {breaker.per_seconds} s, so its new workflows are refused. "
+                f"Find out why (airun audit show --kind step.decision), then an approver resets it: "
+                f"airun policy reset {user}",
+                code=403,
+            )
 
     async def check_runnable(spec: Mapping[str, Any]) -> None:
         """The checks that span the whole spec: here rather than CEL rules on the CRD, which the API server
@@ -407,6 +433,47 @@ def register(
     )
     def clusterpolicy_conditions(spec: kopf.Spec, **_: Any) -> None:
         check_policy(spec)
+
+    @kopf.on.validate(
+        "",
+        "v1",
+        "configmaps",
+        operations=["UPDATE"],
+        labels={policy_state.STATE_LABEL: "breakers"},
+        registry=registry,
+        persistent=True,
+        id="breaker-reset",
+    )
+    def breaker_reset(body: kopf.Body, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
+        """Only the operator records denials; anyone else (the approver role: RBAC) may only remove a
+        principal's entry, which closes its breakers, and is recorded in the audit trail as who did it."""
+        user, _groups = _user(userinfo)
+        if user == operator_user or kwargs.get("dryrun"):
+            return
+        old: Mapping[str, Any] = kwargs.get("old") or {}
+        if _ours((old.get("metadata") or {}).get("labels")) != _ours(body.metadata.get("labels")):
+            raise kopf.AdmissionError("the aifirst.dev/ labels of the operator's state cannot be changed", code=403)
+        before, after = dict(old.get("data") or {}), dict(body.get("data") or {})
+        if any(key not in before or before[key] != value for key, value in after.items()):
+            raise kopf.AdmissionError(
+                "circuit breakers are recorded by the operator; a person may only reset one "
+                "(airun policy reset PRINCIPAL removes its entry)",
+                code=403,
+            )
+        for key in sorted(set(before) - set(after)):
+            try:
+                entry = json.loads(before[key])
+            except ValueError:
+                entry = {}
+            runtime.audit.record(
+                "breaker.reset",
+                namespace="",
+                workflow="",
+                workflow_uid="",
+                principal=str(entry.get("principal") or key),
+                actor=user,
+                payload={"open": entry.get("open") or {}, "denials": len(entry.get("denials") or [])},
+            )
 
     @kopf.on.validate(
         API_GROUP,

@@ -26,7 +26,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from controller import API_GROUP, API_VERSION
 from controller.api.capability import CapabilitySpec
 from controller.api.policy import Principal
-from controller.api.workflow import TERMINAL_PHASES, WorkflowPhase, WorkflowSpec, WorkflowStatus
+from controller.api.workflow import TERMINAL_PHASES, Decision, WorkflowPhase, WorkflowSpec, WorkflowStatus
 from controller.audit.writer import AuditWriter
 from controller.capabilities import custom, secrets, snapshots
 from controller.capabilities.base import CapabilityError, Handler, Invocation
@@ -35,8 +35,10 @@ from controller.engine import faults, saga, templating
 from controller.observability.metrics import Metrics
 from controller.operator import approvals as approval_objects
 from controller.operator import attestation
+from controller.operator import limits as policy_state
 from controller.operator.kube import Connection
 from controller.operator.notify import Notifier
+from controller.policy import limits as policy_limits
 
 FINALIZER = "aifirst.dev/saga"
 FLUSH_AFTER = 0.5  # seconds a deferred (side-effect-free) transition may wait for the next checkpoint
@@ -135,6 +137,11 @@ class WorkflowRuntime:
         # With the context of the kopf handler that held each (kopf.event needs kopf's context variables).
         self.held: dict[str, tuple[kopf.Body, contextvars.Context]] = {}
         self.deleted_by: dict[str, str] = {}  # uid -> who deleted it (the DELETE webhook), for the audit
+        # Rate-limit counts and breakers of the policies (ConfigMaps of the operator's namespace, see
+        # controller/operator/limits.py); main points them at that namespace.
+        store = policy_state.Store(connection.api, custom.operator_namespace())
+        self.limiter = policy_state.Limiter(store)
+        self.breakers = policy_state.Breakers(store)
         # Not the default executor: handlers use that one, and a burst of hostile templates must not
         # starve them (nor they it).
         self.plan_threads = ThreadPoolExecutor(PLAN_THREADS, thread_name_prefix="airun-plan")
@@ -411,7 +418,9 @@ class Runner:
             self.wakeup.clear()
             before = self.status
             plan = await self._pure(saga.plan, self.world())
+            await self._rate_limit(plan)
             self._count(before, plan)
+            await self._denials(before, plan)
             if self._must_checkpoint(plan):
                 await self._write(plan.status)
             else:
@@ -460,6 +469,46 @@ class Runner:
             if not self.outcomes:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wakeup.wait(), timeout)
+
+    async def _rate_limit(self, plan: saga.Plan) -> None:
+        """Counts each step about to start against the `limits:` of the policies (kept in the API: exact
+        under concurrency, across restarts); a step beyond a limit does not start: it is DENY, RateLimited."""
+        if not plan.actions:
+            return
+        policies = self.rt.indexes.policies()
+        kept = []
+        for action in plan.actions:
+            applied = policy_limits.limits_for(policies, self.principal, self.ref.namespace, action.capability)
+            refused = await self.rt.limiter.reserve(applied, action.idempotency_key) if applied else None
+            if refused is None:
+                kept.append(action)
+                continue
+            limit, retry_after = refused
+            message = f"rate limited by {limit.describe()}; the window frees in {retry_after:.0f} s"
+            world = dataclasses.replace(self.world(), status=plan.status)
+            plan.status = saga.record_rate_limited(world, action.step, message)
+            plan.events.append(saga.Event("Warning", "RateLimited", f"step {action.step}: {message}"))
+            self.wakeup.set()
+        plan.actions = kept
+
+    async def _denials(self, before: WorkflowStatus, plan: saga.Plan) -> None:
+        """Each newly denied step counts against the principal's circuit breakers (`breaker:`)."""
+        denied_before = {s.name for s in before.steps if s.decision is Decision.DENY}
+        denied = [s for s in plan.status.steps if s.decision is Decision.DENY and s.name not in denied_before]
+        policies = self.rt.indexes.policies()
+        if not denied or not policy_limits.breakers_for(policies, self.ref.namespace):
+            return
+        for s in denied:
+            opened = await self.rt.breakers.deny(self.principal.user, self.ref.namespace, policies)
+            for policy in opened:
+                self.rt.metrics.breaker_opens.labels(policy).inc()
+                message = (
+                    f"the circuit breaker of {policy} opened for {self.principal.user}: its new workflows are "
+                    f"refused until an approver runs `airun policy reset {self.principal.user}`"
+                )
+                log.warning("BreakerOpened: %s", message, extra=self._log_context(s.name))
+                plan.events.append(saga.Event("Warning", "BreakerOpened", message))
+                self._audit("breaker.opened", s.name, policy=policy, principalGroups=self.principal.groups)
 
     async def _pure(self, function: Callable[..., Any], *args: Any) -> Any:
         """Runs a pure function of the saga on the event loop, where a template that only reads values
