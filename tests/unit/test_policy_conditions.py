@@ -10,7 +10,7 @@ import pytest
 from controller.api.capability import RiskLevel
 from controller.api.policy import PolicyObject, PolicySpec, Principal
 from controller.api.workflow import Decision
-from controller.engine.saga import _condition_of
+from controller.engine.steps import condition_of as _condition_of
 from controller.operator.admission import policy_problems
 from controller.policy.conditions import MAX_SOURCE, ConditionError, compile_condition
 from controller.policy.evaluate import PolicyQuery, evaluate
