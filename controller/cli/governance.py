@@ -216,7 +216,7 @@ def policy_reset(
 ) -> None:
     """Close the circuit breakers that PRINCIPAL's denials opened (its new workflows are accepted again)
     and forget its denials. Needs the approver role; recorded in the audit trail as your act."""
-    from controller.operator.limits import BREAKERS, principal_key
+    from controller.policy.limits import BREAKERS, principal_key
 
     kube = Kube(kubeconfig, context, namespace)
     key = principal_key(principal)

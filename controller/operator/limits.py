@@ -15,7 +15,6 @@ server's optimistic concurrency alone, needs no second store to be up for a step
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,14 +26,9 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from controller.api.policy import PolicyObject
 from controller.policy import limits as pure
 
-STATE_LABEL = "aifirst.dev/state"
-BREAKERS = "airun-breakers"
+STATE_LABEL, BREAKERS, principal_key = pure.STATE_LABEL, pure.BREAKERS, pure.principal_key
 ATTEMPTS = 20
 MAX_DENIALS = 10_000  # per principal, newest kept
-
-
-def principal_key(principal: str) -> str:
-    return "p-" + hashlib.sha256(principal.encode()).hexdigest()[:32]
 
 
 class Conflict(Exception):

@@ -245,7 +245,7 @@ def _spelled(source: str) -> str:
     return "".join(parts)
 
 
-MAX_COMPREHENSION_DEPTH = 2
+MAX_COMPREHENSION_DEPTH = 1
 _MACRO = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(")
 _PATH = re.compile(r"(?<![\w.\"'])([A-Za-z_][A-Za-z0-9_]*)((?:\s*\.\s*[A-Za-z_][A-Za-z0-9_]*)*)(\s*\()?")
 

@@ -22,6 +22,13 @@ from controller.api.policy import Breaker, Limit, PolicyMode, PolicyObject, Prin
 from controller.policy.evaluate import applicable, principal_matches
 
 Entry = tuple[float, str]  # (seconds since the epoch, digest of what was counted)
+STATE_LABEL = "aifirst.dev/state"  # on the ConfigMaps that hold the counts and the breakers
+BREAKERS = "airun-breakers"  # the one ConfigMap of the breakers (its keys: principal_key)
+
+
+def principal_key(principal: str) -> str:
+    """The key of PRINCIPAL's entry in the breakers' ConfigMap."""
+    return "p-" + hashlib.sha256(principal.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)

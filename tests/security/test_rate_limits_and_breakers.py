@@ -15,8 +15,7 @@ import yaml
 
 from controller.audit.store import AuditStore
 from controller.localcluster.devenv import DevEnvironment
-from controller.operator.limits import BREAKERS, principal_key
-from controller.policy.limits import AppliedLimit
+from controller.policy.limits import BREAKERS, AppliedLimit, principal_key
 from tests.httpserver import LoopbackAPI
 from tests.integration.test_cli import airun
 from tests.integration.test_governance import delete, policy
@@ -130,7 +129,7 @@ def test_a_breaker_opens_refuses_new_workflows_and_is_reset_by_an_approver(
     kube.apply(
         policy(
             "no-deletes",
-            {"capabilities": ["io.fs.delete"], "action": "DENY"},
+            {"capabilities": ["io.fs.delete"], "when": 'step.inputs.path.startsWith("x")', "action": "DENY"},
             breaker={"denials": 2, "perSeconds": 600},
         ),
         namespace=namespace,
@@ -169,3 +168,10 @@ def test_a_breaker_opens_refuses_new_workflows_and_is_reset_by_an_approver(
     resets = [r for r in records if r["kind"] == "breaker.reset" and r["principal"] == user]
     assert [r["actor"] for r in resets] == ["alice"]
     assert any(r["kind"] == "breaker.opened" and r["principal"] == user for r in records)
+    # The decisions are audited with the rule's condition and what it saw.
+    decided = [r for r in records if r["kind"] == "step.decision" and r["principal"] == user and r["step"] == "rm"]
+    assert decided and decided[0]["payload"]["condition"] == {
+        "rule": f"Policy {namespace}/no-deletes rule 0",
+        "when": 'step.inputs.path.startsWith("x")',
+        "saw": {"step.inputs.path": "x0.txt"},
+    }

@@ -112,6 +112,7 @@ def test_the_first_matching_rule_wins_only_where_its_condition_holds() -> None:
         ("principal.user > 3", "No such overload"),
         ("1 + 'a' == 'b'", "No such overload"),
         ("[1].all(a, [2].all(b, [3].all(c, a < b)))", "nests 3 comprehension macros"),
+        ("step.inputs.items.all(a, step.inputs.items.exists(b, a == b))", "nests 2 comprehension macros"),
         ("'" + "x" * MAX_SOURCE + "' == ''", f"at most {MAX_SOURCE}"),
     ],
 )
@@ -160,8 +161,18 @@ def test_conditions_of_one_decision_share_its_variables_each_seeing_all_it_reads
     p = policy(
         {"capabilities": ["io.fs.delete"], "when": 'step.inputs.path == "nope"', "action": "DENY"},
         {"capabilities": ["io.fs.delete"], "when": "size(step.inputs) == 2 && !has(step.inputs.x)", "action": "DENY"},
-        {"capabilities": ["io.fs.delete"], "when": "[1].all(step, step > 0) && step > 0", "action": "ALLOW"},
+        {"capabilities": ["io.fs.delete"], "when": "[1].all(step, step > 0) && step.name != ''", "action": "ALLOW"},
     )
     result = decide(p, "io.fs.delete", {"path": "a", "mode": "b"})
     assert result.decision is Decision.DENY and result.deciding.rule == 1
     assert result.deciding.seen == {"step.inputs": {"path": "a", "mode": "b"}}  # step.inputs.x: not there
+
+
+def test_a_hostile_regex_cannot_make_a_decision_slow() -> None:
+    """`matches` runs a linear-time engine: the classic catastrophic pattern on a long input stays fast."""
+    import time
+
+    p = policy({"capabilities": ["*"], "when": 'step.inputs.path.matches("^(a+)+$")', "action": "DENY"})
+    started = time.perf_counter()
+    result = decide(p, "io.fs.delete", {"path": "a" * 50_000 + "!"})
+    assert result.decision is Decision.ALLOW and time.perf_counter() - started < 1.0
