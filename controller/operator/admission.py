@@ -490,7 +490,7 @@ def register(
             hook.version,
             hook.plural,
             labels=dict(hook.labels) or None,
-            operations=set(hook.operations),
+            operations=sorted(hook.operations),  # a list: the order the chart renders, whatever the hash seed
             registry=registry,
             persistent=True,
             ignore_failures=hook.ignore_failures,
