@@ -444,7 +444,7 @@ class Webhook:
     id: str
     mutating: bool
     plural: str
-    operations: frozenset[Operation]
+    operations: tuple[Operation, ...]  # in this order in the webhook configuration
     handler: str
     ignore_failures: bool = False
     group: str = API_GROUP
@@ -453,21 +453,21 @@ class Webhook:
 
 
 WEBHOOKS = (
-    Webhook("workflow-principal", True, "workflows", frozenset({"CREATE"}), "workflow_principal"),
-    Webhook("workflow-rollback-actor", True, "workflows", frozenset({"UPDATE"}), "workflow_rollback_actor"),
-    Webhook("workflow-deletion", False, "workflows", frozenset({"DELETE"}), "workflow_deletion", ignore_failures=True),
-    Webhook("workflow-runnable", False, "workflows", frozenset({"CREATE"}), "workflow_runnable"),
-    Webhook("workflow-update", False, "workflows", frozenset({"UPDATE"}), "workflow_update"),
-    Webhook("approval-decider", True, "approvals", frozenset({"UPDATE"}), "approval_decider"),
-    Webhook("approval-decision", False, "approvals", frozenset({"UPDATE"}), "approval_decision"),
-    Webhook("capability-coherent", False, "capabilities", frozenset({"CREATE", "UPDATE"}), "capability_coherent"),
-    Webhook("policy-conditions", False, "policies", frozenset({"CREATE", "UPDATE"}), "policy_conditions"),
-    Webhook("clusterpolicy-conditions", False, "clusterpolicies", frozenset({"CREATE", "UPDATE"}), "policy_conditions"),
+    Webhook("workflow-principal", True, "workflows", ("CREATE",), "workflow_principal"),
+    Webhook("workflow-rollback-actor", True, "workflows", ("UPDATE",), "workflow_rollback_actor"),
+    Webhook("workflow-deletion", False, "workflows", ("DELETE",), "workflow_deletion", ignore_failures=True),
+    Webhook("workflow-runnable", False, "workflows", ("CREATE",), "workflow_runnable"),
+    Webhook("workflow-update", False, "workflows", ("UPDATE",), "workflow_update"),
+    Webhook("approval-decider", True, "approvals", ("UPDATE",), "approval_decider"),
+    Webhook("approval-decision", False, "approvals", ("UPDATE",), "approval_decision"),
+    Webhook("capability-coherent", False, "capabilities", ("CREATE", "UPDATE"), "capability_coherent"),
+    Webhook("policy-conditions", False, "policies", ("CREATE", "UPDATE"), "policy_conditions"),
+    Webhook("clusterpolicy-conditions", False, "clusterpolicies", ("CREATE", "UPDATE"), "policy_conditions"),
     Webhook(
         "breaker-reset",
         False,
         "configmaps",
-        frozenset({"UPDATE"}),
+        ("UPDATE",),
         "breaker_reset",
         group="",
         version="v1",
@@ -490,7 +490,7 @@ def register(
             hook.version,
             hook.plural,
             labels=dict(hook.labels) or None,
-            operations=sorted(hook.operations),  # a list: the order the chart renders, whatever the hash seed
+            operations=list(hook.operations),
             registry=registry,
             persistent=True,
             ignore_failures=hook.ignore_failures,

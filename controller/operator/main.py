@@ -63,6 +63,7 @@ class OperatorOptions:
     audit_url: str | None = None
     # Where the credentials of custom Capability endpoints live (default: the Pod's namespace, or airun-system)
     operator_namespace: str | None = None
+    shutdown_grace_seconds: float = 25.0
 
 
 def _configure(
@@ -122,35 +123,51 @@ async def sweep_snapshots(connection: kube.Connection, workspaces: Path) -> None
     await asyncio.to_thread(snapshots.sweep, workspaces, live)
 
 
-async def run(options: OperatorOptions) -> None:
+def _notifier(options: OperatorOptions) -> Notifier:
+    if options.notify_secret_file:
+        secret = Path(options.notify_secret_file).read_bytes().strip()
+    else:
+        secret = secrets.token_bytes(32)
+        log.warning("no --notify-secret-file: approval notifications are signed with a throw-away key")
+    return Notifier(secret, EgressRules.from_env())
+
+
+def _audit_writer(options: OperatorOptions) -> AuditWriter:
+    store = None
+    if options.audit_url:
+        store = AuditStore(options.audit_url)
+        store.migrate()  # once, at start-up, before anything else runs
+    return AuditWriter(store)
+
+
+def _runtime(
+    options: OperatorOptions, connection: kube.Connection, workspaces: Path, notifier: Notifier, audit: AuditWriter
+) -> WorkflowRuntime:
+    """The runtime, with the keys of its options (read once, at start-up)."""
     capabilities = capability_registry.load(include_test=options.test_capabilities)
+    runtime = WorkflowRuntime(connection, capabilities, RuntimeSettings(workspaces=workspaces), notifier, audit)
+    runtime.attestation_key = attestation.load_key(options.attestation_key_file)
+    notifier.signed_urls = lambda namespace: policy_urls(runtime.indexes.policies(), namespace)
+    if options.snapshot_key_file:
+        key = Path(options.snapshot_key_file).read_bytes().strip()
+        runtime.kube.snapshot_cipher = snapshot_cipher(key)
+    else:
+        log.warning("no --snapshot-key-file: steps that change a Secret fail (its snapshot could not be sealed)")
+    return runtime
+
+
+async def run(options: OperatorOptions) -> None:
     if options.operator_namespace:
         custom_capabilities.CREDENTIALS.namespace = options.operator_namespace
     connection = await kube.connect(options.kubeconfig, options.context)
     registry = kopf.OperatorRegistry()
     workspaces = Path(options.workspaces) if options.workspaces else workspaces_from_env()
-    if options.notify_secret_file:
-        secret = Path(options.notify_secret_file).read_bytes().strip()  # noqa: ASYNC240  (once, at start-up)
-    else:
-        secret = secrets.token_bytes(32)
-        log.warning("no --notify-secret-file: approval notifications are signed with a throw-away key")
-    notifier = Notifier(secret, EgressRules.from_env())
-    store = None
-    if options.audit_url:
-        store = AuditStore(options.audit_url)
-        store.migrate()  # once, at start-up, before anything else runs
-    audit = AuditWriter(store)
+    notifier = _notifier(options)
+    audit = _audit_writer(options)
     # Templates that do more than read values render in worker processes that can be stopped.
     sandbox = TemplateSandbox().start()
     templating.install(sandbox)
-    runtime = WorkflowRuntime(connection, capabilities, RuntimeSettings(workspaces=workspaces), notifier, audit)
-    runtime.attestation_key = attestation.load_key(options.attestation_key_file)
-    notifier.signed_urls = lambda namespace: policy_urls(runtime.indexes.policies(), namespace)
-    if options.snapshot_key_file:
-        key = Path(options.snapshot_key_file).read_bytes().strip()  # noqa: ASYNC240  (once, at start-up)
-        runtime.kube.snapshot_cipher = snapshot_cipher(key)
-    else:
-        log.warning("no --snapshot-key-file: steps that change a Secret fail (its snapshot could not be sealed)")
+    runtime = _runtime(options, connection, workspaces, notifier, audit)
     await sweep_snapshots(connection, workspaces)
     bind = handlers.register(registry, runtime)
     if options.webhook_port:
@@ -182,10 +199,10 @@ async def run(options: OperatorOptions) -> None:
         runtime.metrics.serve(options.metrics_port, options.bind)
 
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     ready = asyncio.Event()
+    signals = asyncio.create_task(
+        _stop_gracefully_on_signals(runtime, ready, stop, options.shutdown_grace_seconds), name="signals"
+    )
     probes = await health.serve(options.bind, options.health_port, ready)
     learning = asyncio.create_task(controlplane.learn(connection), name="the API server's addresses")
     try:
@@ -199,6 +216,7 @@ async def run(options: OperatorOptions) -> None:
     finally:
         watcher.cancel()
         learning.cancel()
+        signals.cancel()
         await probes.cleanup()
         await runtime.shutdown()
         templating.install(None)
@@ -206,6 +224,36 @@ async def run(options: OperatorOptions) -> None:
         await notifier.close()
         audit.close()
         await connection.close()
+
+
+async def _stop_gracefully_on_signals(
+    runtime: WorkflowRuntime, ready: asyncio.Event, stop: asyncio.Event, grace: float
+) -> None:
+    """SIGTERM or SIGINT: drain (no new step starts, attempts in flight finish within GRACE seconds and
+    are checkpointed) while kopf still watches and serves the webhooks, then stop kopf. A second signal
+    stops at once: what was still running is recovered from status by the next operator.
+    Installed once kopf is ready: kopf installs its own handlers (an immediate stop) as it starts, and
+    the last handler installed wins; before that, nothing runs that a stop could cut off."""
+    await ready.wait()
+    loop = asyncio.get_running_loop()
+    draining: list[asyncio.Task[None]] = []
+
+    async def drain_then_stop() -> None:
+        try:
+            await runtime.drain(grace)
+        finally:
+            stop.set()
+
+    def on_signal() -> None:
+        if draining:
+            log.warning("second signal: stopping now (steps still running are recovered from status)")
+            draining[0].cancel()  # which sets the stop flag
+            runtime.cut_off()  # else kopf waits for the runners as for any task it did not start
+            return
+        draining.append(asyncio.create_task(drain_then_stop(), name="graceful stop"))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
 
 
 def main(options: OperatorOptions) -> None:
