@@ -17,6 +17,9 @@ class AuditKind(StrEnum):
     STEP_FINISHED = "step.finished"
     APPROVAL_REQUESTED = "approval.requested"
     APPROVAL_DECIDED = "approval.decided"
+    APPROVAL_VOTE = "approval.vote"  # one person's decision on a quorum Approval that did not decide it yet
     COMPENSATION_DECISION = "compensation.decision"
     COMPENSATION_STARTED = "compensation.started"
     COMPENSATION_FINISHED = "compensation.finished"
+    BREAKER_OPENED = "breaker.opened"  # a policy's circuit breaker opened for a principal
+    BREAKER_RESET = "breaker.reset"  # an approver closed them (`airun policy reset`)

@@ -102,6 +102,18 @@ def test_details_show_steps_approvals_compensation_conditions_and_events() -> No
     assert render.pending_approvals(obj) == [("review", "w-review")]
 
 
+def test_a_quorum_approval_shows_its_tally() -> None:
+    spec = {
+        "requestedBy": "bob",
+        "approvers": {"groups": ["sre"], "count": 2},
+        "votes": [{"user": "carol", "decision": "Approved", "at": "2026-01-02T11:59:00Z"}],
+    }
+    shown = text(render.approval_state("w-review", {"spec": spec, "status": {"phase": "Pending"}}))
+    assert "w-review Pending 1 of 2 approvals (carol)" in shown, shown
+    single = text(render.approval_state("w-review", {"spec": {"requestedBy": "bob"}, "status": {"phase": "Pending"}}))
+    assert "of" not in single.replace("w-review", "")
+
+
 def test_an_approval_of_an_earlier_workflow_of_the_same_name_is_not_this_ones() -> None:
     stale = {"metadata": {"name": "w-review", "ownerReferences": [{"uid": "older"}]}, "status": {"phase": "Approved"}}
     assert render.approval_of(workflow(), {"w-review": stale}, "w-review") is None

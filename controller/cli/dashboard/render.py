@@ -16,6 +16,7 @@ from controller.api.approval import ApprovalPhase
 from controller.api.workflow import Decision, EventType, StepPhase, WorkflowPhase
 from controller.cli.progress import PHASE_STYLE
 from controller.client.workflows import step_label
+from controller.policy.approvers import quorum_text
 
 BAR_WIDTH = 12
 # Phases after which a workflow has nothing left to roll back.
@@ -129,6 +130,9 @@ def approval_state(name: str, approval: Mapping[str, Any] | None) -> Text:
     text.append(f" {phase}", style=APPROVAL_STYLE.get(phase, "magenta"))
     if status.get("decidedBy"):
         text.append(f" by {status['decidedBy']}")
+    tally = quorum_text(spec)
+    if tally and phase == "Pending":
+        text.append(f" {tally}", style="bold")
     reason = status.get("reason") or spec.get("reason")
     if reason:
         text.append(f": {reason}", style="italic")
