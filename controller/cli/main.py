@@ -278,9 +278,10 @@ def audit_verify(url: str | None) -> None:
 
 
 def _register_commands() -> None:
-    from controller.cli import dashboard, governance, mcp, workflows
+    from controller.cli import calls, dashboard, governance, mcp, workflows
 
     workflows.register(main)
+    calls.register(main)
     dashboard.register(main)
     mcp.register(main)
     governance.register(main)

@@ -3,35 +3,21 @@ and three for workflows. Every call becomes a Workflow; nothing here runs a capa
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import mcp_types as types
 
-from controller import API_GROUP, API_VERSION
+from controller import API_GROUP
 from controller.api.capability import CapabilitySpec, RiskLevel
 from controller.capabilities.registry import DESTRUCTIVE
+from controller.client.calls import MANAGED_BY, TOOL_ANNOTATION, one_step_workflow, tool_name, undone_by
 
 SUBMIT_WORKFLOW = "submit_workflow"
 WORKFLOW_STATUS = "workflow_status"
 LIST_WORKFLOWS = "list_workflows"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "airun-mcp"}
-TOOL_ANNOTATION = f"{API_GROUP}/mcp-tool"
-
-
-def tool_name(capability_id: str) -> str:
-    """`io.fs.write_file` -> `io-fs-write_file`. Capability ids never hold `-`, so the mapping can be
-    reversed; and names without dots suit every MCP client (some accept only [A-Za-z0-9_-])."""
-    return capability_id.replace(".", "-")
+__all__ = ["MANAGED_BY", "TOOL_ANNOTATION", "one_step_workflow", "tool_name", "undone_by"]
 
 
 def capability_id(name: str) -> str | None:
     return name.replace("-", ".") if "-" in name else None
-
-
-def undone_by(spec: CapabilitySpec) -> str | None:
-    """The capability that undoes SPEC (None when it cannot be undone automatically)."""
-    return spec.compensation.capability if spec.compensation else None
 
 
 def tool_annotations(spec: CapabilitySpec) -> types.ToolAnnotations:
@@ -79,47 +65,6 @@ def capability_tool(spec: CapabilitySpec) -> types.Tool:
         annotations=tool_annotations(spec),
         meta={f"{API_GROUP}/capability": spec.id, f"{API_GROUP}/risk": spec.risk.level.value},
     )
-
-
-def _has_template(value: Any) -> bool:
-    if isinstance(value, str):
-        return "{{" in value or "{%" in value
-    if isinstance(value, dict):
-        return any(_has_template(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_template(v) for v in value)
-    return False
-
-
-def one_step_workflow(spec: CapabilitySpec, arguments: dict[str, Any]) -> dict[str, Any]:
-    """The Workflow of one tool call. The operator renders step inputs as templates; a caller's value that
-    looks like one ("{{ ... }}") goes through `params` instead, so it arrives exactly as sent."""
-    inputs: dict[str, Any] = {}
-    params: dict[str, Any] = {}
-    for key, value in arguments.items():
-        if _has_template(value):
-            params[key] = value
-            # A single expression keeps the value's type; json.dumps quotes the key as a Jinja string literal.
-            inputs[key] = "{{ params[" + json.dumps(key) + "] }}"
-        else:
-            inputs[key] = value
-    step: dict[str, Any] = {"name": spec.id.rsplit(".", 1)[-1], "capability": spec.id, "inputs": inputs}
-    if spec.side_effects and undone_by(spec) is None:
-        # The step's own compensation cannot be given through the tool's schema: a person approves instead.
-        step["irreversible"] = True
-    spec_body: dict[str, Any] = {"description": f"MCP tool call: {spec.id}", "steps": [step]}
-    if params:
-        spec_body["params"] = params
-    return {
-        "apiVersion": f"{API_GROUP}/{API_VERSION}",
-        "kind": "Workflow",
-        "metadata": {
-            "generateName": f"mcp-{spec.id.replace('.', '-').replace('_', '-')}-",
-            "labels": dict(MANAGED_BY),
-            "annotations": {TOOL_ANNOTATION: tool_name(spec.id)},
-        },
-        "spec": spec_body,
-    }
 
 
 _NAMESPACE = {"type": "string", "description": "Namespace (default: the server's)."}
