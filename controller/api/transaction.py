@@ -10,6 +10,8 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field
 
 TRANSACTION_LABEL = "aifirst.dev/transaction"
+# When the call joined its transaction (microseconds, written by the admission webhook): the call order
+JOINED_ANNOTATION = "aifirst.dev/transaction-joined-at"
 MAX_CALLS = 100  # calls one transaction holds (status stays small); the admission webhook refuses more
 MAX_TTL_SECONDS = 7 * 24 * 3600
 DEFAULT_TTL_SECONDS = 900
@@ -36,7 +38,6 @@ class TransactionReason(StrEnum):
     COMMITTED = "Committed"
     ROLLBACK_REQUESTED = "RollbackRequested"  # its principal set spec.rollback
     EXPIRED = "Expired"  # left open past its TTL: the operator rolled it back
-    ROLLED_BACK = "RolledBack"
     COMPENSATION_FAILED = "CompensationFailed"
     UNATTESTED = "Unattested"
 
@@ -75,6 +76,7 @@ class TransactionStatus(_Model):
     expires_at: str | None = Field(None, alias="expiresAt")
     finished_at: str | None = Field(None, alias="finishedAt")
     rollback_requested_by: str | None = Field(None, alias="rollbackRequestedBy")
+    call_count: int | None = Field(None, alias="callCount")
     calls: list[Call] = Field(default_factory=list)  # in call order
     undone: list[str] = Field(default_factory=list)  # workflows, in the order they were compensated
 

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from controller.api.transaction import (
+    JOINED_ANNOTATION,
     MAX_CALLS,
     Call,
     CallPhase,
@@ -86,6 +87,18 @@ def parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
+def _joined(meta: Mapping[str, Any]) -> datetime:
+    """When a call was made: the admission webhook's stamp (microseconds), else its creationTimestamp (seconds)."""
+    for value in (((meta.get("annotations") or {}).get(JOINED_ANNOTATION)), meta.get("creationTimestamp")):
+        try:
+            found = parse_time(str(value)) if value else None
+        except ValueError:
+            found = None
+        if found is not None:
+            return found
+    return datetime.min.replace(tzinfo=UTC)
+
+
 def view_of(obj: Mapping[str, Any], principal: str) -> CallView:
     """A Workflow object (as the API server returns it) as a call. PRINCIPAL: whom the operator knows it
     to run as (its status.principal, or the webhook's verified attestation before the first status write)."""
@@ -93,11 +106,8 @@ def view_of(obj: Mapping[str, Any], principal: str) -> CallView:
     status = obj.get("status") or {}
     steps = [s for s in (obj.get("spec") or {}).get("steps") or [] if isinstance(s, Mapping)]
     done = [s for s in status.get("steps") or [] if isinstance(s, Mapping)]
-    undos = [
-        str((s.get("compensation") or {}).get("capability"))
-        for s in done
-        if s.get("phase") == "Succeeded" and (s.get("compensation") or {}).get("capability")
-    ]
+    compensated = [s for s in done if (s.get("compensation") or {}).get("capability")]
+    undos = [str(s["compensation"]["capability"]) for s in compensated]
     try:
         phase = WorkflowPhase(status["phase"]) if status.get("phase") else None
     except ValueError:
@@ -106,13 +116,13 @@ def view_of(obj: Mapping[str, Any], principal: str) -> CallView:
         name=str(meta.get("name") or ""),
         principal=principal,
         phase=phase,
-        created_at=parse_time(meta.get("creationTimestamp")) or datetime.min.replace(tzinfo=UTC),
+        created_at=_joined(meta),
         finished_at=parse_time(status.get("finishedAt")),
         rollback=bool((obj.get("spec") or {}).get("rollback")),
         deleting=bool(meta.get("deletionTimestamp")),
         capability=", ".join(str(s.get("capability")) for s in steps if s.get("capability")) or None,
         undo=", ".join(undos) or None,
-        has_undo=bool(undos),
+        has_undo=any(s.get("phase") == "Succeeded" for s in compensated),
     )
 
 
@@ -185,6 +195,7 @@ def plan(world: TransactionWorld) -> TransactionPlan:
     own = [c for c in world.calls if c.principal == principal]
     result.ignored = sorted(c.name for c in world.calls if c.principal != principal)
     status.calls = _calls(world, own)
+    status.call_count = len(own)
 
     if status.phase is TransactionPhase.OPEN:
         expires = parse_time(status.expires_at)
@@ -259,7 +270,7 @@ def _roll_back(
         status.message = f"the compensation of {', '.join(failed)} failed: a person must look (airun status NAME)"
         result.events.append(Event("Warning", "RollbackFailed", status.message))
     else:
-        status.phase, status.reason = TransactionPhase.ROLLED_BACK, TransactionReason.ROLLED_BACK
+        status.phase = TransactionPhase.ROLLED_BACK  # the reason stays why: RollbackRequested or Expired
         status.message = f"rolled back: {len(status.undone)} calls undone, newest first" + (
             f" ({', '.join(status.undone)})" if status.undone else ""
         )

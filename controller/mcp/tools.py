@@ -3,6 +3,8 @@ and three for workflows. Every call becomes a Workflow; nothing here runs a capa
 
 from __future__ import annotations
 
+from typing import Any
+
 import mcp_types as types
 
 from controller import API_GROUP
@@ -13,6 +15,12 @@ from controller.client.calls import MANAGED_BY, TOOL_ANNOTATION, one_step_workfl
 SUBMIT_WORKFLOW = "submit_workflow"
 WORKFLOW_STATUS = "workflow_status"
 LIST_WORKFLOWS = "list_workflows"
+UNDO = "undo"
+BEGIN_TRANSACTION = "begin_transaction"
+COMMIT_TRANSACTION = "commit_transaction"
+ROLLBACK_TRANSACTION = "rollback_transaction"
+TRANSACTION_STATUS = "transaction_status"
+TRANSACTION_ARGUMENT = "transaction"  # reserved on every capability tool: the id begin_transaction returned
 __all__ = ["MANAGED_BY", "TOOL_ANNOTATION", "one_step_workflow", "tool_name", "undone_by"]
 
 
@@ -43,6 +51,26 @@ def tool_annotations(spec: CapabilitySpec) -> types.ToolAnnotations:
     )
 
 
+def with_transaction(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The capability's input schema plus the reserved optional argument `transaction`."""
+    schema: dict[str, Any] = dict(inputs) if inputs.get("type") == "object" else {"type": "object", **inputs}
+    properties = dict(schema.get("properties") or {})
+    properties[TRANSACTION_ARGUMENT] = {
+        "type": "string",
+        "description": "Optional: the id begin_transaction returned; the call joins that transaction (reserved, "
+        "not an input of the capability).",
+    }
+    schema["properties"] = properties
+    return schema
+
+
+def split_arguments(arguments: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The capability's inputs, and the transaction the call joins (the reserved argument)."""
+    inputs = {k: v for k, v in arguments.items() if k != TRANSACTION_ARGUMENT}
+    transaction = arguments.get(TRANSACTION_ARGUMENT)
+    return inputs, (str(transaction) if transaction else None)
+
+
 def capability_tool(spec: CapabilitySpec) -> types.Tool:
     undo = undone_by(spec)
     if spec.compensation and spec.compensation.from_step:
@@ -59,9 +87,10 @@ def capability_tool(spec: CapabilitySpec) -> types.Tool:
         description=(
             f"{spec.description.strip()}\n\n{facts}\nRuns as a governed one-step Workflow under your Kubernetes "
             "identity (policy, approval, audit, compensation). When a person must approve it, the result names the "
-            "pending Approval and the workflow instead of waiting."
+            "pending Approval and the workflow instead of waiting. Pass `transaction` (from begin_transaction) to "
+            "group it with other calls that commit or roll back together; `undo` undoes your last calls."
         ),
-        input_schema=spec.inputs if spec.inputs.get("type") == "object" else {"type": "object", **spec.inputs},
+        input_schema=with_transaction(spec.inputs),
         annotations=tool_annotations(spec),
         meta={f"{API_GROUP}/capability": spec.id, f"{API_GROUP}/risk": spec.risk.level.value},
     )
@@ -131,5 +160,78 @@ WORKFLOW_TOOLS = [
             idempotent_hint=True,
             open_world_hint=False,
         ),
+    ),
+]
+
+
+_TX_ID = {"type": "string", "description": "The transaction id that begin_transaction returned."}
+
+
+def _hints(title: str, *, read_only: bool, destructive: bool, idempotent: bool) -> types.ToolAnnotations:
+    return types.ToolAnnotations(
+        title=title,
+        read_only_hint=read_only,
+        destructive_hint=destructive,
+        idempotent_hint=idempotent,
+        open_world_hint=False,
+    )
+
+
+TRANSACTION_TOOLS = [
+    types.Tool(
+        name=UNDO,
+        title="Undo your last calls",
+        description=(
+            "Undo (compensate) your own last `count` finished calls or workflows, newest first, each through its "
+            "governed compensation (the same as a failed workflow's). The result lists each undone call and how it "
+            "was undone. Calls that only read have nothing to undo and are passed over."
+        ),
+        input_schema={
+            "type": "object",
+            "properties": {"count": {"type": "integer", "minimum": 1, "default": 1, "description": "How many calls."}},
+        },
+        annotations=_hints("Undo your last calls", read_only=False, destructive=True, idempotent=False),
+    ),
+    types.Tool(
+        name=BEGIN_TRANSACTION,
+        title="Begin a transaction",
+        description=(
+            "Begin a transaction: pass the id it returns as `transaction` to the tool calls that belong to it; "
+            "commit_transaction closes it, rollback_transaction undoes all of its calls, newest first. Left open "
+            "longer than ttlSeconds (you crashed or forgot), it is rolled back for you. Only you may add to it, "
+            "commit it or roll it back."
+        ),
+        input_schema={
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "maxLength": 256, "description": "What you are about to do."},
+                "ttlSeconds": {"type": "integer", "minimum": 1, "maximum": 604800, "default": 900},
+            },
+        },
+        annotations=_hints("Begin a transaction", read_only=False, destructive=False, idempotent=False),
+    ),
+    types.Tool(
+        name=COMMIT_TRANSACTION,
+        title="Commit a transaction",
+        description="Close the transaction: its calls stay, no call may join it any more, its TTL no longer applies.",
+        input_schema={"type": "object", "required": ["transaction"], "properties": {"transaction": _TX_ID}},
+        annotations=_hints("Commit a transaction", read_only=False, destructive=False, idempotent=True),
+    ),
+    types.Tool(
+        name=ROLLBACK_TRANSACTION,
+        title="Roll a transaction back",
+        description=(
+            "Undo every call of the transaction, in reverse order of completion, each through its governed "
+            "compensation; calls still running are stopped first. Returns what was undone, in that order."
+        ),
+        input_schema={"type": "object", "required": ["transaction"], "properties": {"transaction": _TX_ID}},
+        annotations=_hints("Roll a transaction back", read_only=False, destructive=True, idempotent=True),
+    ),
+    types.Tool(
+        name=TRANSACTION_STATUS,
+        title="Transaction status",
+        description="A transaction's phase, expiry, and its calls in call order with what became of each.",
+        input_schema={"type": "object", "required": ["transaction"], "properties": {"transaction": _TX_ID}},
+        annotations=_hints("Transaction status", read_only=True, destructive=False, idempotent=True),
     ),
 ]

@@ -4,9 +4,13 @@ authentication of the request, never from its body.
 Workflow CREATE   records the creator as the principal (annotations, groups as a JSON list, signed with the
                   operator's attestation key; whatever the body claims is overwritten), names a workflow
                   created with generateName (the signature covers the name), adds the saga finalizer,
-                  refuses cycles and unknown capabilities.
-Workflow UPDATE   records who set spec.rollback; refuses changes to the recorded identities, and removal of
-                  the saga finalizer by anyone but the operator while the workflow is not finished.
+                  refuses cycles and unknown capabilities, and a call joining a Transaction (label
+                  aifirst.dev/transaction) that is not open or not the creator's own.
+Workflow UPDATE   records who set spec.rollback; refuses changes to the recorded identities and to the
+                  transaction label, and removal of the saga finalizer by anyone but the operator while the
+                  workflow is not finished.
+Transaction       see controller/operator/transactions.py: its creator recorded and signed; only they
+                  commit, roll back or delete it while open.
 Workflow DELETE   records who deleted it (audit), so that its compensation names the actor.
 Approval UPDATE   records who decided (annotation), refuses self-approval, approvers the policy does
                   not name, any change to a decided Approval, and any change (removal included) to what is
@@ -37,7 +41,7 @@ from controller.api.policy import Approvers
 from controller.api.workflow import TERMINAL_PHASES, WorkflowSpec
 from controller.capabilities import custom
 from controller.engine.saga import spec_errors
-from controller.operator import attestation
+from controller.operator import attestation, transactions
 from controller.operator.runtime import FINALIZER, ROLLBACK_BY_ANNOTATION, WorkflowRuntime
 from controller.policy.approvers import decision_refusal
 
@@ -137,6 +141,7 @@ def register(
         patch.setdefault("metadata", {}).setdefault("annotations", {}).update(signed)
         if ROLLBACK_BY_ANNOTATION in _annotations(body):
             patch["metadata"]["annotations"][ROLLBACK_BY_ANNOTATION] = None  # only ever set by the UPDATE webhook
+        transactions.stamp_call(body, patch)
         finalizers = list(body.metadata.get("finalizers") or [])
         if FINALIZER not in finalizers:
             # Added at creation: deleting a running workflow always compensates it first, and the
@@ -192,9 +197,13 @@ def register(
         persistent=True,
         id="workflow-runnable",
     )
-    async def workflow_runnable(spec: kopf.Spec, **kwargs: Any) -> None:
+    async def workflow_runnable(
+        spec: kopf.Spec, body: kopf.Body, userinfo: Mapping[str, Any], namespace: str | None, **kwargs: Any
+    ) -> None:
         bind(kwargs)  # the custom capabilities of the cluster count too
         await check_runnable(spec)
+        if not kwargs.get("dryrun"):
+            await transactions.check_call(runtime, namespace or "", body, _user(userinfo)[0])
 
     async def check_runnable(spec: Mapping[str, Any]) -> None:
         """The checks that span the whole spec: here rather than CEL rules on the CRD, which the API server
@@ -241,6 +250,9 @@ def register(
                 "authentication when spec.rollback is set and cannot be changed",
                 code=403,
             )
+        moved = transactions.label_change_refusal(old, body)
+        if moved:
+            raise kopf.AdmissionError(moved, code=403)
         had = FINALIZER in ((old or {}).get("metadata", {}).get("finalizers") or [])
         has = FINALIZER in (body.metadata.get("finalizers") or [])
         phase = ((old or {}).get("status") or {}).get("phase")

@@ -29,7 +29,7 @@ from controller.capabilities import snapshots
 from controller.capabilities.egress import EgressRules
 from controller.engine import templating
 from controller.observability import logs
-from controller.operator import admission, attestation, controlplane, handlers, health, kube, webhooks
+from controller.operator import admission, attestation, controlplane, handlers, health, kube, transactions, webhooks
 from controller.operator.notify import Notifier, policy_urls
 from controller.operator.runtime import RuntimeSettings, WorkflowRuntime, workspaces_from_env
 from controller.operator.template_sandbox import TemplateSandbox
@@ -153,8 +153,11 @@ async def run(options: OperatorOptions) -> None:
         log.warning("no --snapshot-key-file: steps that change a Secret fail (its snapshot could not be sealed)")
     await sweep_snapshots(connection, workspaces)
     bind = handlers.register(registry, runtime)
-    if options.webhook_port:
-        admission.register(registry, runtime, operator_user=await whoami(connection), bind=bind)
+    agents = transactions.TransactionRuntime(runtime)
+    operator_user = await whoami(connection) if options.webhook_port else None
+    transactions.register(registry, runtime, agents, operator_user)
+    if operator_user is not None:
+        admission.register(registry, runtime, operator_user=operator_user, bind=bind)
     else:
         log.warning("no --webhook-port: principals and approvers are not recorded from authentication")
 
@@ -200,6 +203,7 @@ async def run(options: OperatorOptions) -> None:
         watcher.cancel()
         learning.cancel()
         await probes.cleanup()
+        await agents.shutdown()
         await runtime.shutdown()
         templating.install(None)
         sandbox.close()

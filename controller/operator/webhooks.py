@@ -29,7 +29,7 @@ from controller import API_GROUP, API_VERSION
 
 OURS = "aifirst.dev/"
 SAGA_FINALIZER = "aifirst.dev/saga"
-PLURALS = ("workflows", "approvals", "capabilities")
+PLURALS = ("workflows", "approvals", "capabilities", "transactions")
 CHECK_EVERY = 10.0  # seconds between two checks that the configurations are registered
 log = logging.getLogger("airun.webhooks")
 
