@@ -117,6 +117,8 @@ def register(
     operator_user: str,
     bind: Callable[[Mapping[str, Any]], None],
 ) -> None:
+    transactions.register_admission(registry, runtime, operator_user)
+
     @kopf.on.mutate(
         API_GROUP,
         API_VERSION,

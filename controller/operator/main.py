@@ -154,10 +154,9 @@ async def run(options: OperatorOptions) -> None:
     await sweep_snapshots(connection, workspaces)
     bind = handlers.register(registry, runtime)
     agents = transactions.TransactionRuntime(runtime)
-    operator_user = await whoami(connection) if options.webhook_port else None
-    transactions.register(registry, runtime, agents, operator_user)
-    if operator_user is not None:
-        admission.register(registry, runtime, operator_user=operator_user, bind=bind)
+    transactions.register(registry, agents)
+    if options.webhook_port:
+        admission.register(registry, runtime, operator_user=await whoami(connection), bind=bind)
     else:
         log.warning("no --webhook-port: principals and approvers are not recorded from authentication")
 

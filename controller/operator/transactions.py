@@ -324,13 +324,8 @@ async def check_call(runtime: WorkflowRuntime, namespace: str, body: Mapping[str
         raise kopf.AdmissionError(refusal, code=403 if tx is not None and user != owner else 409)
 
 
-def register(
-    registry: kopf.OperatorRegistry,
-    runtime: WorkflowRuntime,
-    transactions: TransactionRuntime,
-    operator_user: str | None,
-) -> None:
-    """The Transaction handlers (watch events) and, with OPERATOR_USER (webhooks served), its admission."""
+def register(registry: kopf.OperatorRegistry, transactions: TransactionRuntime) -> None:
+    """The Transaction handlers (watch events)."""
 
     @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry, id="transaction_event")
     async def transaction_event(type: str, body: kopf.Body, **_: Any) -> None:
@@ -352,8 +347,9 @@ def register(
         if name and namespace:
             transactions.wake(namespace, name)
 
-    if operator_user is None:
-        return
+
+def register_admission(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime, operator_user: str) -> None:
+    """The Transaction webhooks (registered with the others by controller.operator.admission)."""
 
     @kopf.on.mutate(
         API_GROUP,

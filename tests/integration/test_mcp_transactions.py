@@ -5,6 +5,8 @@ rollback in reverse completion order; undo; TTL rollback across an operator rest
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +15,7 @@ import mcp_types as types
 import pytest
 from mcp.client.session import ClientSession
 
+from controller.localcluster import processes
 from controller.localcluster.devenv import DevEnvironment
 from tests.httpserver import LoopbackAPI
 from tests.integration.test_custom_capabilities import capability
@@ -249,3 +252,72 @@ def test_a_transaction_left_open_is_rolled_back_even_across_an_operator_restart(
     assert not (workspace / "left" / "one.txt").exists() and not (workspace / "left" / "two.txt").exists()
     events = kube.run("get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={tx}", "-o", "json")
     assert "Expired" in json.dumps(json.loads(events.stdout))
+
+
+def test_an_operator_killed_mid_rollback_finishes_it_after_a_restart_undoing_each_call_once(
+    env: DevEnvironment, kube: Kube, agents: str
+) -> None:
+    namespace = agents
+    workspace = env.workspaces / namespace
+    begun = run("bob", env, namespace, lambda s: s.call_tool("begin_transaction", {"name": "crash", "ttlSeconds": 600}))
+    tx = data(begun)["transaction"]
+
+    def call(path: str) -> str:
+        result = run(
+            "bob",
+            env,
+            namespace,
+            lambda s: s.call_tool("io-fs-write_file", {"path": path, "content": path, "transaction": tx}),
+        )
+        assert not result.is_error, text_of(result)
+        return str(data(result)["workflow"])
+
+    first = call("crash/one.txt")
+    # A call made with kubectl joins too (the same webhook checks): one whose undo takes 3 s.
+    slow_undo = {"capability": "test.ledger.record", "inputs": {"ledger": "undo", "entry": "slow", "seconds": 3}}
+    kube.apply(
+        {
+            "apiVersion": "aifirst.dev/v1alpha1",
+            "kind": "Workflow",
+            "metadata": {"name": "slow-undo", "labels": {"aifirst.dev/transaction": tx}},
+            "spec": {
+                "steps": [
+                    {
+                        "name": "w",
+                        "capability": "io.fs.write_file",
+                        "inputs": {"path": "crash/two.txt", "content": "2"},
+                        "compensation": slow_undo,
+                    }
+                ]
+            },
+        },
+        namespace=namespace,
+        as_="bob",
+    )
+    kube.wait_for("wf", "slow-undo", namespace, lambda o: o.get("status", {}).get("phase") == "Succeeded")
+    last = call("crash/three.txt")
+    kube.run("patch", "tx", tx, "-n", namespace, "--type=merge", "-p", '{"spec":{"rollback":true}}', as_="bob")
+    starts = workspace / "ledgers" / "undo.starts"
+    try:
+        kube.wait_for("tx", tx, namespace, lambda o: starts.exists(), timeout=60, what="the slow undo started")
+        pid = processes.alive(env.operator_pid, "controller")
+        assert pid
+        os.kill(pid, signal.SIGKILL)  # mid-rollback: the newest call undone, the second one's undo running
+        while processes.alive(env.operator_pid, "controller"):
+            time.sleep(0.05)
+        assert kube.get("tx", tx, namespace)["status"]["phase"] == "RollingBack"
+        assert (workspace / "crash" / "one.txt").exists() and not (workspace / "crash" / "three.txt").exists()
+    finally:
+        env.start_operator()
+    obj = kube.wait_for(
+        "tx", tx, namespace, lambda o: o.get("status", {}).get("phase") == "RolledBack", timeout=90, what="RolledBack"
+    )
+    assert obj["status"]["undone"] == [last, "slow-undo", first]
+    assert obj["status"]["reason"] == "RollbackRequested" and obj["status"]["rollbackRequestedBy"] == "bob"
+    assert not any(
+        (workspace / "crash" / p).exists() for p in ("one.txt", "three.txt")
+    )  # two.txt: undone by its ledger
+    slow = kube.get("wf", "slow-undo", namespace)["status"]["steps"][0]["compensation"]
+    oldest = kube.get("wf", first, namespace)["status"]["steps"][0]["compensation"]
+    assert oldest["startedAt"] >= slow["finishedAt"]  # the older call waited for the newer one's undo
+    assert len((workspace / "ledgers" / "undo.log").read_text().splitlines()) == 1  # undone once, not twice
