@@ -6,12 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export AIRUN_STATE_DIR ?= $(CURDIR)/.airun
 
-.PHONY: help venv binaries tools postgres up down test test-unit test-integration kind-e2e demo bench lint clean
+.PHONY: help venv binaries tools postgres up down test test-unit test-integration kind-e2e demo bench bench-peers lint clean
 help:
 	@echo "make demo    start everything and run the examples end to end"
 	@echo "make test    the whole test suite (starts a private control plane)"
 	@echo "make up      start the local control plane and the operator;  make down  stops them"
 	@echo "make lint    ruff, mypy, import-linter;  make bench  benchmarks"
+	@echo "make bench-peers  the same chain on this operator and on a Temporal dev server (builds it once)"
 	@echo "make kind-e2e  the chart and the operator image on a kind cluster (needs Docker and kind)"
 
 $(STAMP): pyproject.toml
@@ -62,6 +63,17 @@ demo: up
 
 bench: venv binaries
 	$(BIN)/python -m bench
+
+# The same N x M chain on this operator and on Temporal (its CLI's dev server built from the Go module proxy
+# into the tools cache, about 4 min once; the temporalio SDK into .venv). A benchmark: never run by `make test`.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench-peers: venv binaries $(BENCH_STAMP)
+	@bash tools/build-go-tools.sh temporal >/dev/null
+	$(BIN)/python -m bench.peers
 
 lint: venv
 	$(BIN)/ruff check controller tests bench examples

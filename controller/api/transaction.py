@@ -9,9 +9,9 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-TRANSACTION_LABEL = "aifirst.dev/transaction"
-# When the call joined its transaction (microseconds, written by the admission webhook): the call order
-JOINED_ANNOTATION = "aifirst.dev/transaction-joined-at"
+from controller.api.metadata import JOINED_ANNOTATION as JOINED_ANNOTATION
+from controller.api.metadata import TRANSACTION_LABEL as TRANSACTION_LABEL
+
 MAX_CALLS = 100  # calls one transaction holds (status stays small); the admission webhook refuses more
 MAX_TTL_SECONDS = 7 * 24 * 3600
 DEFAULT_TTL_SECONDS = 900

@@ -1,5 +1,6 @@
-"""Pydantic models of the Workflow custom resource (DESIGN section 2). The CRD schema in crds/ is the
-authority on what the API server accepts; these models give the operator and the engine typed access."""
+"""Pydantic models of the Workflow custom resource (crds/workflow.yaml; docs/user-guide.md). The CRD schema
+is the authority on what the API server accepts; these models give the operator and the engine typed access,
+and their enums are the one spelling of each phase, decision and reason (no string literals elsewhere)."""
 
 from __future__ import annotations
 
@@ -112,6 +113,13 @@ class Reason(StrEnum):
     INVALID_SPEC = "InvalidSpec"
     UNATTESTED = "Unattested"  # no principal the operator's admission webhook attested
     INTERNAL_ERROR = "InternalError"  # the operator's own computation failed (a bug): see the message
+
+
+class EventType(StrEnum):
+    """The type of a Kubernetes Event the operator records."""
+
+    NORMAL = "Normal"
+    WARNING = "Warning"
 
 
 class CompensationStatus(_Model):

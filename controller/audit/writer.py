@@ -13,6 +13,7 @@ import queue
 import threading
 from typing import Any
 
+from controller.api.audit import AuditKind
 from controller.audit.store import AuditStore
 
 log = logging.getLogger("airun.audit")
@@ -34,11 +35,17 @@ class AuditWriter:
             self._thread = threading.Thread(target=self._work, name="audit-writer", daemon=True)
             self._thread.start()
 
-    def record(self, kind: str, *, namespace: str, workflow: str, workflow_uid: str, **fields: Any) -> None:
+    def record(self, kind: AuditKind, *, namespace: str, workflow: str, workflow_uid: str, **fields: Any) -> None:
         if self.store is not None:
             self._queued += 1
             self._queue.put(
-                {"kind": kind, "namespace": namespace, "workflow": workflow, "workflow_uid": workflow_uid, **fields}
+                {
+                    "kind": str(kind),  # any kind is stored (the store is a log); AuditKind names ours
+                    "namespace": namespace,
+                    "workflow": workflow,
+                    "workflow_uid": workflow_uid,
+                    **fields,
+                }
             )
 
     async def durable(self) -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the gateway's module imports this one
+    from controller.capabilities.handlers.k8s import KubeGateway
 
 
 class CapabilityError(Exception):
@@ -26,7 +29,7 @@ class Invocation:
     workspace: Path  # the io.fs root of this namespace (its .airun/ holds snapshots)
     principal: str = ""  # the workflow's principal, from the API server's authentication
     groups: tuple[str, ...] = ()
-    kube: Any = None  # controller.capabilities.handlers.k8s.KubeGateway, for k8s.* (None elsewhere)
+    kube: KubeGateway | None = None  # the API as the principal (k8s.*, secrets); None where there is none
     workflow_uid: str = ""  # snapshots are kept per workflow uid, and collected with the workflow
     # For a compensation: whether the step it undoes may never have run (it was cut off, or in doubt
     # after a restart). Only then may a missing snapshot mean "nothing to undo"; for a completed step a

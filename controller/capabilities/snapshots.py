@@ -15,6 +15,7 @@ removes those of workflows deleted while the operator was down. Snapshots writte
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,6 +23,20 @@ from pathlib import Path
 RESERVED = ".airun"  # inside each workspace; refused to workflows by io.fs
 FAMILIES = ("snapshots", "k8s-snapshots")
 log = logging.getLogger("airun.snapshots")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Writes DATA to PATH durably (fsync) and whole: a reader sees the old file or the new one, never
+    half of it. A symlink in its place is refused (O_NOFOLLOW on the temporary file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    tmp.replace(path)
 
 
 def safe(key: str) -> str:

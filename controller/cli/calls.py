@@ -13,11 +13,12 @@ from kubernetes.client.exceptions import ApiException
 from rich.console import Console
 
 from controller import API_GROUP, API_VERSION
+from controller.api.workflow import TERMINAL_PHASES
 from controller.cli.governance import all_capabilities, whoami
 from controller.cli.workflows import Kube, with_identity
 from controller.client import undo
 from controller.client.calls import approve_command, one_step_workflow
-from controller.client.workflows import TERMINAL, pending_approvals, reason_of, summary
+from controller.client.workflows import pending_approvals, reason_of, summary
 
 POLL_SECONDS = 0.25
 EXIT_SUCCEEDED, EXIT_FAILED, EXIT_WAITING = 0, 1, 3
@@ -60,7 +61,7 @@ def execute_outcome(obj: dict[str, Any], capability: str) -> tuple[int, dict[str
     if state["phase"] == "Succeeded":
         outputs = step.get("outputs", {})
         return EXIT_SUCCEEDED, {**base, "outputs": outputs}, json.dumps(outputs, indent=2, default=str)
-    if state["phase"] in TERMINAL:
+    if state["phase"] in TERMINAL_PHASES:
         failure: dict[str, Any] = {
             **base,
             **{k: state[k] for k in ("reason", "message") if k in state},
@@ -88,85 +89,88 @@ def execute_outcome(obj: dict[str, Any], capability: str) -> tuple[int, dict[str
     )
 
 
-def register(main: click.Group) -> None:
-    @main.command(short_help="Run one capability as a governed one-step Workflow and print its outputs.")
-    @click.argument("capability")
-    @click.option("--params", "params_text", default="{}", show_default=True, help="The inputs, a JSON object.")
-    @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
-    @click.option("--timeout", type=float, default=300, show_default=True, help="Seconds to wait for the end.")
-    @click.option("--transaction", help="Join this open Transaction (one you began).")
-    @with_identity
-    def execute(
-        capability: str,
-        params_text: str,
-        output: str,
-        timeout: float,
-        transaction: str | None,
-        kubeconfig: str | None,
-        context: str | None,
-        namespace: str | None,
-    ) -> None:
-        """Run CAPABILITY once, as a one-step Workflow created as you (policies, approvals, audit and
-        compensation apply), and print its outputs (-o json: the whole result).
+@click.command(short_help="Run one capability as a governed one-step Workflow and print its outputs.")
+@click.argument("capability")
+@click.option("--params", "params_text", default="{}", show_default=True, help="The inputs, a JSON object.")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--timeout", type=float, default=300, show_default=True, help="Seconds to wait for the end.")
+@click.option("--transaction", help="Join this open Transaction (one you began).")
+@with_identity
+def execute(
+    capability: str,
+    params_text: str,
+    output: str,
+    timeout: float,
+    transaction: str | None,
+    kubeconfig: str | None,
+    context: str | None,
+    namespace: str | None,
+) -> None:
+    """Run CAPABILITY once, as a one-step Workflow created as you (policies, approvals, audit and
+    compensation apply), and print its outputs (-o json: the whole result).
 
-        Exit code: 0 Succeeded, 1 failed or denied, 3 waiting for approval (the `kubectl patch` line a person
-        runs is printed) or still running at --timeout."""
-        params = _params(params_text)
-        kube = Kube(kubeconfig, context, namespace)
-        spec = all_capabilities(kube).get(capability)
-        if spec is None or spec.internal:
-            raise click.ClickException(f"unknown capability {capability!r}; see `airun capabilities list`")
-        manifest = one_step_workflow(spec, params, transaction=transaction, managed_by=CLI_MANAGED_BY, prefix="call")
-        try:
-            created: Any = kube.custom.create_namespaced_custom_object(
-                API_GROUP, API_VERSION, kube.namespace, "workflows", manifest
-            )
-        except ApiException as error:
-            raise click.ClickException(reason_of(error)) from error
-        name = created["metadata"]["name"]
-        err.print(f"workflow {kube.namespace}/{name} created", highlight=False)
-        obj = _wait(kube, name, timeout, lambda o: summary(o)["phase"] in TERMINAL or bool(pending_approvals(o)))
-        code, data, text = execute_outcome(obj, capability)
-        if code == EXIT_FAILED and output == "text":
-            err.print(f"[red]{text}[/]", highlight=False, soft_wrap=True)
-        else:
-            _emit(output, data, text)
-        sys.exit(code)
+    Exit code: 0 Succeeded, 1 failed or denied, 3 waiting for approval (the `kubectl patch` line a person
+    runs is printed) or still running at --timeout."""
+    params = _params(params_text)
+    kube = Kube(kubeconfig, context, namespace)
+    spec = all_capabilities(kube).get(capability)
+    if spec is None or spec.internal:
+        raise click.ClickException(f"unknown capability {capability!r}; see `airun capabilities list`")
+    manifest = one_step_workflow(spec, params, transaction=transaction, managed_by=CLI_MANAGED_BY, prefix="call")
+    try:
+        created: Any = kube.custom.create_namespaced_custom_object(
+            API_GROUP, API_VERSION, kube.namespace, "workflows", manifest
+        )
+    except ApiException as error:
+        raise click.ClickException(reason_of(error)) from error
+    name = created["metadata"]["name"]
+    err.print(f"workflow {kube.namespace}/{name} created", highlight=False)
+    obj = _wait(kube, name, timeout, lambda o: summary(o)["phase"] in TERMINAL_PHASES or bool(pending_approvals(o)))
+    code, data, text = execute_outcome(obj, capability)
+    if code == EXIT_FAILED and output == "text":
+        err.print(f"[red]{text}[/]", highlight=False, soft_wrap=True)
+    else:
+        _emit(output, data, text)
+    sys.exit(code)
 
-    @main.command("undo", short_help="Undo your own last N finished calls or workflows, newest first.")
-    @click.argument("count", type=click.IntRange(min=1), default=1)
-    @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
-    @click.option("--timeout", type=float, default=120, show_default=True, help="Seconds to wait for each undo.")
-    @with_identity
-    def undo_command(
-        count: int, output: str, timeout: float, kubeconfig: str | None, context: str | None, namespace: str | None
-    ) -> None:
-        """Compensate your own last COUNT finished calls or workflows in the namespace (default 1), newest
-        completion first, one after the other, each through its saga's governed compensation (spec.rollback).
-        "Your own": the principal the operator recorded from the API server's authentication.
 
-        Exit code: 0 all undone, 1 an undo failed (it stops there), 3 an undo still runs at --timeout."""
-        kube = Kube(kubeconfig, context, namespace)
-        me = whoami(kube).user
-        listed: Any = kube.custom.list_namespaced_custom_object(API_GROUP, API_VERSION, kube.namespace, "workflows")
-        chosen = undo.candidates(listed.get("items", []), me, count)
-        results: list[dict[str, Any]] = []
-        code = EXIT_SUCCEEDED
-        for obj in chosen:
-            name = obj["metadata"]["name"]
-            kube.patch("workflows", name, undo.ROLLBACK_PATCH)
-            after = _wait(kube, name, timeout, lambda o: summary(o)["phase"] in undo.UNDO_FINISHED)
-            done = undo.entry(after)
-            results.append(done)
-            if output == "text":
-                click.echo(f"undone {undo.line(done)}" if done["phase"] == "Compensated" else undo.line(done))
-            if done["phase"] != "Compensated":
-                code = EXIT_FAILED if done["phase"] in undo.UNDO_FINISHED else EXIT_WAITING
-                break
-        if output == "json":
-            click.echo(json.dumps({"principal": me, "namespace": kube.namespace, "undone": results}, indent=2))
-        elif not chosen:
-            click.echo(f"nothing of {me} to undo in {kube.namespace}")
-        elif len(chosen) < count and code == EXIT_SUCCEEDED:
-            click.echo(f"only {len(chosen)} of {me}'s calls in {kube.namespace} had something to undo")
-        sys.exit(code)
+@click.command("undo", short_help="Undo your own last N finished calls or workflows, newest first.")
+@click.argument("count", type=click.IntRange(min=1), default=1)
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--timeout", type=float, default=120, show_default=True, help="Seconds to wait for each undo.")
+@with_identity
+def undo_command(
+    count: int, output: str, timeout: float, kubeconfig: str | None, context: str | None, namespace: str | None
+) -> None:
+    """Compensate your own last COUNT finished calls or workflows in the namespace (default 1), newest
+    completion first, one after the other, each through its saga's governed compensation (spec.rollback).
+    "Your own": the principal the operator recorded from the API server's authentication.
+
+    Exit code: 0 all undone, 1 an undo failed (it stops there), 3 an undo still runs at --timeout."""
+    kube = Kube(kubeconfig, context, namespace)
+    me = whoami(kube).user
+    listed: Any = kube.custom.list_namespaced_custom_object(API_GROUP, API_VERSION, kube.namespace, "workflows")
+    chosen = undo.candidates(listed.get("items", []), me, count)
+    results: list[dict[str, Any]] = []
+    code = EXIT_SUCCEEDED
+    for obj in chosen:
+        name = obj["metadata"]["name"]
+        kube.patch("workflows", name, undo.ROLLBACK_PATCH)
+        after = _wait(kube, name, timeout, lambda o: summary(o)["phase"] in undo.UNDO_FINISHED)
+        done = undo.entry(after)
+        results.append(done)
+        if output == "text":
+            click.echo(f"undone {undo.line(done)}" if done["phase"] == "Compensated" else undo.line(done))
+        if done["phase"] != "Compensated":
+            code = EXIT_FAILED if done["phase"] in undo.UNDO_FINISHED else EXIT_WAITING
+            break
+    if output == "json":
+        click.echo(json.dumps({"principal": me, "namespace": kube.namespace, "undone": results}, indent=2))
+    elif not chosen:
+        click.echo(f"nothing of {me} to undo in {kube.namespace}")
+    elif len(chosen) < count and code == EXIT_SUCCEEDED:
+        click.echo(f"only {len(chosen)} of {me}'s calls in {kube.namespace} had something to undo")
+    sys.exit(code)
+
+
+COMMANDS = [execute, undo_command]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +13,19 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from controller import API_GROUP, API_VERSION
 from controller.api.capability import CapabilitySpec, RiskLevel
 from controller.api.policy import PolicyObject, PolicySpec, PolicyTestSuite, Principal
+from controller.api.workflow import Decision, WorkflowSpec, WorkflowStatus
 from controller.cli.workflows import Kube, read_workflow, reason_of, with_identity
 from controller.client.capabilities import catalogue
-from controller.policy.evaluate import SEVERITY, PolicyQuery, evaluate
+from controller.engine import steps
+from controller.engine.state import WorkflowRef, World
+from controller.engine.validation import spec_errors
+from controller.policy.evaluate import PolicyQuery, evaluate
 
 console = Console(width=None if sys.stdout.isatty() else 200)
 
@@ -77,131 +82,131 @@ def whoami(kube: Kube) -> Principal:
     return Principal(user=info.username, groups=list(info.groups or []))
 
 
-def register(main: click.Group) -> None:
-    @main.group(short_help="What workflows may use: risk, side effects, how each is undone.")
-    def capabilities() -> None:
-        """The capabilities workflows may use: built-in, plugins and the cluster's Capability objects."""
+@click.group(short_help="What workflows may use: risk, side effects, how each is undone.")
+def capabilities() -> None:
+    """The capabilities workflows may use: built-in, plugins and the cluster's Capability objects."""
 
-    @capabilities.command("list")
-    @click.option("--local", is_flag=True, help="Built-in and plugin capabilities only (no cluster).")
-    @with_identity
-    def capabilities_list(local: bool, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
-        """One line per capability: risk, side effects, idempotency, how it is undone."""
-        specs = all_capabilities(None if local else Kube(kubeconfig, context, namespace))
+
+@capabilities.command("list")
+@click.option("--local", is_flag=True, help="Built-in and plugin capabilities only (no cluster).")
+@with_identity
+def capabilities_list(local: bool, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
+    """One line per capability: risk, side effects, idempotency, how it is undone."""
+    specs = all_capabilities(None if local else Kube(kubeconfig, context, namespace))
+    table = Table()
+    for column in ("capability", "risk", "side effects", "idempotent", "undone by", "description"):
+        table.add_column(column, overflow="fold")
+    for spec in sorted(specs.values(), key=lambda s: s.id):
+        if spec.internal:
+            continue
+        undo = (
+            "(the step declares it)"
+            if spec.compensation and spec.compensation.from_step
+            else (spec.compensation.capability if spec.compensation else "-")
+        )
+        table.add_row(
+            spec.id,
+            spec.risk.level.value,
+            ", ".join(spec.side_effects) or "-",
+            "yes" if spec.idempotent else "no",
+            undo or "-",
+            spec.description.strip()[:80],
+        )
+    console.print(table)
+
+
+@capabilities.command("inspect")
+@click.argument("capability")
+@click.option("--local", is_flag=True, help="Built-in and plugin capabilities only (no cluster).")
+@with_identity
+def capabilities_inspect(
+    capability: str, local: bool, kubeconfig: str | None, context: str | None, namespace: str | None
+) -> None:
+    """The whole spec of CAPABILITY (YAML)."""
+    specs = all_capabilities(None if local else Kube(kubeconfig, context, namespace))
+    if capability not in specs:
+        raise click.ClickException(f"unknown capability {capability!r}; see `airun capabilities list`")
+    console.print(
+        yaml.safe_dump(specs[capability].model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)
+    )
+
+
+@click.group(short_help="Explain and test policy decisions.")
+def policy() -> None:
+    """Why a principal may or may not use a capability (`explain`), and tests of policies (`test`)."""
+
+
+@policy.command("explain")
+@click.argument("capability")
+@click.option("--user", help="Explain for this user instead of yourself (as the API server knows you).")
+@click.option("--group", "groups", multiple=True, help="A group of --user (repeat).")
+@click.option("--irreversible", is_flag=True, help="As a step marked irreversible.")
+@with_identity
+def policy_explain(
+    capability: str,
+    user: str | None,
+    groups: tuple[str, ...],
+    irreversible: bool,
+    kubeconfig: str | None,
+    context: str | None,
+    namespace: str | None,
+) -> None:
+    """The decision for CAPABILITY in the namespace: each policy's verdict and what decides."""
+    kube = Kube(kubeconfig, context, namespace)
+    specs = all_capabilities(kube)
+    if capability not in specs:
+        raise click.ClickException(f"unknown capability {capability!r}; see `airun capabilities list`")
+    principal = Principal(user=user, groups=list(groups)) if user else whoami(kube)
+    risk: RiskLevel = specs[capability].risk.level
+    query = PolicyQuery(principal, kube.namespace, capability, risk, irreversible=irreversible)
+    result = evaluate(policies_for(kube), query)
+    console.print(
+        f"{principal.user} ({', '.join(principal.groups) or 'no groups'}) -> {capability} "
+        f"({risk.value} risk) in namespace {kube.namespace}: [bold]{result.decision.value}[/]"
+    )
+    console.print(f"  because: {result.reason}")
+    for verdict in result.verdicts:
+        console.print(f"  {verdict.explanation} ({verdict.mode.value})")
+
+
+@policy.command("test")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@with_identity
+def policy_test(files: tuple[Path, ...], kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
+    """Check the expectations in FILES (kind: PolicyTest) against the policies they name, offline, or
+    against the cluster's policies when a file names none. Exit 1 when any case fails."""
+    from controller.policy.cases import run_cases
+
+    failed = total = 0
+    for file in files:
+        suite = _read_suite(file)
+        kube: Kube | None = None
+        if suite.policies is not None:
+            policies = [p for name in suite.policies for p in _read_policies(file.parent / name, suite.namespace)]
+            source = ", ".join(suite.policies)
+        else:
+            kube = Kube(kubeconfig, context, namespace)
+            namespaces = {case.namespace or suite.namespace for case in suite.cases}
+            policies = cluster_policies(kube, namespaces)
+            source = "the cluster's policies"
+        risks = {cap_id: spec.risk.level for cap_id, spec in all_capabilities(kube).items()}
+        results = run_cases(suite, policies, risks)
+        console.print(f"[bold]{file}[/] against {source}", soft_wrap=True)
         table = Table()
-        for column in ("capability", "risk", "side effects", "idempotent", "undone by", "description"):
+        for column in ("case", "expected", "got", "", "why"):
             table.add_column(column, overflow="fold")
-        for spec in sorted(specs.values(), key=lambda s: s.id):
-            if spec.internal:
-                continue
-            undo = (
-                "(the step declares it)"
-                if spec.compensation and spec.compensation.from_step
-                else (spec.compensation.capability if spec.compensation else "-")
-            )
-            table.add_row(
-                spec.id,
-                spec.risk.level.value,
-                ", ".join(spec.side_effects) or "-",
-                "yes" if spec.idempotent else "no",
-                undo or "-",
-                spec.description.strip()[:80],
-            )
+        for result in results:
+            got = result.result.decision.value if result.result else "-"
+            why = "; ".join(result.failures) if not result.passed else (result.result.reason if result.result else "")
+            mark = "[green]PASS[/]" if result.passed else "[red]FAIL[/]"
+            table.add_row(result.case.name, result.case.expect.value, got, mark, why)
         console.print(table)
-
-    @capabilities.command("inspect")
-    @click.argument("capability")
-    @click.option("--local", is_flag=True, help="Built-in and plugin capabilities only (no cluster).")
-    @with_identity
-    def capabilities_inspect(
-        capability: str, local: bool, kubeconfig: str | None, context: str | None, namespace: str | None
-    ) -> None:
-        """The whole spec of CAPABILITY (YAML)."""
-        specs = all_capabilities(None if local else Kube(kubeconfig, context, namespace))
-        if capability not in specs:
-            raise click.ClickException(f"unknown capability {capability!r}; see `airun capabilities list`")
-        console.print(
-            yaml.safe_dump(specs[capability].model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)
-        )
-
-    @main.group(short_help="Explain and test policy decisions.")
-    def policy() -> None:
-        """Why a principal may or may not use a capability (`explain`), and tests of policies (`test`)."""
-
-    @policy.command("explain")
-    @click.argument("capability")
-    @click.option("--user", help="Explain for this user instead of yourself (as the API server knows you).")
-    @click.option("--group", "groups", multiple=True, help="A group of --user (repeat).")
-    @click.option("--irreversible", is_flag=True, help="As a step marked irreversible.")
-    @with_identity
-    def policy_explain(
-        capability: str,
-        user: str | None,
-        groups: tuple[str, ...],
-        irreversible: bool,
-        kubeconfig: str | None,
-        context: str | None,
-        namespace: str | None,
-    ) -> None:
-        """The decision for CAPABILITY in the namespace: each policy's verdict and what decides."""
-        kube = Kube(kubeconfig, context, namespace)
-        specs = all_capabilities(kube)
-        if capability not in specs:
-            raise click.ClickException(f"unknown capability {capability!r}; see `airun capabilities list`")
-        principal = Principal(user=user, groups=list(groups)) if user else whoami(kube)
-        risk: RiskLevel = specs[capability].risk.level
-        query = PolicyQuery(principal, kube.namespace, capability, risk, irreversible=irreversible)
-        result = evaluate(policies_for(kube), query)
-        console.print(
-            f"{principal.user} ({', '.join(principal.groups) or 'no groups'}) -> {capability} "
-            f"({risk.value} risk) in namespace {kube.namespace}: [bold]{result.decision.value}[/]"
-        )
-        console.print(f"  because: {result.reason}")
-        for verdict in result.verdicts:
-            console.print(f"  {verdict.explanation} ({verdict.mode.value})")
-
-    @policy.command("test")
-    @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-    @with_identity
-    def policy_test(
-        files: tuple[Path, ...], kubeconfig: str | None, context: str | None, namespace: str | None
-    ) -> None:
-        """Check the expectations in FILES (kind: PolicyTest) against the policies they name, offline, or
-        against the cluster's policies when a file names none. Exit 1 when any case fails."""
-        from controller.policy.cases import run_cases
-
-        failed = total = 0
-        for file in files:
-            suite = _read_suite(file)
-            kube: Kube | None = None
-            if suite.policies is not None:
-                policies = [p for name in suite.policies for p in _read_policies(file.parent / name, suite.namespace)]
-                source = ", ".join(suite.policies)
-            else:
-                kube = Kube(kubeconfig, context, namespace)
-                namespaces = {case.namespace or suite.namespace for case in suite.cases}
-                policies = cluster_policies(kube, namespaces)
-                source = "the cluster's policies"
-            risks = {cap_id: spec.risk.level for cap_id, spec in all_capabilities(kube).items()}
-            results = run_cases(suite, policies, risks)
-            console.print(f"[bold]{file}[/] against {source}", soft_wrap=True)
-            table = Table()
-            for column in ("case", "expected", "got", "", "why"):
-                table.add_column(column, overflow="fold")
-            for result in results:
-                got = result.result.decision.value if result.result else "-"
-                why = (
-                    "; ".join(result.failures) if not result.passed else (result.result.reason if result.result else "")
-                )
-                mark = "[green]PASS[/]" if result.passed else "[red]FAIL[/]"
-                table.add_row(result.case.name, result.case.expect.value, got, mark, why)
-            console.print(table)
-            total += len(results)
-            failed += sum(1 for r in results if not r.passed)
-        style = "red" if failed else "green"
-        console.print(f"[{style}]{total - failed} passed, {failed} failed[/]")
-        if failed:
-            raise SystemExit(1)
+        total += len(results)
+        failed += sum(1 for r in results if not r.passed)
+    style = "red" if failed else "green"
+    console.print(f"[{style}]{total - failed} passed, {failed} failed[/]")
+    if failed:
+        raise SystemExit(1)
 
 
 def _read_suite(file: Path) -> PolicyTestSuite:
@@ -242,105 +247,75 @@ def _errors(error: ValidationError, prefix: str = "") -> str:
     )
 
 
-def register_plan(main: click.Group) -> None:
-    @main.command(short_help="Dry run of a Workflow: validity, rendered inputs, your policy decisions, undo chain.")
-    @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-    @with_identity
-    def plan(file: str, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
-        """Dry run of the Workflow in FILE, with no side effects: validate it, render the inputs it can,
-        evaluate the cluster's policies for you, and show which steps would run, ask or be denied, and how
-        each would be undone. Exit 1 when it could not run as it is."""
+@click.command(short_help="Dry run of a Workflow: validity, rendered inputs, your policy decisions, undo chain.")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@with_identity
+def plan(file: str, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
+    """Dry run of the Workflow in FILE, with no side effects: validate it, render the inputs it can,
+    evaluate the cluster's policies for you, and show which steps would run, ask or be denied, and how
+    each would be undone. Exit 1 when it could not run as it is."""
+    from controller.operator import template_sandbox
 
-        from controller.api.workflow import StepType, WorkflowSpec
-        from controller.engine import dag
-        from controller.engine.saga import spec_errors
-        from controller.engine.templating import TemplateError, render
-        from controller.operator import template_sandbox
+    # Templates that do more than read values render in a worker process with a time limit, as in
+    # the operator: a runaway template in FILE fails its row instead of hanging the command.
+    click.get_current_context().with_resource(template_sandbox.installed(workers=1))
+    manifest = read_workflow(Path(file))
+    kube = Kube(kubeconfig, context, namespace or manifest.get("metadata", {}).get("namespace"))
+    try:
+        spec = WorkflowSpec.model_validate(manifest.get("spec") or {})
+    except ValidationError as invalid:
+        raise click.ClickException(f"{file}: not a valid Workflow spec: {_errors(invalid, prefix='spec')}") from invalid
+    world = _dry_run_world(kube, manifest.get("metadata", {}).get("name", "?"), spec)
+    errors = spec_errors(spec, world.capabilities)
+    console.print(f"plan of workflow {kube.namespace}/{world.ref.name} for {world.principal.user}")
+    previews = steps.preview(world)
+    console.print(_plan_table(previews))
+    for error in errors:
+        console.print(f"[red]invalid:[/] {escape(error)}")
+    undoable = [p for p in previews if p.undone_by]
+    if undoable:
+        chain = " <- ".join(f"{p.step} ({p.undone_by})" for p in reversed(undoable))
+        console.print(f"if a later step fails, these are undone, newest first: {chain}")
+    if errors or any(p.decision is Decision.DENY or p.template_error for p in previews):
+        raise SystemExit(1)
 
-        # Templates that do more than read values render in a worker process with a time limit, as in
-        # the operator: a runaway template in FILE fails its row instead of hanging the command.
-        click.get_current_context().with_resource(template_sandbox.installed(workers=1))
-        manifest = read_workflow(Path(file))
-        kube = Kube(kubeconfig, context, namespace or manifest.get("metadata", {}).get("namespace"))
-        try:
-            spec = WorkflowSpec.model_validate(manifest.get("spec") or {})
-        except ValidationError as invalid:
-            raise click.ClickException(
-                f"{file}: not a valid Workflow spec: {_errors(invalid, prefix='spec')}"
-            ) from invalid
-        capabilities = all_capabilities(kube)
-        errors = spec_errors(spec, capabilities)
-        principal = whoami(kube)
-        policies = policies_for(kube)
-        name = manifest.get("metadata", {}).get("name", "?")
-        console.print(f"plan of workflow {kube.namespace}/{name} for {principal.user}")
-        table = Table()
-        for column in ("step", "capability", "risk", "decision", "why", "undone by", "inputs"):
-            table.add_column(column, overflow="fold")
-        context_values = {
-            "params": spec.params,
-            "steps": {},
-            "workflow": {"name": name, "namespace": kube.namespace, "uid": "<uid>"},
-        }
-        blocked = bool(errors)
-        undo_of: dict[str, str] = {}
-        order = dag.topological_order(spec.steps) if not errors else [s.name for s in spec.steps]
-        steps = {s.name: s for s in spec.steps}
-        for step_name in order:
-            step = steps[step_name]
-            if step.type is StepType.APPROVAL:
-                table.add_row(step.name, "-", "-", "REQUIRE_APPROVAL", "an explicit approval step", "-", "-")
-                continue
-            cap = capabilities.get(step.capability or "")
-            if cap is None:
-                table.add_row(step.name, step.capability or "", "?", "-", "unknown capability", "-", "-")
-                continue
-            query = PolicyQuery(
-                principal,
-                kube.namespace,
-                cap.id,
-                cap.risk.level,
-                irreversible=step.irreversible,
-                workflow=name,
-                step=step.name,
-            )
-            result = evaluate(policies, query)
-            decision, why = result.decision, result.reason
-            undo_cap = capabilities.get(
-                (step.compensation.capability if step.compensation else None)
-                or (cap.compensation.capability if cap.compensation else None)
-                or ""
-            )
-            if undo_cap is not None:  # the operator refuses a step whose undo it could not run
-                undo_query = PolicyQuery(
-                    principal, kube.namespace, undo_cap.id, undo_cap.risk.level, workflow=name, step=step.name
-                )
-                undo_result = evaluate(policies, undo_query)
-                if SEVERITY[undo_result.decision] > SEVERITY[decision]:
-                    decision, why = undo_result.decision, f"its compensation {undo_cap.id}: {undo_result.reason}"
-            blocked |= decision.value == "DENY"
-            try:
-                inputs = yaml.safe_dump(render(step.inputs, context_values), default_flow_style=True).strip()
-            except TemplateError as template_error:
-                if "steps" in json.dumps(step.inputs) or "outputs" in json.dumps(step.inputs):
-                    inputs = "(rendered at run time: uses outputs of earlier steps)"
-                else:  # nothing at run time can fix it: a missing parameter, a typo
-                    inputs = f"[red]template error: {template_error}[/]"
-                    blocked = True
-            undo = (
-                step.compensation.capability
-                if step.compensation
-                else (cap.compensation.capability if cap.compensation and cap.compensation.capability else "-")
-            )
-            table.add_row(step.name, cap.id, cap.risk.level.value, decision.value, why, undo or "-", inputs)
-            if undo and undo != "-":
-                undo_of[step.name] = undo
-        console.print(table)
-        for error in errors:
-            console.print(f"[red]invalid:[/] {error}")
-        undoable = [n for n in order if n in undo_of]
-        if undoable:
-            chain = " <- ".join(f"{n} ({undo_of[n]})" for n in reversed(undoable))
-            console.print(f"if a later step fails, these are undone, newest first: {chain}")
-        if blocked:
-            raise SystemExit(1)
+
+def _dry_run_world(kube: Kube, name: str, spec: WorkflowSpec) -> World:
+    """The world the operator would plan the workflow in if the caller created it now (no uid yet)."""
+    return World(
+        ref=WorkflowRef(name, kube.namespace, "<uid>"),
+        spec=spec,
+        status=WorkflowStatus(),
+        capabilities=all_capabilities(kube),
+        policies=policies_for(kube),
+        principal=whoami(kube),
+        now=datetime.now(UTC),
+    )
+
+
+def _plan_table(previews: list[steps.Preview]) -> Table:
+    table = Table()
+    for column in ("step", "capability", "risk", "decision", "why", "undone by", "inputs"):
+        table.add_column(column, overflow="fold")
+    for p in previews:
+        if p.template_error:
+            inputs = f"[red]template error: {escape(p.template_error)}[/]"
+        elif p.run_time:
+            inputs = steps.RUN_TIME_INPUTS
+        elif p.inputs is not None:
+            inputs = escape(yaml.safe_dump(p.inputs, default_flow_style=True).strip())
+        else:
+            inputs = "-"
+        table.add_row(
+            p.step,
+            p.label or "-",
+            p.risk.value if p.risk else ("?" if p.decision is None else "-"),
+            p.decision.value if p.decision else "-",
+            escape(p.why),
+            p.undone_by or "-",
+            inputs,
+        )
+    return table
+
+
+COMMANDS: list[click.Command] = [capabilities, policy, plan]

@@ -14,23 +14,25 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from controller.client.workflows import TERMINAL
+from controller.api.workflow import TERMINAL_PHASES, StepPhase
+from controller.client.workflows import step_label
 
-PHASE_STYLE = {
-    "Succeeded": "green",
-    "Compensated": "yellow",
-    "Failed": "red",
-    "CompensationFailed": "bold red",
-    "Running": "cyan",
-    "AwaitingApproval": "magenta",
-    "Compensating": "yellow",
-    "Skipped": "dim",
+# Step and workflow phases share their names (a workflow has no Skipped, a step no other extra).
+PHASE_STYLE: dict[str, str] = {
+    StepPhase.SUCCEEDED: "green",
+    StepPhase.COMPENSATED: "yellow",
+    StepPhase.FAILED: "red",
+    StepPhase.COMPENSATION_FAILED: "bold red",
+    StepPhase.RUNNING: "cyan",
+    StepPhase.AWAITING_APPROVAL: "magenta",
+    StepPhase.COMPENSATING: "yellow",
+    StepPhase.SKIPPED: "dim",
 }
 POLL_SECONDS = 0.5
 
 
 def styled(phase: str | None) -> str:
-    phase = phase or "Pending"
+    phase = phase or StepPhase.PENDING
     return f"[{PHASE_STYLE.get(phase, 'white')}]{phase}[/]"
 
 
@@ -45,10 +47,10 @@ def _seconds(step: dict[str, Any], now: datetime) -> str:
 
 def note(step: dict[str, Any], namespace: str) -> str:
     """What a person should know about STEP right now (what to do, for an approval)."""
-    if step.get("phase") == "AwaitingApproval" and step.get("approval"):
+    if step.get("phase") == StepPhase.AWAITING_APPROVAL and step.get("approval"):
         return f"approve: airun approve {step['approval']} -n {namespace}"
     compensation = step.get("compensation") or {}
-    if compensation.get("phase") not in (None, "Pending"):
+    if compensation.get("phase") not in (None, StepPhase.PENDING):
         return f"undo {compensation.get('capability')}: {compensation['phase']}"
     return str(step.get("error") or "")
 
@@ -56,9 +58,9 @@ def note(step: dict[str, Any], namespace: str) -> str:
 def render(obj: dict[str, Any], started: float) -> Group:
     """The workflow as a header with a progress bar and a table of its steps."""
     meta, status = obj["metadata"], obj.get("status") or {}
-    capability = {s["name"]: s.get("capability") or s.get("type", "") for s in obj.get("spec", {}).get("steps", [])}
+    capability = {s["name"]: step_label(s) for s in obj.get("spec", {}).get("steps", [])}
     steps = status.get("steps") or [{"name": name} for name in capability]
-    done = sum(1 for s in steps if s.get("phase") == "Succeeded")
+    done = sum(1 for s in steps if s.get("phase") == StepPhase.SUCCEEDED)
     header = Table.grid(padding=(0, 2))
     header.add_row(
         Text.from_markup(f"[bold]{meta['namespace']}/{meta['name']}[/] {styled(status.get('phase'))}"),
@@ -91,7 +93,7 @@ def follow(get: Callable[[], dict[str, Any]], console: Console, timeout: float) 
     if not console.is_terminal:
         return _follow_lines(get, obj, console, deadline)
     with Live(render(obj, started), console=console, refresh_per_second=4, transient=True) as live:
-        while (obj.get("status") or {}).get("phase") not in TERMINAL and time.monotonic() < deadline:
+        while (obj.get("status") or {}).get("phase") not in TERMINAL_PHASES and time.monotonic() < deadline:
             time.sleep(POLL_SECONDS)
             obj = get()
             live.update(render(obj, started))
@@ -105,12 +107,12 @@ def _follow_lines(
     namespace = obj["metadata"]["namespace"]
     while True:
         for step in (obj.get("status") or {}).get("steps", []):
-            phase = step.get("phase", "Pending")
+            phase = step.get("phase", StepPhase.PENDING)
             if seen.get(step["name"]) != phase:
                 seen[step["name"]] = phase
                 extra = note(step, namespace)
                 console.print(f"  {step['name']}: {styled(phase)}" + (f"  ({extra})" if extra else ""))
-        if (obj.get("status") or {}).get("phase") in TERMINAL or time.monotonic() >= deadline:
+        if (obj.get("status") or {}).get("phase") in TERMINAL_PHASES or time.monotonic() >= deadline:
             return obj
         time.sleep(POLL_SECONDS)
         obj = get()

@@ -14,12 +14,19 @@ from rich.console import Console
 from rich.tree import Tree
 
 from controller import API_GROUP, API_VERSION
+from controller.api.approval import ApprovalPhase
+from controller.api.workflow import EventType, StepPhase, WorkflowPhase
 from controller.cli import progress
 from controller.cli.progress import styled
-from controller.client.workflows import TERMINAL, NotAWorkflow, pending_approvals, reason_of, workflow_from_text
+from controller.client.workflows import NotAWorkflow, pending_approvals, reason_of, workflow_from_text
 
-__all__ = ["TERMINAL", "Kube", "read_workflow", "reason_of", "tree", "with_identity"]
-EXIT_CODES = {"Succeeded": 0, "Failed": 1, "Compensated": 1, "CompensationFailed": 2}
+__all__ = ["Kube", "read_workflow", "reason_of", "tree", "with_identity"]
+EXIT_CODES = {
+    WorkflowPhase.SUCCEEDED: 0,
+    WorkflowPhase.FAILED: 1,
+    WorkflowPhase.COMPENSATED: 1,
+    WorkflowPhase.COMPENSATION_FAILED: 2,
+}
 console = Console()
 
 
@@ -54,10 +61,12 @@ class Kube:
         return dict(result)
 
 
-def decide(kube: Kube, name: str, decision: str, reason: str | None, namespace: str | None = None) -> dict[str, Any]:
+def decide(
+    kube: Kube, name: str, decision: ApprovalPhase, reason: str | None, namespace: str | None = None
+) -> dict[str, Any]:
     """Approve or reject the Approval NAME. The same merge patch kubectl would send; the API server records
     who sent it, and the admission webhook refuses it when that identity may not decide."""
-    spec: dict[str, Any] = {"decision": decision}
+    spec: dict[str, Any] = {"decision": decision.value}
     if reason:
         spec["reason"] = reason
     return kube.patch("approvals", name, {"spec": spec}, namespace)
@@ -125,7 +134,7 @@ def tree(obj: dict[str, Any]) -> Tree:
         if step.get("error"):
             node.add(f"[red]error: {step['error']}[/]")
         compensation = step.get("compensation") or {}
-        if compensation.get("phase") and compensation["phase"] != "Pending":
+        if compensation.get("phase") and compensation["phase"] != StepPhase.PENDING:
             node.add(f"compensation: {compensation.get('capability')} {styled(compensation['phase'])}")
     if status.get("message"):
         root.add(f"[dim]{status['message']}[/]")
@@ -146,97 +155,106 @@ def with_identity(function: Any) -> Any:
     return function
 
 
-def register(main: click.Group) -> None:
-    @main.command(short_help="Create the Workflow in FILE and follow it live; the exit code says how it ended.")
-    @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-    @click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the workflow until it ends.")
-    @click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds to follow it.")
-    @with_identity
-    def run(
-        file: Path, wait: bool, timeout: float, kubeconfig: str | None, context: str | None, namespace: str | None
-    ) -> None:
-        """Create the Workflow in FILE and follow it; the exit code says how it ended
-        (0 Succeeded, 1 Failed or Compensated, 2 CompensationFailed, 3 still running at --timeout)."""
-        kube = Kube(kubeconfig, context, namespace)
-        manifest = read_workflow(file)
-        namespace = manifest.get("metadata", {}).get("namespace") or kube.namespace
-        kube.namespace = namespace
-        try:
-            created: Any = kube.custom.create_namespaced_custom_object(
-                API_GROUP, API_VERSION, namespace, "workflows", manifest
+@click.command(short_help="Create the Workflow in FILE and follow it live; the exit code says how it ended.")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the workflow until it ends.")
+@click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds to follow it.")
+@with_identity
+def run(
+    file: Path, wait: bool, timeout: float, kubeconfig: str | None, context: str | None, namespace: str | None
+) -> None:
+    """Create the Workflow in FILE and follow it; the exit code says how it ended
+    (0 Succeeded, 1 Failed or Compensated, 2 CompensationFailed, 3 still running at --timeout)."""
+    kube = Kube(kubeconfig, context, namespace)
+    manifest = read_workflow(file)
+    namespace = manifest.get("metadata", {}).get("namespace") or kube.namespace
+    kube.namespace = namespace
+    try:
+        created: Any = kube.custom.create_namespaced_custom_object(
+            API_GROUP, API_VERSION, namespace, "workflows", manifest
+        )
+    except ApiException as error:
+        hint = ""
+        if error.status == 409:  # a workflow runs once: a new run is a new object
+            hint = (
+                f" (a workflow runs once: `airun status {manifest['metadata'].get('name')} -n {namespace}` shows "
+                "that run; delete it or use metadata.generateName for a new run each time)"
             )
-        except ApiException as error:
-            hint = ""
-            if error.status == 409:  # a workflow runs once: a new run is a new object
-                hint = (
-                    f" (a workflow runs once: `airun status {manifest['metadata'].get('name')} -n {namespace}` shows "
-                    "that run; delete it or use metadata.generateName for a new run each time)"
-                )
-            raise click.ClickException(reason_of(error) + hint) from error
-        name = created["metadata"]["name"]
-        console.print(f"workflow {namespace}/{name} created")
-        if not wait:
-            return
-        obj = progress.follow(lambda: kube.get("workflows", name), console, timeout)
-        console.print(tree(obj))
-        sys.exit(EXIT_CODES.get((obj.get("status") or {}).get("phase", ""), 3))
+        raise click.ClickException(reason_of(error) + hint) from error
+    name = created["metadata"]["name"]
+    console.print(f"workflow {namespace}/{name} created")
+    if not wait:
+        return
+    obj = progress.follow(lambda: kube.get("workflows", name), console, timeout)
+    console.print(tree(obj))
+    sys.exit(EXIT_CODES.get((obj.get("status") or {}).get("phase", ""), 3))
 
-    @main.command()
-    @click.argument("name")
-    @with_identity
-    def status(name: str, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
-        """A workflow as a tree: steps, phases, decisions, approvals, compensation."""
-        console.print(tree(Kube(kubeconfig, context, namespace).get("workflows", name)))
 
-    def decide_as(
-        name: str, decision: str, reason: str | None, kubeconfig: str | None, context: str | None, namespace: str | None
-    ) -> None:
-        kube = Kube(kubeconfig, context, namespace)
-        result = decide(kube, approval_named(kube, name), decision, reason)
-        console.print(f"approval {result['metadata']['name']}: {decision}")
+@click.command()
+@click.argument("name")
+@with_identity
+def status(name: str, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
+    """A workflow as a tree: steps, phases, decisions, approvals, compensation."""
+    console.print(tree(Kube(kubeconfig, context, namespace).get("workflows", name)))
 
-    @main.command()
-    @click.argument("name")
-    @click.option("--reason", help="Why (kept with the decision).")
-    @with_identity
-    def approve(
-        name: str, reason: str | None, kubeconfig: str | None, context: str | None, namespace: str | None
-    ) -> None:
-        """Approve the Approval NAME, or the one a workflow NAME waits for (as your own identity)."""
-        decide_as(name, "Approved", reason, kubeconfig, context, namespace)
 
-    @main.command()
-    @click.argument("name")
-    @click.option("--reason", help="Why (kept with the decision).")
-    @with_identity
-    def reject(
-        name: str, reason: str | None, kubeconfig: str | None, context: str | None, namespace: str | None
-    ) -> None:
-        """Reject the Approval NAME (or the one a workflow NAME waits for): its workflow fails and is compensated."""
-        decide_as(name, "Rejected", reason, kubeconfig, context, namespace)
+def decide_as(
+    name: str,
+    decision: ApprovalPhase,
+    reason: str | None,
+    kubeconfig: str | None,
+    context: str | None,
+    namespace: str | None,
+) -> None:
+    kube = Kube(kubeconfig, context, namespace)
+    result = decide(kube, approval_named(kube, name), decision, reason)
+    console.print(f"approval {result['metadata']['name']}: {decision}")
 
-    @main.command()
-    @click.argument("name")
-    @with_identity
-    def rollback(name: str, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
-        """Compensate the finished workflow NAME (sets spec.rollback: true)."""
-        request_rollback(Kube(kubeconfig, context, namespace), name)
-        console.print(f"workflow {name}: rollback requested")
 
-    @main.command()
-    @click.argument("name")
-    @with_identity
-    def events(name: str, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
-        """The events of workflow NAME, oldest first."""
-        kube = Kube(kubeconfig, context, namespace)
-        uid = kube.get("workflows", name)["metadata"]["uid"]  # a clear "not found" rather than an empty list
-        # By uid too: Events of an earlier workflow of the same name are not about this one.
-        selector = f"involvedObject.name={name},involvedObject.uid={uid}"
-        items = kube.core.list_namespaced_event(kube.namespace, field_selector=selector).items
-        if not items:
-            console.print(f"no events for workflow {kube.namespace}/{name} (events expire after an hour)")
-        items.sort(key=lambda e: str(e.last_timestamp or e.event_time or e.metadata.creation_timestamp))
-        for event in items:
-            when = event.last_timestamp or event.event_time or event.metadata.creation_timestamp
-            style = "yellow" if event.type == "Warning" else "white"
-            console.print(f"{when:%H:%M:%S} [{style}]{event.type:<7} {event.reason}[/] {event.message}")
+@click.command()
+@click.argument("name")
+@click.option("--reason", help="Why (kept with the decision).")
+@with_identity
+def approve(name: str, reason: str | None, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
+    """Approve the Approval NAME, or the one a workflow NAME waits for (as your own identity)."""
+    decide_as(name, ApprovalPhase.APPROVED, reason, kubeconfig, context, namespace)
+
+
+@click.command()
+@click.argument("name")
+@click.option("--reason", help="Why (kept with the decision).")
+@with_identity
+def reject(name: str, reason: str | None, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
+    """Reject the Approval NAME (or the one a workflow NAME waits for): its workflow fails and is compensated."""
+    decide_as(name, ApprovalPhase.REJECTED, reason, kubeconfig, context, namespace)
+
+
+@click.command()
+@click.argument("name")
+@with_identity
+def rollback(name: str, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
+    """Compensate the finished workflow NAME (sets spec.rollback: true)."""
+    request_rollback(Kube(kubeconfig, context, namespace), name)
+    console.print(f"workflow {name}: rollback requested")
+
+
+@click.command()
+@click.argument("name")
+@with_identity
+def events(name: str, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
+    """The events of workflow NAME, oldest first."""
+    kube = Kube(kubeconfig, context, namespace)
+    uid = kube.get("workflows", name)["metadata"]["uid"]  # a clear "not found" rather than an empty list
+    # By uid too: Events of an earlier workflow of the same name are not about this one.
+    selector = f"involvedObject.name={name},involvedObject.uid={uid}"
+    items = kube.core.list_namespaced_event(kube.namespace, field_selector=selector).items
+    if not items:
+        console.print(f"no events for workflow {kube.namespace}/{name} (events expire after an hour)")
+    items.sort(key=lambda e: str(e.last_timestamp or e.event_time or e.metadata.creation_timestamp))
+    for event in items:
+        when = event.last_timestamp or event.event_time or event.metadata.creation_timestamp
+        style = "yellow" if event.type == EventType.WARNING else "white"
+        console.print(f"{when:%H:%M:%S} [{style}]{event.type:<7} {event.reason}[/] {event.message}")
+
+
+COMMANDS: list[click.Command] = [run, status, approve, reject, rollback, events]

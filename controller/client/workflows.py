@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
-TERMINAL = frozenset({"Succeeded", "Failed", "Compensated", "CompensationFailed"})
+from controller.api.workflow import Step, StepPhase, WorkflowPhase
+from controller.engine.steps import kind_of
 
 
 class NotAWorkflow(ValueError):
@@ -34,10 +37,21 @@ def workflow_from_text(text: str, source: str) -> dict[str, Any]:
     return workflows[0]
 
 
+def step_label(spec_step: Mapping[str, Any]) -> str:
+    """What the front doors show in a step's capability column: its kind says (controller.engine.steps)."""
+    try:
+        step = Step.model_validate(spec_step)
+    except ValidationError:
+        return str(spec_step.get("capability") or "")
+    return kind_of(step).label(step)
+
+
 def pending_approvals(obj: dict[str, Any]) -> dict[str, str]:
     """Step name -> name of the Approval it waits for."""
     steps = (obj.get("status") or {}).get("steps") or []
-    return {s["name"]: s["approval"] for s in steps if s.get("phase") == "AwaitingApproval" and s.get("approval")}
+    return {
+        s["name"]: s["approval"] for s in steps if s.get("phase") == StepPhase.AWAITING_APPROVAL and s.get("approval")
+    }
 
 
 def summary(obj: dict[str, Any]) -> dict[str, Any]:
@@ -50,7 +64,7 @@ def summary(obj: dict[str, Any]) -> dict[str, Any]:
     return {
         "workflow": meta.get("name"),
         "namespace": meta.get("namespace"),
-        "phase": status.get("phase") or "Pending",
+        "phase": WorkflowPhase(status.get("phase") or WorkflowPhase.PENDING),
         **{k: status[k] for k in ("reason", "message", "principal", "progress") if status.get(k)},
         "steps": [{"name": s["name"], **{k: s[k] for k in keep if s.get(k) is not None}} for s in steps],
     }

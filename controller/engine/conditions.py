@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from controller.api.workflow import TERMINAL_PHASES, Condition, WorkflowPhase, WorkflowStatus
+from controller.api.workflow import TERMINAL_PHASES, Condition, Reason, StepPhase, WorkflowPhase, WorkflowStatus
 
 
 def _desired(status: WorkflowStatus) -> list[tuple[str, bool | None, str, str]]:
@@ -15,13 +15,13 @@ def _desired(status: WorkflowStatus) -> list[tuple[str, bool | None, str, str]]:
     message = status.message or ""
     succeeded: bool | None
     if phase is WorkflowPhase.SUCCEEDED:
-        succeeded, success_reason = True, "Succeeded"
+        succeeded, success_reason = True, Reason.SUCCEEDED.value
     elif terminal:
         succeeded, success_reason = False, status.reason or phase.value
     else:
         succeeded, success_reason = None, "InProgress"
     waiting = phase is WorkflowPhase.AWAITING_APPROVAL
-    approvals = ", ".join(s.approval for s in status.steps if s.approval and s.phase.value == "AwaitingApproval")
+    approvals = ", ".join(s.approval for s in status.steps if s.approval and s.phase is StepPhase.AWAITING_APPROVAL)
     return [
         ("Completed", terminal, phase.value, message if terminal else ""),
         ("Succeeded", succeeded, success_reason, message),

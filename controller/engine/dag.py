@@ -72,3 +72,14 @@ def topological_order(steps: Sequence[Step]) -> list[str]:
             order.append(s.name)
         remaining = [s for s in remaining if s.name not in placed]
     return order
+
+
+def ancestors(steps: Sequence[Step]) -> dict[str, frozenset[str]]:
+    """Each step's direct and transitive dependencies: the steps certain to have succeeded before it
+    starts. Assumes validate() found nothing."""
+    by_name = {s.name: s for s in steps}
+    found: dict[str, frozenset[str]] = {}
+    for name in topological_order(steps):
+        deps = by_name[name].depends_on
+        found[name] = frozenset(deps).union(*(found[d] for d in deps))
+    return found

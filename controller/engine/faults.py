@@ -12,7 +12,7 @@ from controller.api.workflow import (
     WorkflowStatus,
 )
 from controller.engine.conditions import conditions_for
-from controller.engine.saga import World, iso
+from controller.engine.state import World, iso
 
 MAX_MESSAGE = 1000
 

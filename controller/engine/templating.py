@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import jinja2
@@ -256,3 +258,58 @@ def _template_error(error: BaseException) -> TemplateError:
     if isinstance(error, RecursionError):
         return TemplateError("the template nests too deeply")
     return TemplateError(f"{type(error).__name__}: {error}")
+
+
+# -- what a template reads -----------------------------------------------------------------------------
+
+# The code of a template (`{{ ... }}`, `{% ... %}`), where names are read; the rest is literal text.
+_CODE = re.compile(r"\{\{(.*?)\}\}|\{%(.*?)%\}", re.DOTALL)
+# Scanned left to right, so a string literal is skipped whole: `steps.NAME` or `steps['NAME']` (a step
+# named in the template itself), a string literal, or any other `steps` (read by an expression).
+_READ = re.compile(
+    r"(?<![\w.])steps\s*(?:\.\s*(?P<attr>[A-Za-z_]\w*)|\[\s*(?P<quote>['\"])(?P<key>[^'\"\\]*)(?P=quote)\s*\])"
+    r"|(?P<string>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")"
+    r"|(?P<bare>(?<![\w.])steps(?!\w))",
+    re.DOTALL,
+)
+
+
+@dataclass(frozen=True)
+class StepReads:
+    """The steps whose outputs (or phase) a template reads: NAMED as written (`steps.a`, `steps['a-b']`);
+    DYNAMIC when it also reaches `steps` in a way no name can be read from (`steps[params.which]`, a loop
+    over `steps`)."""
+
+    named: frozenset[str] = frozenset()
+    dynamic: bool = False
+
+    def __or__(self, other: StepReads) -> StepReads:
+        return StepReads(self.named | other.named, self.dynamic or other.dynamic)
+
+
+def step_reads(value: Any) -> StepReads:
+    """What the templates inside VALUE (dicts and lists are walked) read of `steps`. A lexical scan, not a
+    parse: linear in the size of VALUE, so the admission webhook may run it on any spec (parsing a large
+    template takes seconds). String literals inside the code do not count, except as a subscript of
+    `steps`."""
+    if isinstance(value, str):
+        if "{{" not in value and "{%" not in value:
+            return StepReads()
+        named: set[str] = set()
+        dynamic = False
+        for match in _CODE.finditer(value):
+            code = match.group(1) if match.group(1) is not None else match.group(2)
+            for found in _READ.finditer(code):
+                if found.group("bare"):
+                    dynamic = True
+                elif not found.group("string"):
+                    named.add(found.group("attr") or found.group("key"))
+        return StepReads(frozenset(named), dynamic)
+    reads = StepReads()
+    if isinstance(value, Mapping):
+        for item in value.values():
+            reads |= step_reads(item)
+    elif isinstance(value, list):
+        for item in value:
+            reads |= step_reads(item)
+    return reads

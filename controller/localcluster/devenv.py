@@ -1,6 +1,6 @@
 """The local environment of `make up` / `airun up`: the control plane, the manifests, the operator.
 
-Everything lives in one state directory (`.airun/` of the checkout); see DESIGN.md section 5.
+Everything lives in one state directory (`.airun/` of the checkout); see docs/architecture.md, "The local environment".
 """
 
 from __future__ import annotations

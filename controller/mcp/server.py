@@ -19,12 +19,13 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 
 from controller import API_GROUP, API_VERSION, __version__
+from controller.api.approval import ApprovalPhase
 from controller.api.capability import CapabilitySpec
 from controller.api.transaction import FINISHED_PHASES, TransactionPhase
+from controller.api.workflow import TERMINAL_PHASES, WorkflowPhase
 from controller.client import undo
 from controller.client.capabilities import catalogue
 from controller.client.workflows import (
-    TERMINAL,
     NotAWorkflow,
     pending_approvals,
     reason_of,
@@ -62,7 +63,7 @@ def _result(text: str, data: dict[str, Any], *, error: bool = False) -> types.Ca
 
 
 def _approve_command(namespace: str, approval: str) -> str:
-    patch = json.dumps({"spec": {"decision": "Approved"}})
+    patch = json.dumps({"spec": {"decision": ApprovalPhase.APPROVED}})
     return f"kubectl patch approval {approval} -n {namespace} --type merge -p '{patch}'"
 
 
@@ -149,10 +150,10 @@ class AirunTools:
         base: dict[str, Any] = {"workflow": name, "namespace": namespace, "phase": state["phase"]}
         if transaction:
             base["transaction"] = transaction
-        if state["phase"] == "Succeeded":
+        if state["phase"] is WorkflowPhase.SUCCEEDED:
             outputs = state["steps"][0].get("outputs", {}) if state["steps"] else {}
             return _result(f"{spec.id} succeeded (workflow {namespace}/{name})", {**base, "outputs": outputs})
-        if state["phase"] in TERMINAL:
+        if state["phase"] in TERMINAL_PHASES:
             step: dict[str, Any] = state["steps"][0] if state["steps"] else {}
             failure: dict[str, Any] = {
                 **base,
@@ -197,7 +198,7 @@ class AirunTools:
             f"(not you) runs: {first['approve']}  (or: airun approve {first['approval']} -n {namespace}). "
             f"Then call {tools.WORKFLOW_STATUS} with name={name}."
         )
-        return _result(text, {**base, "phase": "AwaitingApproval", "approvals": approvals})
+        return _result(text, {**base, "phase": WorkflowPhase.AWAITING_APPROVAL, "approvals": approvals})
 
     async def _wait(
         self,
@@ -215,7 +216,7 @@ class AirunTools:
         def decided(obj: dict[str, Any]) -> bool:
             if until is not None:
                 return until(obj)
-            return (obj.get("status") or {}).get("phase") in TERMINAL or bool(pending_approvals(obj))
+            return (obj.get("status") or {}).get("phase") in TERMINAL_PHASES or bool(pending_approvals(obj))
 
         with anyio.move_on_after(seconds):
             while not decided(latest):
@@ -272,7 +273,7 @@ class AirunTools:
                 for step, approval in pending.items()
             ]
         why = f" ({state['reason']})" if state.get("reason") else ""
-        failed = state["phase"] in TERMINAL and state["phase"] != "Succeeded"
+        failed = state["phase"] in TERMINAL_PHASES and state["phase"] is not WorkflowPhase.SUCCEEDED
         return _result(f"{title}: {state['phase']}{why}", state, error=failed)
 
     async def _list(self, custom: client.CustomObjectsApi, arguments: dict[str, Any]) -> types.CallToolResult:
@@ -282,7 +283,7 @@ class AirunTools:
         rows = [
             {
                 "workflow": o["metadata"]["name"],
-                "phase": (o.get("status") or {}).get("phase") or "Pending",
+                "phase": (o.get("status") or {}).get("phase") or WorkflowPhase.PENDING,
                 **{k: (o.get("status") or {})[k] for k in ("reason", "principal") if (o.get("status") or {}).get(k)},
                 "created": o["metadata"].get("creationTimestamp"),
             }

@@ -9,8 +9,8 @@ Workflow CREATE   records the creator as the principal (annotations, groups as a
 Workflow UPDATE   records who set spec.rollback; refuses changes to the recorded identities and to the
                   transaction label, and removal of the saga finalizer by anyone but the operator while the
                   workflow is not finished.
-Transaction       see controller/operator/transactions.py: its creator recorded and signed; only they
-                  commit, roll back or delete it while open.
+Transaction       its creator recorded and signed; only they commit it, roll it back, or delete it while
+                  open (controller/operator/transactions.py).
 Workflow DELETE   records who deleted it (audit), so that its compensation names the actor.
 Approval UPDATE   records who decided (annotation), refuses self-approval, approvers the policy does
                   not name, any change to a decided Approval, and any change (removal included) to what is
@@ -30,28 +30,31 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import kopf
 from pydantic import ValidationError
 
 from controller import API_GROUP, API_VERSION
+from controller.api.audit import AuditKind
+from controller.api.metadata import (
+    DECIDED_BY_ANNOTATION,
+    FINALIZER,
+    IDENTITY_ANNOTATIONS,
+    PREFIX,
+    PRINCIPAL_ANNOTATION,
+    ROLLBACK_BY_ANNOTATION,
+)
 from controller.api.policy import Approvers
-from controller.api.workflow import TERMINAL_PHASES, WorkflowSpec
+from controller.api.workflow import TERMINAL_PHASES, WorkflowPhase, WorkflowSpec
 from controller.capabilities import custom
-from controller.engine.saga import spec_errors
+from controller.engine.validation import spec_errors
 from controller.operator import attestation, transactions
-from controller.operator.runtime import FINALIZER, ROLLBACK_BY_ANNOTATION, WorkflowRuntime
+from controller.operator.runtime import WorkflowRuntime
 from controller.policy.approvers import decision_refusal
 
-DECIDED_BY_ANNOTATION = "aifirst.dev/decided-by"
-IDENTITY_ANNOTATIONS = (
-    attestation.PRINCIPAL_ANNOTATION,
-    attestation.GROUPS_ANNOTATION,
-    attestation.ATTESTATION_ANNOTATION,
-)
-OURS = "aifirst.dev/"
 # What a person may change on an Approval: the decision and why. Everything else is what was approved.
 DECISION_FIELDS = ("decision", "reason")
 _NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the API server's own generateName alphabet
@@ -82,7 +85,7 @@ def _annotations(body: Mapping[str, Any] | None) -> Mapping[str, str]:
 
 
 def _ours(values: Mapping[str, str] | None) -> dict[str, str]:
-    return {k: v for k, v in (values or {}).items() if k.startswith(OURS)}
+    return {k: v for k, v in (values or {}).items() if k.startswith(PREFIX)}
 
 
 def _user(userinfo: Mapping[str, Any]) -> tuple[str, list[str]]:
@@ -111,25 +114,70 @@ def approval_tampering(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | 
     return None
 
 
-def register(
-    registry: kopf.OperatorRegistry,
-    runtime: WorkflowRuntime,
-    operator_user: str,
-    bind: Callable[[Mapping[str, Any]], None],
-) -> None:
-    transactions.register_admission(registry, runtime, operator_user)
+def _identity_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> kopf.AdmissionError | None:
+    before, after = _annotations(old), _annotations(new)
+    for key in IDENTITY_ANNOTATIONS:
+        if before.get(key) != after.get(key):
+            return kopf.AdmissionError(
+                f"metadata.annotations[{key}] is recorded from the API server's authentication "
+                "when the workflow is created and cannot be changed",
+                code=403,
+            )
+    return None
 
-    @kopf.on.mutate(
-        API_GROUP,
-        API_VERSION,
-        "workflows",
-        operations={"CREATE"},
-        registry=registry,
-        persistent=True,
-        id="workflow-principal",
+
+def _transaction_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> kopf.AdmissionError | None:
+    refusal = transactions.label_change_refusal(old, new)
+    return kopf.AdmissionError(refusal, code=403) if refusal else None
+
+
+def _rollback_actor_change(old: Mapping[str, Any], new: Mapping[str, Any], user: str) -> kopf.AdmissionError | None:
+    """The rollback actor may change only with the request that sets spec.rollback, and only to its user."""
+    before, after = _annotations(old), _annotations(new)
+    rollback_set = bool((new.get("spec") or {}).get("rollback")) and not (old.get("spec") or {}).get("rollback")
+    if before.get(ROLLBACK_BY_ANNOTATION) == after.get(ROLLBACK_BY_ANNOTATION) or (
+        rollback_set and after.get(ROLLBACK_BY_ANNOTATION) == user
+    ):
+        return None
+    return kopf.AdmissionError(
+        f"metadata.annotations[{ROLLBACK_BY_ANNOTATION}] is recorded from the API server's "
+        "authentication when spec.rollback is set and cannot be changed",
+        code=403,
     )
+
+
+def _finalizer_removal(
+    old: Mapping[str, Any], new: Mapping[str, Any], user: str, operator_user: str
+) -> kopf.AdmissionError | None:
+    """Only the operator removes the saga finalizer of a workflow that has not finished."""
+    had = FINALIZER in ((old.get("metadata") or {}).get("finalizers") or [])
+    has = FINALIZER in ((new.get("metadata") or {}).get("finalizers") or [])
+    finished = (old.get("status") or {}).get("phase") in TERMINAL_PHASES
+    if had and not has and user != operator_user and not finished:
+        return kopf.AdmissionError(
+            f"the finalizer {FINALIZER} guarantees compensation; only the operator removes it "
+            "(delete the workflow, or set spec.rollback: true)",
+            code=403,
+        )
+    return None
+
+
+class Admission:
+    """The admission webhooks' handlers, bound to the runtime they serve (its attestation key, its live
+    capabilities) and to the operator's own user (the one identity that may remove the saga finalizer
+    of a running workflow or write an Approval's status-like fields)."""
+
+    def __init__(self, runtime: WorkflowRuntime, operator_user: str, bind: Callable[[Mapping[str, Any]], None]) -> None:
+        self.runtime = runtime
+        self.operator_user = operator_user
+        self.bind = bind
+        agents = transactions.TransactionAdmission(runtime, operator_user)
+        self.transaction_principal = agents.principal
+        self.transaction_update = agents.update
+        self.transaction_deletion = agents.deletion
+
     def workflow_principal(
-        body: kopf.Body, patch: kopf.Patch, userinfo: Mapping[str, Any], namespace: str | None, **_: Any
+        self, body: kopf.Body, patch: kopf.Patch, userinfo: Mapping[str, Any], namespace: str | None, **_: Any
     ) -> None:
         user, groups = _user(userinfo)
         name = body.metadata.name
@@ -139,7 +187,9 @@ def register(
             prefix = str(body.metadata.get("generateName") or "workflow-")
             name = prefix + "".join(secrets.choice(_NAME_ALPHABET) for _ in range(5))
             patch.setdefault("metadata", {})["name"] = name
-        signed = attestation.attest(runtime.attestation_key, namespace or "", name, user, groups, datetime.now(UTC))
+        signed = attestation.attest(
+            self.runtime.attestation_key, namespace or "", name, user, groups, datetime.now(UTC)
+        )
         patch.setdefault("metadata", {}).setdefault("annotations", {}).update(signed)
         if ROLLBACK_BY_ANNOTATION in _annotations(body):
             patch["metadata"]["annotations"][ROLLBACK_BY_ANNOTATION] = None  # only ever set by the UPDATE webhook
@@ -150,154 +200,80 @@ def register(
             # operator spends no write on it.
             patch["metadata"]["finalizers"] = [*finalizers, FINALIZER]
 
-    @kopf.on.mutate(
-        API_GROUP,
-        API_VERSION,
-        "workflows",
-        operations={"UPDATE"},
-        registry=registry,
-        persistent=True,
-        id="workflow-rollback-actor",
-    )
-    def workflow_rollback_actor(body: kopf.Body, patch: kopf.Patch, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
+    def workflow_rollback_actor(
+        self, body: kopf.Body, patch: kopf.Patch, userinfo: Mapping[str, Any], **kwargs: Any
+    ) -> None:
         """Who asked for the rollback: its compensation is recorded as that person's act."""
         _record_who_set(kwargs.get("old"), body, "rollback", patch, ROLLBACK_BY_ANNOTATION, userinfo)
 
-    @kopf.on.validate(
-        API_GROUP,
-        API_VERSION,
-        "workflows",
-        operations={"DELETE"},
-        registry=registry,
-        persistent=True,
-        ignore_failures=True,
-        id="workflow-deletion",
-    )
-    def workflow_deletion(body: kopf.Body, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
+    def workflow_deletion(self, body: kopf.Body, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
         if kwargs.get("dryrun"):
             return
         user, _groups = _user(userinfo)
         uid = body.metadata.uid or ""
-        runtime.deleted_by[uid] = user
-        runtime.audit.record(
-            "workflow.deletion_requested",
+        self.runtime.deleted_by[uid] = user
+        self.runtime.audit.record(
+            AuditKind.WORKFLOW_DELETION_REQUESTED,
             namespace=body.metadata.namespace or "",
             workflow=body.metadata.name or "",
             workflow_uid=uid,
-            principal=(body.get("status") or {}).get("principal")
-            or _annotations(body).get(attestation.PRINCIPAL_ANNOTATION),
+            principal=(body.get("status") or {}).get("principal") or _annotations(body).get(PRINCIPAL_ANNOTATION),
             actor=user,
             payload={"phase": (body.get("status") or {}).get("phase")},
         )
 
-    @kopf.on.validate(
-        API_GROUP,
-        API_VERSION,
-        "workflows",
-        operations={"CREATE"},
-        registry=registry,
-        persistent=True,
-        id="workflow-runnable",
-    )
     async def workflow_runnable(
-        spec: kopf.Spec, body: kopf.Body, userinfo: Mapping[str, Any], namespace: str | None, **kwargs: Any
+        self, spec: kopf.Spec, body: kopf.Body, userinfo: Mapping[str, Any], namespace: str | None, **kwargs: Any
     ) -> None:
-        bind(kwargs)  # the custom capabilities of the cluster count too
-        await check_runnable(spec)
-        if not kwargs.get("dryrun"):
-            await transactions.check_call(runtime, namespace or "", body, _user(userinfo)[0])
+        self.bind(kwargs)  # the custom capabilities of the cluster count too
+        await self.check_runnable(spec)
+        if not kwargs.get("dryrun"):  # a call joining a transaction: open, and the caller's own
+            await transactions.check_call(self.runtime, namespace or "", body, _user(userinfo)[0])
 
-    async def check_runnable(spec: Mapping[str, Any]) -> None:
+    async def check_runnable(self, spec: Mapping[str, Any]) -> None:
         """The checks that span the whole spec: here rather than CEL rules on the CRD, which the API server
         would evaluate again on every status write (see docs/architecture.md)."""
         try:
             parsed = WorkflowSpec.model_validate(dict(spec))
         except ValidationError as error:
             raise kopf.AdmissionError(f"spec: {error}", code=422) from error
-        known = await runtime.fetch_missing_capabilities(parsed)
+        known = await self.runtime.fetch_missing_capabilities(parsed)
         errors = spec_errors(parsed, known)
         if errors:
             raise kopf.AdmissionError("; ".join(errors), code=422)
 
-    @kopf.on.validate(
-        API_GROUP,
-        API_VERSION,
-        "workflows",
-        operations={"UPDATE"},
-        registry=registry,
-        persistent=True,
-        id="workflow-update",
-    )
-    async def workflow_update(body: kopf.Body, spec: kopf.Spec, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
+    async def workflow_update(
+        self, body: kopf.Body, spec: kopf.Spec, userinfo: Mapping[str, Any], **kwargs: Any
+    ) -> None:
         """Every update in one webhook call: identities frozen, the finalizer kept, the spec immutable once
         started (except rollback) and runnable while it may still change."""
-        bind(kwargs)
-        old: Mapping[str, Any] | None = kwargs.get("old")
+        self.bind(kwargs)
+        old: Mapping[str, Any] = kwargs.get("old") or {}
         user, _groups = _user(userinfo)
-        before, after = _annotations(old), _annotations(body)
-        for key in IDENTITY_ANNOTATIONS:
-            if before.get(key) != after.get(key):
-                raise kopf.AdmissionError(
-                    f"metadata.annotations[{key}] is recorded from the API server's authentication "
-                    "when the workflow is created and cannot be changed",
-                    code=403,
-                )
-        rollback_before = bool(((old or {}).get("spec") or {}).get("rollback"))
-        rollback_set = bool(spec.get("rollback")) and not rollback_before
-        if before.get(ROLLBACK_BY_ANNOTATION) != after.get(ROLLBACK_BY_ANNOTATION) and not (
-            rollback_set and after.get(ROLLBACK_BY_ANNOTATION) == user
-        ):
-            raise kopf.AdmissionError(
-                f"metadata.annotations[{ROLLBACK_BY_ANNOTATION}] is recorded from the API server's "
-                "authentication when spec.rollback is set and cannot be changed",
-                code=403,
-            )
-        moved = transactions.label_change_refusal(old, body)
-        if moved:
-            raise kopf.AdmissionError(moved, code=403)
-        had = FINALIZER in ((old or {}).get("metadata", {}).get("finalizers") or [])
-        has = FINALIZER in (body.metadata.get("finalizers") or [])
-        phase = ((old or {}).get("status") or {}).get("phase")
-        finished = phase in {p.value for p in TERMINAL_PHASES}
-        if had and not has and user != operator_user and not finished:
-            raise kopf.AdmissionError(
-                f"the finalizer {FINALIZER} guarantees compensation; only the operator removes it "
-                "(delete the workflow, or set spec.rollback: true)",
-                code=403,
-            )
-        if _without_rollback((old or {}).get("spec")) == _without_rollback(spec):
+        refusal = (
+            _identity_change(old, body)
+            or _transaction_change(old, body)
+            or _rollback_actor_change(old, body, user)
+            or _finalizer_removal(old, body, user, self.operator_user)
+        )
+        if refusal is not None:
+            raise refusal
+        phase = (old.get("status") or {}).get("phase")
+        if _without_rollback(old.get("spec")) == _without_rollback(spec):
             return  # metadata or rollback only: never blocked by, say, a capability deleted since
-        if (phase or "Pending") != "Pending":
+        if (phase or WorkflowPhase.PENDING) != WorkflowPhase.PENDING:
             raise kopf.AdmissionError(
                 "spec is immutable once the workflow has started; only spec.rollback may change", code=422
             )
-        await check_runnable(spec)
+        await self.check_runnable(spec)
 
-    @kopf.on.mutate(
-        API_GROUP,
-        API_VERSION,
-        "approvals",
-        operations={"UPDATE"},
-        registry=registry,
-        persistent=True,
-        id="approval-decider",
-    )
-    def approval_decider(body: kopf.Body, patch: kopf.Patch, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
+    def approval_decider(self, body: kopf.Body, patch: kopf.Patch, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
         _record_who_set(kwargs.get("old"), body, "decision", patch, DECIDED_BY_ANNOTATION, userinfo)
 
-    @kopf.on.validate(
-        API_GROUP,
-        API_VERSION,
-        "approvals",
-        operations={"UPDATE"},
-        registry=registry,
-        persistent=True,
-        id="approval-decision",
-    )
-    def approval_decision(body: kopf.Body, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
+    def approval_decision(self, body: kopf.Body, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
         old: Mapping[str, Any] = kwargs.get("old") or {}
         user, groups = _user(userinfo)
-        tampered = approval_tampering(old, body) if user != operator_user else None
+        tampered = approval_tampering(old, body) if user != self.operator_user else None
         if tampered:
             raise kopf.AdmissionError(
                 f"{tampered} of an Approval cannot be changed or removed: only spec.decision and spec.reason may",
@@ -327,22 +303,13 @@ def register(
                 code=403,
             )
 
-    @kopf.on.validate(
-        API_GROUP,
-        API_VERSION,
-        "capabilities",
-        operations=["CREATE", "UPDATE"],
-        registry=registry,
-        persistent=True,
-        id="capability-coherent",
-    )
-    def capability_coherent(name: str, spec: kopf.Spec, **kwargs: Any) -> None:
-        bind(kwargs)
+    def capability_coherent(self, name: str, spec: kopf.Spec, **kwargs: Any) -> None:
+        self.bind(kwargs)
         try:
             parsed = custom.parse(name, spec)
         except custom.InvalidCapability as error:
             raise kopf.AdmissionError(str(error), code=422) from error
-        problems = custom.problems_with(parsed, {**runtime.capabilities, name: parsed}, runtime.builtin)
+        problems = custom.problems_with(parsed, {**self.runtime.capabilities, name: parsed}, self.runtime.builtin)
         if problems:
             raise kopf.AdmissionError(f"capability {name}: " + "; ".join(problems), code=422)
         if parsed.http and parsed.http.auth and isinstance(kwargs.get("warnings"), list):
@@ -351,3 +318,55 @@ def register(
                 f"spec.http.auth: the operator reads key {ref.key!r} of Secret {ref.name!r} in its own "
                 f"namespace {custom.CREDENTIALS.namespace!r}"
             )
+
+
+Operation = Literal["CREATE", "UPDATE", "DELETE", "CONNECT"]  # as kopf types them
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """One webhook kopf serves: its URL path (ID; see the module's docstring), what it admits, and the
+    Admission method that answers."""
+
+    id: str
+    mutating: bool
+    plural: str
+    operations: frozenset[Operation]
+    handler: str
+    ignore_failures: bool = False
+
+
+WEBHOOKS = (
+    Webhook("workflow-principal", True, "workflows", frozenset({"CREATE"}), "workflow_principal"),
+    Webhook("workflow-rollback-actor", True, "workflows", frozenset({"UPDATE"}), "workflow_rollback_actor"),
+    Webhook("workflow-deletion", False, "workflows", frozenset({"DELETE"}), "workflow_deletion", ignore_failures=True),
+    Webhook("workflow-runnable", False, "workflows", frozenset({"CREATE"}), "workflow_runnable"),
+    Webhook("workflow-update", False, "workflows", frozenset({"UPDATE"}), "workflow_update"),
+    Webhook("approval-decider", True, "approvals", frozenset({"UPDATE"}), "approval_decider"),
+    Webhook("approval-decision", False, "approvals", frozenset({"UPDATE"}), "approval_decision"),
+    Webhook("capability-coherent", False, "capabilities", frozenset({"CREATE", "UPDATE"}), "capability_coherent"),
+    Webhook("transaction-principal", True, "transactions", frozenset({"CREATE"}), "transaction_principal"),
+    Webhook("transaction-update", False, "transactions", frozenset({"UPDATE"}), "transaction_update"),
+    Webhook("transaction-deletion", False, "transactions", frozenset({"DELETE"}), "transaction_deletion"),
+)
+
+
+def register(
+    registry: kopf.OperatorRegistry,
+    runtime: WorkflowRuntime,
+    operator_user: str,
+    bind: Callable[[Mapping[str, Any]], None],
+) -> None:
+    admission = Admission(runtime, operator_user, bind)
+    for hook in WEBHOOKS:
+        on = kopf.on.mutate if hook.mutating else kopf.on.validate
+        on(
+            API_GROUP,
+            API_VERSION,
+            hook.plural,
+            operations=set(hook.operations),
+            registry=registry,
+            persistent=True,
+            ignore_failures=hook.ignore_failures,
+            id=hook.id,
+        )(getattr(admission, hook.handler))

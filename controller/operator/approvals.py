@@ -11,11 +11,12 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from controller import API_GROUP, API_VERSION
+from controller.api.approval import DECISIONS, ApprovalNotice, ApprovalPhase, approval_phase
+from controller.api.metadata import DECIDED_BY_ANNOTATION, NOTIFY_ANNOTATION, WORKFLOW_LABEL
+from controller.api.workflow import EventType
 from controller.engine import saga
 from controller.operator.kube import Connection
 from controller.operator.notify import Notifier, approval_message
-
-WORKFLOW_LABEL = "aifirst.dev/workflow"
 
 
 def manifest(ref: saga.WorkflowRef, request: saga.RequestApproval, requested_by: str) -> dict[str, Any]:
@@ -64,9 +65,6 @@ def manifest(ref: saga.WorkflowRef, request: saga.RequestApproval, requested_by:
     }
 
 
-NOTIFY_ANNOTATION = "aifirst.dev/notify-url"
-
-
 class ApprovalNameTaken(Exception):
     """The Approval's name belongs to an Approval of another, existing workflow (never deleted)."""
 
@@ -105,7 +103,9 @@ async def create(
         await _delete_exactly(connection, ref.namespace, existing)
     else:
         raise RuntimeError(f"approval {request.name} could not be created")
-    updated: dict[str, Any] = await _set_status(connection, ref.namespace, request.name, {"phase": "Pending"})
+    updated: dict[str, Any] = await _set_status(
+        connection, ref.namespace, request.name, {"phase": ApprovalPhase.PENDING.value}
+    )
     return updated or created
 
 
@@ -149,14 +149,14 @@ async def _delete_exactly(connection: Connection, namespace: str, approval: Mapp
 
 async def expire(connection: Connection, namespace: str, name: str) -> dict[str, Any]:
     return await _set_status(
-        connection, namespace, name, {"phase": "Expired", "decidedAt": saga.iso(datetime.now(UTC))}
+        connection, namespace, name, {"phase": ApprovalPhase.EXPIRED.value, "decidedAt": saga.iso(datetime.now(UTC))}
     )
 
 
 async def record_decision(
-    connection: Connection, namespace: str, name: str, phase: str, decided_by: str | None, reason: str | None
+    connection: Connection, namespace: str, name: str, phase: ApprovalPhase, decided_by: str | None, reason: str | None
 ) -> dict[str, Any]:
-    status: dict[str, Any] = {"phase": phase, "decidedAt": saga.iso(datetime.now(UTC))}
+    status: dict[str, Any] = {"phase": phase.value, "decidedAt": saga.iso(datetime.now(UTC))}
     if decided_by:
         status["decidedBy"] = decided_by
     if reason:
@@ -171,23 +171,23 @@ async def _set_status(connection: Connection, namespace: str, name: str, status:
     return result
 
 
-def announce(notifier: Notifier | None, event: str, approval: Mapping[str, Any]) -> None:
+def announce(notifier: Notifier | None, event: ApprovalNotice, approval: Mapping[str, Any]) -> None:
     """Tells the story of the approval: a Kubernetes Event on it (kubectl describe approval), and the
     notification, if its rule or step named a webhook URL."""
     spec, status = approval.get("spec") or {}, approval.get("status") or {}
     what = f"step {spec.get('step')} of workflow {spec.get('workflow')}"
     if spec.get("capability"):
         what += f": {spec['capability']} ({spec.get('riskLevel', '?')} risk)"
-    if event == "requested":
+    if event is ApprovalNotice.REQUESTED:
         reason, message = "ApprovalRequested", f"{what}, requested by {spec.get('requestedBy') or 'unknown'}"
-    elif event == "expired":
+    elif event is ApprovalNotice.EXPIRED:
         reason, message = "Expired", f"{what}: nobody decided before {spec.get('expiresAt')}"
     else:
         phase = status.get("phase") or spec.get("decision") or "Decided"
         reason, message = phase, f"{what}: {phase.lower()} by {status.get('decidedBy') or 'unknown'}"
     kopf.event(
         approval,  # type: ignore[arg-type]
-        type="Warning" if event == "expired" else "Normal",
+        type=EventType.WARNING if event is ApprovalNotice.EXPIRED else EventType.NORMAL,
         reason=reason,
         message=message,
     )
@@ -198,7 +198,7 @@ def announce(notifier: Notifier | None, event: str, approval: Mapping[str, Any])
     def failed(error: str) -> None:
         kopf.event(
             approval,  # type: ignore[arg-type]
-            type="Warning",
+            type=EventType.WARNING,
             reason="NotificationFailed",
             message=f"{event} notification: {error}",
         )
@@ -220,17 +220,17 @@ def state_of(body: Mapping[str, Any]) -> saga.ApprovalState:
     written (the admission webhook has checked who wrote it); an expired request stays expired."""
     spec = body.get("spec") or {}
     status = body.get("status") or {}
-    phase = status.get("phase") or "Pending"
+    phase = approval_phase(status.get("phase"))
     decision = spec.get("decision") or ""
-    if phase == "Pending" and decision in ("Approved", "Rejected"):
-        phase = decision
+    if phase is ApprovalPhase.PENDING and decision in DECISIONS:
+        phase = ApprovalPhase(decision)
     return saga.ApprovalState(
         name=body.get("metadata", {}).get("name", ""),
         phase=phase,
         inputs_hash=spec.get("inputsHash"),
         expires_at=saga.parse_time(spec.get("expiresAt")),
         decided_by=status.get("decidedBy")
-        or (body.get("metadata", {}).get("annotations") or {}).get("aifirst.dev/decided-by"),
+        or (body.get("metadata", {}).get("annotations") or {}).get(DECIDED_BY_ANNOTATION),
         requested_at=saga.parse_time(body.get("metadata", {}).get("creationTimestamp")),
         compensation=(spec.get("compensation") or {}).get("capability"),
     )

@@ -21,11 +21,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from controller.api.metadata import ATTESTATION_ANNOTATION, GROUPS_ANNOTATION, PRINCIPAL_ANNOTATION
 from controller.api.policy import Principal
 
-PRINCIPAL_ANNOTATION = "aifirst.dev/principal"
-GROUPS_ANNOTATION = "aifirst.dev/principal-groups"
-ATTESTATION_ANNOTATION = "aifirst.dev/principal-attestation"
 VERSION = "v1"
 MAX_SKEW = timedelta(minutes=3)
 log = logging.getLogger("airun.attestation")

@@ -10,6 +10,8 @@ from typing import Any
 import kopf
 
 from controller import API_GROUP, API_VERSION
+from controller.api.approval import DECISIONS, ApprovalNotice, ApprovalPhase, approval_phase
+from controller.api.audit import AuditKind
 from controller.api.capability import CapabilitySpec
 from controller.api.policy import PolicyObject, PolicySpec
 from controller.capabilities import custom
@@ -66,7 +68,7 @@ def register(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime) -> Calla
             (namespace, s.requested_at)
             for (namespace, _), store in approval_index.items()
             for _, s in store
-            if s.phase == "Pending"
+            if s.phase is ApprovalPhase.PENDING
         ]
 
     # on.event, not on.create/on.update: kopf's change-detecting handlers persist their progress with a
@@ -99,13 +101,13 @@ async def record_approval_decision(
     the Approval still Pending on restart and records the decision again, so a decision is recorded at
     least once, never lost. A repeat is visible: it carries the same approvalUid and generation."""
     status = body.get("status") or {}
-    decision = spec.get("decision") or ""
-    if not decision or status.get("phase") not in (None, "Pending"):
+    if spec.get("decision") not in DECISIONS or approval_phase(status.get("phase")) is not ApprovalPhase.PENDING:
         return
+    decision = ApprovalPhase(spec["decision"])
     metadata = body.get("metadata") or {}
     state = approvals.state_of(body)
     runtime.audit.record(
-        "approval.decided",
+        AuditKind.APPROVAL_DECIDED,
         namespace=namespace,
         workflow=spec.get("workflow") or "",
         workflow_uid=approvals.owner_uid(body),
@@ -116,7 +118,7 @@ async def record_approval_decision(
             "approval": metadata.get("name"),
             "approvalUid": metadata.get("uid"),
             "generation": metadata.get("generation"),
-            "decision": decision,
+            "decision": decision.value,
             "reason": spec.get("reason"),
             "inputsHash": spec.get("inputsHash"),
             "capability": spec.get("capability"),
@@ -131,8 +133,8 @@ async def record_approval_decision(
         state.decided_by,
         spec.get("reason"),
     )
-    approvals.announce(runtime.notifier, "decided", decided)
+    approvals.announce(runtime.notifier, ApprovalNotice.DECIDED, decided)
     created = saga.parse_time(metadata.get("creationTimestamp"))
     if created is not None:
         waited = (datetime.now(UTC) - created).total_seconds()
-        runtime.metrics.approval_wait.labels(decision).observe(waited)
+        runtime.metrics.approval_wait.labels(decision.value).observe(waited)

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from controller.api.approval import ApprovalNotice, ApprovalPhase
 from controller.api.policy import PolicyObject
 from controller.capabilities.egress import EgressRefused, EgressRules, http_client
 from controller.capabilities.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
@@ -29,17 +30,18 @@ __all__ = ["SIGNATURE_HEADER", "TIMESTAMP_HEADER", "Notifier", "approval_message
 log = logging.getLogger("airun.notify")
 
 
-def approval_message(event: str, approval: Mapping[str, Any]) -> dict[str, Any]:
+def approval_message(event: ApprovalNotice, approval: Mapping[str, Any]) -> dict[str, Any]:
     meta, spec, status = approval.get("metadata", {}), approval.get("spec", {}), approval.get("status") or {}
     ns, name = meta.get("namespace", ""), meta.get("name", "")
     what = f"step *{spec.get('step')}* of workflow *{ns}/{spec.get('workflow')}*"
     if spec.get("capability"):
         what += f" runs `{spec['capability']}` ({spec.get('riskLevel', '?')} risk)"
-    if event == "requested":
+    if event is ApprovalNotice.REQUESTED:
         text = (
             f":raised_hand: Approval requested by {spec.get('requestedBy') or 'unknown'}: {what}.\n"
             f"{spec.get('message', '')}\n"
-            f'`kubectl -n {ns} patch approval {name} --type merge -p \'{{"spec":{{"decision":"Approved"}}}}\'`'
+            f"`kubectl -n {ns} patch approval {name} --type merge -p "
+            f'\'{{"spec":{{"decision":"{ApprovalPhase.APPROVED}"}}}}\'`'
         )
     else:
         phase = status.get("phase") or spec.get("decision") or event
@@ -49,7 +51,7 @@ def approval_message(event: str, approval: Mapping[str, Any]) -> dict[str, Any]:
         "text": text,
         "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}],
         "airun": {
-            "event": event,
+            "event": event.value,
             "approval": name,
             "namespace": ns,
             "workflow": spec.get("workflow"),

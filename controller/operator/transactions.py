@@ -26,6 +26,8 @@ import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from controller import API_GROUP, API_VERSION
+from controller.api.audit import AuditKind
+from controller.api.metadata import IDENTITY_ANNOTATIONS
 from controller.api.transaction import (
     FINISHED_PHASES,
     JOINED_ANNOTATION,
@@ -37,16 +39,12 @@ from controller.api.transaction import (
 )
 from controller.engine import transaction as core
 from controller.operator import attestation
-from controller.operator.runtime import WorkflowRuntime, principal_of
+from controller.operator.runner import principal_of
+from controller.operator.runtime import WorkflowRuntime
 
 PLURAL = "transactions"
 RETRY_SECONDS = 2.0
 _NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
-IDENTITY_ANNOTATIONS = (
-    attestation.PRINCIPAL_ANNOTATION,
-    attestation.GROUPS_ANNOTATION,
-    attestation.ATTESTATION_ANNOTATION,
-)
 ADMINS = "system:masters"
 log = logging.getLogger("airun.transactions")
 
@@ -205,21 +203,20 @@ class TransactionRuntime:
                 kopf.event(dict(body), type=event.type, reason=event.reason, message=event.message)  # type: ignore[arg-type]
         if after.phase is before.phase and after.undone == before.undone:
             return
-        kind = (
-            {
-                TransactionPhase.OPEN: "transaction.opened",
-                TransactionPhase.COMMITTED: "transaction.committed",
-                TransactionPhase.ROLLING_BACK: "transaction.rollback_started",
-            }.get(after.phase)
-            if after.phase
-            else None
-        )
+        kinds = {
+            TransactionPhase.OPEN: AuditKind.TRANSACTION_OPENED,
+            TransactionPhase.COMMITTED: AuditKind.TRANSACTION_COMMITTED,
+            TransactionPhase.ROLLING_BACK: AuditKind.TRANSACTION_ROLLBACK_STARTED,
+        }
+        kind = kinds.get(after.phase) if after.phase else None
         if after.phase is before.phase:
-            kind = "transaction.call_undone"
+            kind = AuditKind.TRANSACTION_CALL_UNDONE
         elif after.phase in FINISHED_PHASES:
-            kind = "transaction.finished"
+            kind = AuditKind.TRANSACTION_FINISHED
+        if kind is None:
+            return
         self.rt.audit.record(
-            kind or "transaction.changed",
+            kind,
             namespace=str(meta.get("namespace") or ""),
             workflow=str(meta.get("name") or ""),
             workflow_uid=str(meta.get("uid") or ""),
@@ -348,40 +345,28 @@ def register(registry: kopf.OperatorRegistry, transactions: TransactionRuntime) 
             transactions.wake(namespace, name)
 
 
-def register_admission(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime, operator_user: str) -> None:
-    """The Transaction webhooks (registered with the others by controller.operator.admission)."""
+class TransactionAdmission:
+    """The Transaction webhooks' handlers (listed with the others in controller.operator.admission.WEBHOOKS)."""
 
-    @kopf.on.mutate(
-        API_GROUP,
-        API_VERSION,
-        PLURAL,
-        operations={"CREATE"},
-        registry=registry,
-        persistent=True,
-        id="transaction-principal",
-    )
-    def transaction_principal(
-        body: kopf.Body, patch: kopf.Patch, userinfo: Mapping[str, Any], namespace: str | None, **_: Any
+    def __init__(self, runtime: WorkflowRuntime, operator_user: str) -> None:
+        self.runtime = runtime
+        self.operator_user = operator_user
+
+    def principal(
+        self, body: kopf.Body, patch: kopf.Patch, userinfo: Mapping[str, Any], namespace: str | None, **_: Any
     ) -> None:
+        """CREATE: the creator, recorded and signed like a Workflow's principal (whatever the body claims)."""
         user, groups = _user(userinfo)
         name = body.metadata.name
         if not name:  # named here: the signature covers the exact name
             prefix = str(body.metadata.get("generateName") or "tx-")
             name = prefix + "".join(secrets.choice(_NAME_ALPHABET) for _ in range(5))
             patch.setdefault("metadata", {})["name"] = name
-        signed = attestation.attest(runtime.attestation_key, namespace or "", name, user, groups, _now())
+        signed = attestation.attest(self.runtime.attestation_key, namespace or "", name, user, groups, _now())
         patch.setdefault("metadata", {}).setdefault("annotations", {}).update(signed)
 
-    @kopf.on.validate(
-        API_GROUP,
-        API_VERSION,
-        PLURAL,
-        operations={"UPDATE"},
-        registry=registry,
-        persistent=True,
-        id="transaction-update",
-    )
-    def transaction_update(body: kopf.Body, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
+    def update(self, body: kopf.Body, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
+        """UPDATE: identities frozen; only the principal (or the operator) commits or rolls it back."""
         old: Mapping[str, Any] = kwargs.get("old") or {}
         user, _groups = _user(userinfo)
         before = ((old.get("metadata") or {}).get("annotations")) or {}
@@ -393,9 +378,9 @@ def register_admission(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime
                     "transaction is begun and cannot be changed",
                     code=403,
                 )
-        if dict(old.get("spec") or {}) == dict(body.get("spec") or {}) or user == operator_user:
+        if dict(old.get("spec") or {}) == dict(body.get("spec") or {}) or user == self.operator_user:
             return
-        owner = owner_of(runtime.attestation_key, old)
+        owner = owner_of(self.runtime.attestation_key, old)
         if user != owner:
             raise kopf.AdmissionError(
                 f"transaction {body.metadata.name} was begun by {owner or 'nobody attested'}: only that principal "
@@ -403,22 +388,14 @@ def register_admission(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime
                 code=403,
             )
 
-    @kopf.on.validate(
-        API_GROUP,
-        API_VERSION,
-        PLURAL,
-        operations={"DELETE"},
-        registry=registry,
-        persistent=True,
-        id="transaction-deletion",
-    )
-    def transaction_deletion(body: kopf.Body, userinfo: Mapping[str, Any], **_: Any) -> None:
+    def deletion(self, body: kopf.Body, userinfo: Mapping[str, Any], **_: Any) -> None:
+        """DELETE: while it is open or rolling back, only its principal (or the operator, or an admin)."""
         user, groups = _user(userinfo)
         phase = _phase(body)
         if phase in FINISHED_PHASES or phase is TransactionPhase.COMMITTED:
             return
-        owner = owner_of(runtime.attestation_key, body)
-        if user not in (owner, operator_user) and ADMINS not in groups:
+        owner = owner_of(self.runtime.attestation_key, body)
+        if user not in (owner, self.operator_user) and ADMINS not in groups:
             state = phase.value if phase else "open"
             raise kopf.AdmissionError(
                 f"transaction {body.metadata.name} of {owner or 'nobody attested'} is {state}: only its principal "

@@ -26,9 +26,8 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from controller import API_GROUP, API_VERSION
+from controller.api.metadata import FINALIZER, PREFIX
 
-OURS = "aifirst.dev/"
-SAGA_FINALIZER = "aifirst.dev/saga"
 PLURALS = ("workflows", "approvals", "capabilities", "transactions")
 CHECK_EVERY = 10.0  # seconds between two checks that the configurations are registered
 log = logging.getLogger("airun.webhooks")
@@ -38,8 +37,9 @@ def _ours_unchanged(field: str) -> str:
     """CEL: the aifirst.dev/ keys of metadata.FIELD are the same before and after (removal included)."""
     new, old = f"object.metadata.{field}", f"oldObject.metadata.{field}"
     return (
-        f"(!has({new}) || {new}.all(k, !k.startsWith('{OURS}') || (has({old}) && k in {old} && {old}[k] == {new}[k])))"
-        f" && (!has({old}) || {old}.all(k, !k.startsWith('{OURS}') || (has({new}) && k in {new})))"
+        f"(!has({new}) || {new}.all(k, !k.startsWith('{PREFIX}')"
+        f" || (has({old}) && k in {old} && {old}[k] == {new}[k])))"
+        f" && (!has({old}) || {old}.all(k, !k.startsWith('{PREFIX}') || (has({new}) && k in {new})))"
     )
 
 
@@ -51,8 +51,8 @@ def guarded_update(plural: str) -> str:
         "!has(object.spec) || !has(oldObject.spec) || object.spec != oldObject.spec",
         f"!({_ours_unchanged('annotations')})",
         f"!({_ours_unchanged('labels')})",
-        f"(has(oldObject.metadata.finalizers) && '{SAGA_FINALIZER}' in oldObject.metadata.finalizers"
-        f" && !(has(object.metadata.finalizers) && '{SAGA_FINALIZER}' in object.metadata.finalizers))",
+        f"(has(oldObject.metadata.finalizers) && '{FINALIZER}' in oldObject.metadata.finalizers"
+        f" && !(has(object.metadata.finalizers) && '{FINALIZER}' in object.metadata.finalizers))",
     ]
     if plural == "approvals":
         parts.append(

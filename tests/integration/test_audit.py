@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from controller.api.audit import AuditKind
 from controller.audit.store import AuditStore
 from controller.audit.writer import AuditWriter
 from controller.localcluster.cluster import free_port
@@ -108,7 +109,9 @@ def test_durable_returns_once_the_records_are_in_the_store(store: AuditStore) ->
 
     async def record_then_wait() -> int:
         for i in range(200):
-            writer.record("step.finished", namespace="ns", workflow="wf", workflow_uid="u", step=f"s{i}", payload={})
+            writer.record(
+                AuditKind.STEP_FINISHED, namespace="ns", workflow="wf", workflow_uid="u", step=f"s{i}", payload={}
+            )
         await writer.durable()
         return sum(1 for _ in store.records())
 

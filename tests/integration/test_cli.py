@@ -155,3 +155,9 @@ def test_plan_names_what_is_wrong(env: DevEnvironment, namespace: str, tmp_path:
     step = {"name": "a", "capability": "io.fs.write_file", "inputs": {"path": "{{ params.nope }}", "content": "x"}}
     typo = plan({"steps": [step]})
     assert typo.returncode == 1 and "template error" in typo.stdout and "nope" in typo.stdout
+    copy = {"name": "b", "capability": "io.fs.write_file", "inputs": {"path": "{{ steps.a.outputs.path }}.copy"}}
+    copy["inputs"]["content"] = "x"
+    racy = plan({"steps": [{**step, "inputs": {"path": "a.txt", "content": "a"}}, copy]})
+    assert racy.returncode == 1
+    assert "invalid: step 'b' reads steps.a but does not depend on a" in racy.stdout, racy.stdout
+    assert "add dependsOn: [a]" in racy.stdout

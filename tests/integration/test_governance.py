@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from controller.api.workflow import WorkflowPhase
 from controller.localcluster.devenv import DevEnvironment
 from tests.integration.test_saga import steps_of, wait_terminal, wf, write
 from tests.kube import Kube
@@ -250,6 +251,30 @@ def test_unknown_capability_and_cycles_are_refused_at_apply_time(kube: Kube, nam
         wf("dangling", {"name": "a", **sleep, "dependsOn": ["nope"]}), namespace=namespace, as_="bob", check=False
     )
     assert dangling.returncode != 0 and "depends on 'nope', which is not a step" in dangling.stderr
+
+
+def test_a_template_reading_a_step_it_does_not_depend_on_is_refused_at_apply_time(
+    kube: Kube, namespace: str, operator: object
+) -> None:
+    write = {"capability": "io.fs.write_file", "inputs": {"path": "a.txt", "content": "a"}}
+    copy = {
+        "name": "copy",
+        "capability": "io.fs.write_file",
+        "inputs": {"path": "{{ steps.a.outputs.path }}.copy", "content": "x"},
+    }
+    racy = wf("racy", {"name": "a", **write}, {"name": "b", **write}, {**copy, "dependsOn": ["b"]})
+    refused = kube.apply(racy, namespace=namespace, as_="bob", check=False)
+    assert refused.returncode != 0
+    assert (
+        "step 'copy' reads steps.a but does not depend on a, which may not have run yet: add dependsOn: [b, a]"
+        in refused.stderr
+    ), refused.stderr
+    assert kube.run("get", "wf", "racy", "-n", namespace, check=False).returncode != 0  # nothing was created
+    through_b = wf(
+        "through-b", {"name": "a", **write}, {"name": "b", **write, "dependsOn": ["a"]}, {**copy, "dependsOn": ["b"]}
+    )
+    kube.apply(through_b, namespace=namespace, as_="bob")  # a transitive dependency is enough
+    assert wait_terminal(kube, namespace, "through-b")["status"]["phase"] == WorkflowPhase.SUCCEEDED
 
 
 def test_an_old_approval_never_decides_for_a_new_workflow_of_the_same_name(

@@ -63,7 +63,8 @@ def test_metrics_follow_workflows(kube: Kube, namespace: str, operator: DevEnvir
     assert delta("airun_policy_decisions_total", decision="ALLOW") >= 3
     assert delta("airun_workflow_duration_seconds_count", phase="Compensated") == 1
     assert delta("airun_step_duration_seconds_count", capability="io.fs.write_file", result="succeeded") == 2
-    assert value(after, "airun_reconcile_errors_total") == 0
+    # a delta: the operator is shared by the session, and earlier tests may have retried their own writes
+    assert delta("airun_reconcile_errors_total") == 0
     # every decision has a series before it first happens; pending approvals go back to 0, not to nothing
     assert ("airun_policy_decisions_total", (("decision", "DENY"),)) in before
     patch = '{"spec":{"decision":"Approved"}}'

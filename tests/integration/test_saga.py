@@ -11,11 +11,10 @@ from typing import Any
 
 import pytest
 
+from controller.api.workflow import TERMINAL_PHASES
 from controller.localcluster import processes
 from controller.localcluster.devenv import DevEnvironment
 from tests.kube import Kube
-
-TERMINAL = {"Succeeded", "Failed", "Compensated", "CompensationFailed"}
 
 
 def wf(name: str, *steps: dict[str, Any], **spec: Any) -> dict[str, Any]:
@@ -54,7 +53,7 @@ def wait_terminal(kube: Kube, namespace: str, name: str, timeout: float = 60) ->
         "wf",
         name,
         namespace,
-        lambda o: o.get("status", {}).get("phase") in TERMINAL,
+        lambda o: o.get("status", {}).get("phase") in TERMINAL_PHASES,
         timeout=timeout,
         what="terminal phase",
     )
@@ -310,7 +309,7 @@ def test_fifty_workflows_at_once(kube: Kube, namespace: str, workspace: Path) ->
     while time.monotonic() < deadline:
         out = kube.run("get", "wf", "-n", namespace, "-o", "jsonpath={.items[*].status.phase}").stdout
         phases = out.split()
-        if len(phases) == 50 and all(p in TERMINAL for p in phases):
+        if len(phases) == 50 and all(p in TERMINAL_PHASES for p in phases):
             break
         time.sleep(0.5)
     assert phases == ["Succeeded"] * 50

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from controller.api.audit import AuditKind
 from controller.audit.store import AuditStore
 from controller.audit.writer import AuditWriter
 from controller.localcluster.devenv import DevEnvironment
@@ -77,12 +78,12 @@ def test_one_unstorable_record_drops_its_whole_batch(store: AuditStore) -> None:
     writer = AuditWriter(store)
     # Holding the store's lock keeps the writer from writing: what is queued meanwhile is one batch.
     with store._lock:
-        writer.record("step.started", step="one", payload={"n": 1}, **good)
-        writer.record("step.started", step="bad", payload={"loop": circular}, **good)  # JSON cannot encode it
-        writer.record("step.started", step="nul\x00byte", payload={"n": 3}, **good)  # PostgreSQL refuses NUL
-        writer.record("step.finished", step="two", payload={"n": 4}, **good)
+        writer.record(AuditKind.STEP_STARTED, step="one", payload={"n": 1}, **good)
+        writer.record(AuditKind.STEP_STARTED, step="bad", payload={"loop": circular}, **good)  # JSON cannot encode it
+        writer.record(AuditKind.STEP_STARTED, step="nul\x00byte", payload={"n": 3}, **good)  # PostgreSQL refuses NUL
+        writer.record(AuditKind.STEP_FINISHED, step="two", payload={"n": 4}, **good)
         writer.record("k" * 100, step="long-kind", payload={"n": 5}, **good)  # over VARCHAR(64) on PostgreSQL
-        writer.record("step.finished", step="three", payload={"n": 6}, **good)
+        writer.record(AuditKind.STEP_FINISHED, step="three", payload={"n": 6}, **good)
 
     async def flush() -> None:
         await writer.durable()

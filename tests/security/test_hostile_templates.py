@@ -29,6 +29,9 @@ def restartable(operator: DevEnvironment) -> Iterator[DevEnvironment]:
 
 
 # Loops 10^10 times and prints nothing: only a time limit stops it (the output cap never fires).
+# How long a bystander may wait behind hostile templates: typically under 2.5 s, generous for a loaded machine.
+BYSTANDER_BOUND = 12.0
+
 RUNAWAY = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}done"
 
 
@@ -65,7 +68,9 @@ def test_runaway_template_stalls_bystanders_and_admission(kube: Kube, namespace:
     latency = time.monotonic() - started
     assert obj["status"]["phase"] == "Succeeded", (obj["spec"], obj["status"])
     assert (workspace / "b-1.txt").exists()
-    assert latency < 2.5, f"the bystander took {latency:.1f} s"
+    # Without the isolation the runaways never end and the bystander never runs; 2.5 s is typical here, the
+    # bound leaves room for a machine loaded by other work (8 s measured at a load average of 10).
+    assert latency < BYSTANDER_BOUND, f"the bystander took {latency:.1f} s"
 
     # The admission webhooks (served by the same event loop) still answer.
     dry = kube.apply(wf("dry", write("w", "dry.txt")), namespace=namespace, as_="bob", dry_run=True, check=False)
@@ -75,7 +80,7 @@ def test_runaway_template_stalls_bystanders_and_admission(kube: Kube, namespace:
         runaway = wait_terminal(kube, namespace, f"runaway-{i}", timeout=30)
         assert runaway["status"]["phase"] == "Failed", runaway["status"]
         assert _error_of(runaway, "w") == "inputs.content: the template did not finish within 2 s"
-    assert time.monotonic() - started < 15
+    assert time.monotonic() - started < 25  # three 2 s limits and their restarts, on a loaded machine
 
 
 def test_huge_template_source_stalls_the_operator_while_it_compiles(
@@ -91,7 +96,8 @@ def test_huge_template_source_stalls_the_operator_while_it_compiles(
     obj = wait_terminal(kube, namespace, "bystander", timeout=30)
     latency = time.monotonic() - started
     assert obj["status"]["phase"] == "Succeeded", obj["status"]
-    assert latency < 2.5, f"the bystander took {latency:.1f} s"
+    # Compiling the huge template on the event loop takes 20-55 s of CPU here: far beyond the bound.
+    assert latency < BYSTANDER_BOUND, f"the bystander took {latency:.1f} s"
     failed = wait_terminal(kube, namespace, "huge", timeout=30)
     assert failed["status"]["phase"] == "Failed", failed["status"]
     assert _error_of(failed, "w") == "inputs.content: the template did not finish within 2 s"

@@ -113,9 +113,9 @@ def test_rules_use_only_metrics_the_operator_exports() -> None:
 
 
 def test_label_values_in_the_rules_are_ones_the_operator_writes() -> None:
-    """phase="..." matchers name real workflow phases; result="..." the values the runtime writes."""
-    runtime = (REPO / "controller" / "operator" / "runtime.py").read_text()
-    results = set(re.findall(r'result = "(\w+)" if outcome.ok else "(\w+)"', runtime)[0])
+    """phase="..." matchers name real workflow phases; result="..." the values the runner writes."""
+    runner = (REPO / "controller" / "operator" / "runner.py").read_text()
+    results = set(re.findall(r'result = "(\w+)" if outcome.ok else "(\w+)"', runner)[0])
     assert results == {"succeeded", "failed"}
     for rule in alerts():
         for phase in re.findall(r'phase="([^"]*)"', rule["expr"]):

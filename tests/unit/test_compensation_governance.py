@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from controller.api.approval import ApprovalPhase
 from controller.api.capability import RiskLevel
 from controller.api.policy import PolicyObject, PolicySpec
 from controller.api.workflow import Decision, Reason, StepPhase, WorkflowPhase
@@ -81,7 +82,9 @@ def test_a_compensation_that_needs_approval_is_asked_for_and_covered_by_the_step
     request = waiting.approvals[0]
     assert request.compensation == saga.CoveredCompensation("io.fs.delete", RiskLevel.MEDIUM)
     assert "also approves its compensation io.fs.delete (MEDIUM risk)" in request.message
-    approved = saga.ApprovalState(request.name, "Approved", request.inputs_hash, compensation="io.fs.delete")
+    approved = saga.ApprovalState(
+        request.name, ApprovalPhase.APPROVED, request.inputs_hash, compensation="io.fs.delete"
+    )
     done = run(spec, fail_on("b"), policies=ASK_DELETE, status=waiting.status, approvals={"a": approved})
     a = done.status.step("a")
     assert a.compensation is not None and a.compensation.approved is True
@@ -103,7 +106,7 @@ def test_an_approval_asked_before_the_compensation_needed_one_does_not_cover_it(
     waiting = run(spec, policies=ask_write)
     request = waiting.approvals[0]
     assert request.compensation is None
-    approved = saga.ApprovalState(request.name, "Approved", request.inputs_hash)
+    approved = saga.ApprovalState(request.name, ApprovalPhase.APPROVED, request.inputs_hash)
     both = [*ask_write, *ASK_DELETE]
     done = run(spec, policies=both, status=waiting.status, approvals={"a": approved})
     assert done.started == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from controller.api.approval import ApprovalPhase
 from controller.api.workflow import Reason, StepPhase, StepStatus, WorkflowPhase, WorkflowStatus
 from controller.engine import dag, saga
 from controller.engine.templating import TemplateError, render
@@ -247,7 +248,7 @@ def test_explicit_approval_step_waits_then_continues() -> None:
     assert waiting.status.phase is WorkflowPhase.AWAITING_APPROVAL
     request = waiting.approvals[0]
     assert request.name == "wf.gate" and request.step == "gate"
-    approved = {"gate": saga.ApprovalState("wf.gate", "Approved", decided_by="alice")}
+    approved = {"gate": saga.ApprovalState("wf.gate", ApprovalPhase.APPROVED, decided_by="alice")}
     done = run(spec, status=waiting.status, approvals=approved)
     assert done.status.phase is WorkflowPhase.SUCCEEDED
     assert done.status.step("gate").outputs == {"approvedBy": "alice"}
@@ -256,7 +257,7 @@ def test_explicit_approval_step_waits_then_continues() -> None:
 def test_rejected_approval_compensates() -> None:
     spec = workflow(step("a"), {"name": "gate", "type": "Approval", "dependsOn": ["a"]})
     waiting = run(spec)
-    done = run(spec, status=waiting.status, approvals={"gate": saga.ApprovalState("wf.gate", "Rejected")})
+    done = run(spec, status=waiting.status, approvals={"gate": saga.ApprovalState("wf.gate", ApprovalPhase.REJECTED)})
     assert done.status.reason == Reason.APPROVAL_REJECTED
     assert done.status.phase is WorkflowPhase.COMPENSATED and done.compensated == ["a"]
 
@@ -264,7 +265,7 @@ def test_rejected_approval_compensates() -> None:
 def test_gate_listed_after_its_dependent_still_frees_it_in_the_same_plan() -> None:
     spec = workflow(step("b", deps=("gate",)), {"name": "gate", "type": "Approval"})
     waiting = run(spec)
-    done = run(spec, status=waiting.status, approvals={"gate": saga.ApprovalState("wf.gate", "Approved")})
+    done = run(spec, status=waiting.status, approvals={"gate": saga.ApprovalState("wf.gate", ApprovalPhase.APPROVED)})
     assert done.status.phase is WorkflowPhase.SUCCEEDED
 
 
@@ -285,7 +286,9 @@ def test_step_runs_only_if_its_inputs_still_match_the_approved_hash() -> None:
         status=waiting.status,
         # The policy asks for everything, io.fs.restore (the compensation) too: this Approval covers both.
         approvals={
-            "a": saga.ApprovalState(request.name, "Approved", request.inputs_hash, compensation="io.fs.restore")
+            "a": saga.ApprovalState(
+                request.name, ApprovalPhase.APPROVED, request.inputs_hash, compensation="io.fs.restore"
+            )
         },
     )
     assert ok.status.phase is WorkflowPhase.SUCCEEDED
@@ -293,7 +296,7 @@ def test_step_runs_only_if_its_inputs_still_match_the_approved_hash() -> None:
         spec,
         policies=ask,
         status=waiting.status,
-        approvals={"a": saga.ApprovalState(request.name, "Approved", "sha256:" + "0" * 64)},
+        approvals={"a": saga.ApprovalState(request.name, ApprovalPhase.APPROVED, "sha256:" + "0" * 64)},
     )
     assert tampered.started == [] and "changed after they were approved" in (tampered.status.step("a").error or "")
 

@@ -20,7 +20,9 @@ from controller.operator.template_sandbox import TemplateSandbox
 from tests.unit.simulation import run, step, workflow
 
 TIME_LIMIT = 0.5  # seconds; the operator's is 2 s: the property is the same, the test faster
-SLACK = 1.5  # seconds for a worker to be killed and another to start on a busy machine
+# Seconds for a worker to be killed and another to start: 4.6 s was measured on this 2-core machine at a load
+# average of 10. Without the bound a hostile render here runs for minutes or for ever, so the property holds.
+SLACK = 6.0
 
 SMALL = st.integers(min_value=-3, max_value=12).map(str)
 HUGE = st.sampled_from(["100000", "999999999", "10 ** 9", "2000000", "7 ** 99"])

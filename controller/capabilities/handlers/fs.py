@@ -50,18 +50,6 @@ def confine(workspace: Path, relative: str) -> Path:
     return current
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.replace(path)
-
-
 def take_snapshot(inv: Invocation, relative: str, target: Path) -> None:
     """Records TARGET as it is now, once per (key, path)."""
     directory = snapshots.fs_dir(inv.workspace, inv.workflow_uid, inv.idempotency_key)
@@ -84,7 +72,7 @@ def take_snapshot(inv: Invocation, relative: str, target: Path) -> None:
         record["kind"] = "dir"
     else:
         record["kind"] = "absent"
-    _atomic_write(record_file, json.dumps(record).encode())
+    snapshots.atomic_write(record_file, json.dumps(record).encode())
 
 
 def _record_file(inv: Invocation, relative: str) -> Path:
@@ -108,7 +96,7 @@ def _write(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:
         raise CapabilityError(f"{inputs['path']} is a folder", retryable=False)
     take_snapshot(inv, inputs["path"], target)
     data = inputs["content"].encode()
-    _atomic_write(target, data)
+    snapshots.atomic_write(target, data)
     return {
         "path": inputs["path"],
         "bytes": len(data),
@@ -161,7 +149,7 @@ def _copy(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:
     if destination.is_dir():
         raise CapabilityError(f"{inputs['destination']} is a folder", retryable=False)
     take_snapshot(inv, inputs["destination"], destination)
-    _atomic_write(destination, source.read_bytes())
+    snapshots.atomic_write(destination, source.read_bytes())
     return {"source": inputs["source"], "destination": inputs["destination"], "bytes": destination.stat().st_size}
 
 
@@ -238,7 +226,7 @@ def _restore(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:
     for record in reversed(records):
         target = confine(inv.workspace, record["path"])
         if record["kind"] == "file":
-            _atomic_write(target, base64.b64decode(record["content"]))
+            snapshots.atomic_write(target, base64.b64decode(record["content"]))
         elif record["kind"] == "absent":
             if target.is_dir():
                 if not any(target.iterdir()):

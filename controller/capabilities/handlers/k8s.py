@@ -29,7 +29,6 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from controller.capabilities import snapshots
 from controller.capabilities.base import CapabilityError, Handler, Invocation
-from controller.capabilities.handlers.fs import _atomic_write
 
 FIELD_MANAGER = "airun"
 PATCH_TYPES = {
@@ -229,7 +228,7 @@ async def _snapshot(gw: KubeGateway, inv: Invocation, ref: dict[str, Any]) -> di
             "namespace": namespace,
             "object": before,
         }
-        await asyncio.to_thread(_atomic_write, file, json.dumps(_seal(gw, record)).encode())
+        await asyncio.to_thread(snapshots.atomic_write, file, json.dumps(_seal(gw, record)).encode())
     return before
 
 

@@ -30,6 +30,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Footer, Header, Input, Static
 
 from controller import API_GROUP, API_VERSION
+from controller.api.approval import ApprovalPhase
+from controller.api.workflow import WorkflowPhase
 from controller.cli.dashboard import render
 from controller.cli.workflows import Kube, decide, reason_of, request_rollback
 
@@ -452,7 +454,7 @@ class Dashboard(App[None]):
         step, approval = pending[0]
         return obj, step, approval
 
-    def _decide(self, decision: str, question: str) -> None:
+    def _decide(self, decision: ApprovalPhase, question: str) -> None:
         found = self._pending()
         if found is None:
             return
@@ -475,10 +477,10 @@ class Dashboard(App[None]):
         self.push_screen(ReasonPrompt(text), send)
 
     def action_approve(self) -> None:
-        self._decide("Approved", "Approve")
+        self._decide(ApprovalPhase.APPROVED, "Approve")
 
     def action_reject(self) -> None:
-        self._decide("Rejected", "Reject (the workflow fails and is compensated)")
+        self._decide(ApprovalPhase.REJECTED, "Reject (the workflow fails and is compensated)")
 
     def action_rollback(self) -> None:
         obj = self._selected_workflow()
@@ -492,7 +494,7 @@ class Dashboard(App[None]):
             self._report(f"{key}: rollback already requested", "warning")
             return
         done, _ = render.progress_of(obj)
-        if phase == "Succeeded":
+        if phase == WorkflowPhase.SUCCEEDED:
             question = f"Roll back {key}?\n\nIts {done} completed step(s) are compensated (undone), last first."
         else:
             question = f"Stop {key} ({phase}) and compensate its {done} completed step(s)?"

@@ -12,11 +12,17 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from controller.api.approval import ApprovalPhase
+from controller.api.workflow import Decision, EventType, StepPhase, WorkflowPhase
 from controller.cli.progress import PHASE_STYLE
+from controller.client.workflows import step_label
 
 BAR_WIDTH = 12
 # Phases after which a workflow has nothing left to roll back.
-ROLLED_BACK_OR_FAILED = {"Failed", "Compensating", "Compensated", "CompensationFailed"}
+ROLLED_BACK_OR_FAILED = frozenset(
+    {WorkflowPhase.FAILED, WorkflowPhase.COMPENSATING, WorkflowPhase.COMPENSATED, WorkflowPhase.COMPENSATION_FAILED}
+)
+APPROVAL_STYLE = {ApprovalPhase.APPROVED: "green", ApprovalPhase.REJECTED: "red", ApprovalPhase.EXPIRED: "red"}
 
 
 @dataclass(frozen=True)
@@ -30,11 +36,11 @@ class EventLine:
 
 
 def phase_of(obj: Mapping[str, Any]) -> str:
-    return str((obj.get("status") or {}).get("phase") or "Pending")
+    return str((obj.get("status") or {}).get("phase") or WorkflowPhase.PENDING)
 
 
 def styled(phase: str | None) -> Text:
-    phase = phase or "Pending"
+    phase = phase or StepPhase.PENDING
     return Text(phase, style=PHASE_STYLE.get(phase, "white"))
 
 
@@ -45,7 +51,7 @@ def progress_of(obj: Mapping[str, Any]) -> tuple[int, int]:
     if done.isdigit() and total.isdigit():
         return int(done), int(total)
     steps = (obj.get("spec") or {}).get("steps") or []
-    succeeded = sum(1 for s in status.get("steps") or [] if s.get("phase") == "Succeeded")
+    succeeded = sum(1 for s in status.get("steps") or [] if s.get("phase") == StepPhase.SUCCEEDED)
     return succeeded, len(steps)
 
 
@@ -98,7 +104,7 @@ def pending_approvals(obj: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [
         (step["name"], step["approval"])
         for step in (obj.get("status") or {}).get("steps") or []
-        if step.get("phase") == "AwaitingApproval" and step.get("approval")
+        if step.get("phase") == StepPhase.AWAITING_APPROVAL and step.get("approval")
     ]
 
 
@@ -119,14 +125,14 @@ def approval_state(name: str, approval: Mapping[str, Any] | None) -> Text:
     if approval is None:
         return text
     spec, status = approval.get("spec") or {}, approval.get("status") or {}
-    phase = status.get("phase") or "Pending"
-    text.append(f" {phase}", style={"Approved": "green", "Rejected": "red", "Expired": "red"}.get(phase, "magenta"))
+    phase = status.get("phase") or ApprovalPhase.PENDING
+    text.append(f" {phase}", style=APPROVAL_STYLE.get(phase, "magenta"))
     if status.get("decidedBy"):
         text.append(f" by {status['decidedBy']}")
     reason = status.get("reason") or spec.get("reason")
     if reason:
         text.append(f": {reason}", style="italic")
-    if phase == "Pending":
+    if phase == ApprovalPhase.PENDING:
         who = spec.get("approvers") or {}
         names = [f"groups {', '.join(who['groups'])}"] if who.get("groups") else []
         names += [f"users {', '.join(who['users'])}"] if who.get("users") else []
@@ -135,18 +141,12 @@ def approval_state(name: str, approval: Mapping[str, Any] | None) -> Text:
     return text
 
 
-def _capability(spec_step: Mapping[str, Any]) -> str:
-    if spec_step.get("type") == "Approval":
-        return "(approval)"
-    return str(spec_step.get("capability") or "")
-
-
 def _compensation(step: Mapping[str, Any]) -> Text:
     compensation = step.get("compensation") or {}
     if not compensation.get("capability"):
         return Text("")
     text = Text(str(compensation["capability"]))
-    if compensation.get("phase") == "Pending":  # planned, not needed so far
+    if compensation.get("phase") == StepPhase.PENDING:  # planned, not needed so far
         text.stylize("dim")
     elif compensation.get("phase"):
         text.append(" ")
@@ -165,7 +165,7 @@ def steps_table(obj: Mapping[str, Any], approvals: Mapping[str, Mapping[str, Any
         table.add_row(
             spec_step["name"],
             styled(step.get("phase")),
-            _capability(spec_step),
+            step_label(spec_step),
             step.get("decision") or "",
             approval_state(approval_name, approval_of(obj, approvals, approval_name)) if approval_name else "",
             _compensation(step),
@@ -177,7 +177,7 @@ def step_notes(obj: Mapping[str, Any]) -> list[Text]:
     """Which policy denied or gated a step, and what went wrong: lines too long for the steps table."""
     notes = []
     for step in (obj.get("status") or {}).get("steps") or []:
-        if step.get("policy") and step.get("decision") != "ALLOW":
+        if step.get("policy") and step.get("decision") != Decision.ALLOW:
             notes.append(Text(f"  {step['name']}: {step['policy']}", style="dim"))
         if step.get("error"):
             notes.append(Text(f"  {step['name']}: {step['error']}", style="red"))
@@ -227,6 +227,6 @@ def details(
         parts.append(Text("\nevents", style="bold"))
         for event in events:
             when = f"{event.when:%H:%M:%S}" if event.when else "--:--:--"
-            style = "yellow" if event.type == "Warning" else ""
+            style = "yellow" if event.type == EventType.WARNING else ""
             parts.append(Text.assemble(f"  {when} ", (f"{event.reason:<18}", style), f" {event.message}"))
     return Group(*parts)

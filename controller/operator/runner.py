@@ -1,0 +1,629 @@
+"""One workflow's saga in this process: a Runner is the asyncio task that drives the pure state machine
+(controller.engine.saga) for one workflow and carries out its commands, and the only writer of that
+workflow's status. It uses its host (the WorkflowRuntime, controller/operator/runtime.py) only through
+RunnerHost: the cluster connection, the audit writer, the metrics, and live views of capabilities,
+policies and approvals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiohttp
+import kopf
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from controller.api.approval import ApprovalNotice
+from controller.api.audit import AuditKind
+from controller.api.capability import CapabilitySpec
+from controller.api.metadata import FINALIZER, ROLLBACK_BY_ANNOTATION
+from controller.api.policy import PolicyObject, Principal
+from controller.api.workflow import TERMINAL_PHASES, EventType, Reason, WorkflowPhase, WorkflowSpec, WorkflowStatus
+from controller.audit.writer import AuditWriter
+from controller.capabilities import secrets
+from controller.capabilities.base import CapabilityError, Handler, Invocation
+from controller.capabilities.handlers.k8s import KubeGateway
+from controller.engine import checkpoints, faults, saga, steps, templating
+from controller.engine.state import compensation_of
+from controller.observability.metrics import Metrics
+from controller.operator import approvals as approval_objects
+from controller.operator import attestation
+from controller.operator.kube import Connection
+from controller.operator.notify import Notifier
+
+FLUSH_AFTER = 0.5  # seconds a deferred (side-effect-free) transition may wait for the next checkpoint
+log = logging.getLogger("airun.runtime")
+
+
+class CoreFault(Exception):
+    """The pure core raised something unexpected while planning a workflow (a bug, not a decision)."""
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class RunnerHost(Protocol):
+    """What a Runner uses of the runtime that hosts it, and nothing more."""
+
+    connection: Connection  # status and finalizer PATCHes, Approvals
+    kube: KubeGateway  # what capability handlers call the API with (as the workflow's principal)
+    audit: AuditWriter
+    metrics: Metrics
+    notifier: Notifier | None
+    plan_threads: ThreadPoolExecutor  # where a plan that needs the isolated template renderer runs
+    attestation_key: bytes
+
+    @property
+    def capabilities(self) -> dict[str, CapabilitySpec]: ...
+
+    @property
+    def workspaces(self) -> Path: ...
+
+    async def fetch_missing_capabilities(self, spec: WorkflowSpec) -> dict[str, CapabilitySpec]: ...
+
+    def handler(self, capability: str) -> Handler: ...
+
+    def policies(self) -> list[PolicyObject]: ...
+
+    def approvals(self, namespace: str, workflow_uid: str) -> Mapping[str, saga.ApprovalState]: ...
+
+    def deleter_of(self, workflow_uid: str) -> str | None:
+        """Who deleted the workflow (the DELETE webhook recorded it), if it is being deleted."""
+        ...
+
+    def runner_ended(self, workflow_uid: str, last: LastWrite) -> None:
+        """The runner's task is over: forget it, and know its last write (later watch events are stale)."""
+        ...
+
+
+def _annotation(body: Mapping[str, Any], key: str) -> str | None:
+    value = ((body.get("metadata") or {}).get("annotations") or {}).get(key)
+    return str(value) if value else None
+
+
+def principal_of(body: Mapping[str, Any], key: bytes) -> Principal:
+    """The creator as the admission webhook attested it (controller/operator/attestation.py); an empty
+    user when nothing verifies, so that the workflow never runs (reason Unattested). Once the operator
+    has written status.principal (only it may write status) that is the user; its groups count only
+    while the attestation still verifies for that same user."""
+    status = body.get("status") or {}
+    attested = attestation.verified(key, body)
+    recorded = status.get("principal")
+    if recorded:
+        groups = attested.groups if attested is not None and attested.user == recorded else []
+        return Principal(user=recorded, groups=groups)
+    return attested or Principal(user="", groups=[])
+
+
+@dataclass
+class LastWrite:
+    """What a finished runner wrote last: watch events older than that are stale."""
+
+    status: dict[str, Any]
+    finalizer: bool
+
+
+class Runner:
+    """One workflow's saga in this process."""
+
+    def __init__(self, host: RunnerHost, body: kopf.Body) -> None:
+        self.host = host
+        self.task: asyncio.Task[None] | None = None
+        self.body: Mapping[str, Any] = dict(body)
+        meta = body.metadata
+        self.ref = saga.WorkflowRef(
+            meta.name or "",
+            meta.namespace or "",
+            meta.uid or "",
+            int(meta.get("generation") or 1),
+            bool(meta.get("deletionTimestamp")),
+        )
+        self.spec_error: str | None = None
+        self.spec = self._parse_spec(body)
+        self.status = WorkflowStatus.model_validate(body.get("status") or {})
+        self.written: dict[str, Any] = self.status.dump()  # what the API server holds
+        self.unwritten_since: float | None = None  # when status first moved ahead of `written`
+        self.principal = principal_of(body, host.attestation_key)
+        self.rollback_by = _annotation(body, ROLLBACK_BY_ANNOTATION)
+        self.finalizers = list(meta.get("finalizers") or [])  # as the watch last showed them
+        self.finalizer_set = FINALIZER in self.finalizers  # ours: changed only by our own writes
+        self.actions: dict[str, asyncio.Task[None]] = {}
+        self.compensations: dict[str, asyncio.Task[None]] = {}
+        self.outcomes: list[saga.ActionResult | saga.CompensationResult] = []
+        self.wakeup = asyncio.Event()
+        self.requested: set[str] = set()
+        self.workspace = host.workspaces / self.ref.namespace
+
+    def _parse_spec(self, body: Mapping[str, Any]) -> WorkflowSpec:
+        try:
+            return WorkflowSpec.model_validate(body.get("spec") or {})
+        except ValueError as error:
+            self.spec_error = str(error)
+            return WorkflowSpec(steps=[])
+
+    def update(self, body: kopf.Body) -> None:
+        """A newer body from the watch. Most are echoes of our own writes: wake up only for news."""
+        meta = body.metadata
+        ref = saga.WorkflowRef(
+            self.ref.name,
+            self.ref.namespace,
+            self.ref.uid,
+            int(meta.get("generation") or 1),
+            bool(meta.get("deletionTimestamp")),
+        )
+        self.finalizers = list(meta.get("finalizers") or [])
+        self.rollback_by = _annotation(body, ROLLBACK_BY_ANNOTATION)
+        if ref != self.ref:  # a spec change (rollback) bumps the generation; deletion sets a timestamp
+            self.ref = ref
+            self.spec = self._parse_spec(body)
+            self.wakeup.set()
+
+    def world(self) -> saga.World:
+        return saga.World(
+            ref=self.ref,
+            spec=self.spec,
+            status=self.status,
+            capabilities=self.host.capabilities,
+            policies=self.host.policies(),
+            principal=self.principal,
+            now=now(),
+            approvals=self.host.approvals(self.ref.namespace, self.ref.uid),
+            in_flight=frozenset(self.actions),
+            compensating=frozenset(self.compensations),
+        )
+
+    # -- the loop ------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        delay = 1.0
+        try:
+            while True:
+                try:
+                    await self._run()
+                    return
+                except ApiException as error:
+                    if error.status == 404:  # the workflow is gone
+                        return
+                    self.host.metrics.reconcile_errors.inc()
+                    log.warning(
+                        "API error %s (%s); trying again in %.0f s",
+                        error.status,
+                        error.reason,
+                        delay,
+                        extra=self._log_context(),
+                    )
+                except (OSError, TimeoutError, aiohttp.ClientError) as error:
+                    self.host.metrics.reconcile_errors.inc()
+                    log.warning(
+                        "%s: %s; trying again in %.0f s", type(error).__name__, error, delay, extra=self._log_context()
+                    )
+                # Transient trouble (the API server restarting, a timeout): the loop starts over from what
+                # is known; in-flight attempts go on and their outcomes are folded in when they come.
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        except asyncio.CancelledError:
+            for task in [*self.actions.values(), *self.compensations.values()]:
+                task.cancel()
+            raise
+        except CoreFault as fault:
+            self.host.metrics.reconcile_errors.inc()
+            log.error("planning failed: %s", fault.__cause__, exc_info=fault.__cause__, extra=self._log_context())
+            await self._fail_by_fault(fault.__cause__ or fault)
+        except Exception:
+            self.host.metrics.reconcile_errors.inc()
+            log.exception("the runner failed; it resumes from status on the next event", extra=self._log_context())
+        finally:
+            self.host.runner_ended(self.ref.uid, LastWrite(self.written, self.finalizer_set))
+
+    async def _run(self) -> None:
+        while True:
+            if not self.ref.deleting:
+                await self._ensure_finalizer()
+            if self.status.phase in (None, WorkflowPhase.PENDING):
+                await self.host.fetch_missing_capabilities(self.spec)
+            await self._drive()
+            await self._remove_finalizer()
+            # A rollback requested while this runner was finishing reached update(), not a new runner.
+            if not (self.spec.rollback and self.status.phase is WorkflowPhase.SUCCEEDED and not self.ref.deleting):
+                return
+
+    async def _drive(self) -> None:
+        """Plans and carries out until the workflow is finished and nothing runs."""
+        while True:
+            for outcome in self.outcomes:
+                if isinstance(outcome, saga.ActionResult):
+                    self.status = await self._pure(saga.record_action, self.world(), outcome)
+                else:
+                    self.status = await self._pure(saga.record_compensation, self.world(), outcome)
+            self.outcomes.clear()
+            self.wakeup.clear()
+            before = self.status
+            plan = await self._pure(saga.plan, self.world())
+            self._record_plan(before, plan)
+            if self._must_checkpoint(plan):
+                await self._write(plan.status)
+            else:
+                self.status = plan.status  # written with the next checkpoint, or within FLUSH_AFTER
+                self.unwritten_since = self.unwritten_since or time.monotonic()
+            for event in plan.events:
+                level = logging.WARNING if event.type is EventType.WARNING else logging.INFO
+                log.log(level, "%s: %s", event.reason, event.message, extra=self._log_context())
+                kopf.event(
+                    self.body,  # type: ignore[arg-type]  # any mapping with metadata will do
+                    type=event.type,
+                    reason=event.reason,
+                    message=event.message,
+                )
+            for step in plan.cancel:
+                if step in self.actions:
+                    self.actions[step].cancel()
+            for action in plan.actions:
+                self.actions[action.step] = asyncio.create_task(self._act(action))
+            for compensation in plan.compensations:
+                self.compensations[compensation.step] = asyncio.create_task(self._compensate(compensation))
+            for request in plan.approvals:
+                if request.name not in self.requested:
+                    try:
+                        created = await approval_objects.create(
+                            self.host.connection, self.ref, request, self.principal.user
+                        )
+                    except approval_objects.ApprovalNameTaken as error:
+                        self.status = saga.record_approval_refused(self.world(), request.step, str(error))
+                        self.wakeup.set()
+                        continue
+                    if created is not None:
+                        approval_objects.announce(self.host.notifier, ApprovalNotice.REQUESTED, created)
+                    self.requested.add(request.name)
+            for expired in plan.expire:
+                expired_body = await approval_objects.expire(self.host.connection, self.ref.namespace, expired.name)
+                approval_objects.announce(self.host.notifier, ApprovalNotice.EXPIRED, expired_body)
+            if plan.finished and not self.actions and not self.compensations:
+                break
+            timeout = None
+            if plan.wake_at is not None:
+                timeout = max(0.0, (plan.wake_at - now()).total_seconds())
+            if self.unwritten_since is not None:  # people watching kubectl see progress soon enough
+                flush = max(0.0, FLUSH_AFTER - (time.monotonic() - self.unwritten_since))
+                timeout = flush if timeout is None else min(timeout, flush)
+            if not self.outcomes:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wakeup.wait(), timeout)
+
+    async def _pure(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Runs a pure function of the saga on the event loop, where a template that only reads values
+        renders in microseconds; if one needs the isolated renderer (which blocks for up to its time
+        limit) the same function runs again in a worker thread: it is pure, so nothing is done twice.
+        Anything unexpected it raises is a CoreFault, which fails this workflow, never the operator."""
+        try:
+            try:
+                with templating.non_blocking():
+                    return function(*args)
+            except templating.NeedsIsolation:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self.host.plan_threads, functools.partial(function, *args))
+        except Exception as error:
+            raise CoreFault(str(error)) from error
+
+    async def _fail_by_fault(self, error: BaseException) -> None:
+        """The last resort: the workflow ends Failed (InternalError) with a message, rather than with no
+        phase and a runner that dies again at every event."""
+        for task in [*self.actions.values(), *self.compensations.values()]:
+            task.cancel()
+        status = faults.failed_by_fault(self.world(), error)
+        try:
+            await self._write(status)
+            self._audit(
+                AuditKind.WORKFLOW_FINISHED,
+                phase=WorkflowPhase.FAILED.value,
+                reason=status.reason,
+                message=status.message,
+            )
+            kopf.event(
+                self.body,  # type: ignore[arg-type]
+                type=EventType.WARNING,
+                reason=status.reason or Reason.INTERNAL_ERROR,
+                message=status.message or "",
+            )
+            await self._remove_finalizer()
+        except Exception:
+            log.exception("could not record the failure; it is retried on the next event", extra=self._log_context())
+
+    def _audit(self, kind: AuditKind, step: str | None = None, actor: str | None = None, **payload: Any) -> None:
+        self.host.audit.record(
+            kind,
+            namespace=self.ref.namespace,
+            workflow=self.ref.name,
+            workflow_uid=self.ref.uid,
+            step=step,
+            principal=self.principal.user,
+            actor=actor,
+            payload=payload,
+        )
+
+    def _record_plan(self, before: WorkflowStatus, plan: saga.Plan) -> None:
+        """What this plan decided and is about to do, for the people reading the audit trail and for the
+        metrics; written before the status that makes it happen (write-ahead, see _write)."""
+        after = plan.status
+        if before.phase in (None, WorkflowPhase.PENDING) and after.phase is not WorkflowPhase.PENDING:
+            self._audit(
+                AuditKind.WORKFLOW_STARTED,
+                groups=self.principal.groups,
+                description=self.spec.description,
+                steps=[s.name for s in self.spec.steps],
+                generation=self.ref.generation,
+            )
+        self._audit_decisions(before, after)
+        self._audit_starts(plan)
+        if before.phase is WorkflowPhase.SUCCEEDED and after.phase is WorkflowPhase.COMPENSATING:
+            self._audit(AuditKind.WORKFLOW_ROLLBACK_REQUESTED, actor=self._undo_actor())
+        self._audit_compensations(plan)
+        if after.phase in TERMINAL_PHASES and before.phase not in TERMINAL_PHASES:
+            self._audit(
+                AuditKind.WORKFLOW_FINISHED,
+                phase=after.phase.value if after.phase else None,
+                reason=after.reason,
+                message=after.message,
+            )
+            started, finished = saga.parse_time(after.started_at), saga.parse_time(after.finished_at)
+            if started and finished and after.phase:
+                duration = (finished - started).total_seconds()
+                self.host.metrics.workflow_duration.labels(after.phase.value).observe(duration)
+
+    def _audit_decisions(self, before: WorkflowStatus, after: WorkflowStatus) -> None:
+        """The policy decisions made in this plan, each once: the steps', then their compensations'."""
+        decided = {s.name for s in before.steps if s.decision is not None}
+        for s in after.steps:
+            if s.decision is not None and s.name not in decided:
+                self.host.metrics.decisions.labels(s.decision.value).inc()
+                self._audit(AuditKind.STEP_DECISION, s.name, decision=s.decision.value, policy=s.policy, audit=s.audit)
+        undo_decided = {s.name for s in before.steps if s.compensation and s.compensation.decision is not None}
+        for s in after.steps:
+            undo = s.compensation
+            if undo is not None and undo.decision is not None and s.name not in undo_decided:
+                self._audit(
+                    AuditKind.COMPENSATION_DECISION,
+                    s.name,
+                    actor=self._undo_actor(),
+                    capability=undo.capability,
+                    decision=undo.decision.value,
+                    policy=undo.policy,
+                    approved=undo.approved,
+                )
+
+    def _audit_starts(self, plan: saga.Plan) -> None:
+        """The approvals asked for and the attempts about to start."""
+        for request in plan.approvals:
+            if request.name not in self.requested:
+                self._audit(
+                    AuditKind.APPROVAL_REQUESTED,
+                    request.step,
+                    approval=request.name,
+                    capability=request.capability,
+                    risk=request.risk.value if request.risk else None,
+                    inputs=request.inputs,
+                    inputsHash=request.inputs_hash,
+                    approvers=request.approvers.model_dump() if request.approvers else None,
+                )
+        for action in plan.actions:
+            self._audit(
+                AuditKind.STEP_STARTED,
+                action.step,
+                capability=action.capability,
+                attempt=action.attempt,
+                inputs=saga.redact(action.inputs),
+                idempotencyKey=action.idempotency_key,
+                recovered=action.recovered,
+            )
+
+    def _audit_compensations(self, plan: saga.Plan) -> None:
+        for comp in plan.compensations:
+            self._audit(
+                AuditKind.COMPENSATION_STARTED,
+                comp.step,
+                actor=self._undo_actor(),
+                capability=comp.capability,
+                attempt=comp.attempt,
+                inputs=saga.redact(comp.inputs),
+            )
+
+    def _undo_actor(self) -> str | None:
+        """Who asked for this undoing, when a person did: the deleter (DELETE webhook) or whoever set
+        spec.rollback (annotated by the UPDATE webhook); None for the compensation of a failure."""
+        if self.ref.deleting:
+            return self.host.deleter_of(self.ref.uid)
+        if self.spec.rollback:
+            return self.rollback_by
+        return None
+
+    def _log_context(self, step: str | None = None) -> dict[str, str]:
+        context = {"workflow": f"{self.ref.namespace}/{self.ref.name}"}
+        if step:
+            context["step"] = step
+        return context
+
+    def _must_checkpoint(self, plan: saga.Plan) -> bool:
+        """Whether the status must be durable before the plan is carried out (engine.checkpoints)."""
+        overdue = self.unwritten_since is not None and time.monotonic() - self.unwritten_since >= FLUSH_AFTER
+        deferrable = steps.deferrable_steps(self.spec.steps, self.host.capabilities)
+        return checkpoints.must_checkpoint(plan, self.written, deferrable, overdue=overdue)
+
+    async def _write(self, status: WorkflowStatus) -> None:
+        """Makes STATUS durable. If the PATCH fails, self.status stays as it was: nothing the plan meant
+        to start has started, and the next plan starts it again."""
+        after = status.dump()
+        if after != self.written:
+            await self.host.audit.durable()  # write-ahead: the audit trail never lags a checkpoint
+            patch: dict[str, Any] = dict(after)
+            for key in self.written:
+                patch.setdefault(key, None)  # a merge patch removes a field only when told to
+            await self.host.connection.patch_workflow_status(self.ref.namespace, self.ref.name, {"status": patch})
+            self.host.metrics.status_writes.inc()
+            self.written = after
+            self.unwritten_since = None
+        self.status = status
+
+    async def _ensure_finalizer(self) -> None:
+        if self.finalizer_set:
+            return
+        others = [f for f in self.finalizers if f != FINALIZER]
+        await self.host.connection.patch_workflow(
+            self.ref.namespace, self.ref.name, {"metadata": {"finalizers": [*others, FINALIZER]}}
+        )
+        self.finalizer_set = True
+
+    async def _remove_finalizer(self) -> None:
+        if not self.finalizer_set:
+            return
+        # Echoes of earlier writes may still show our finalizer in self.finalizers: keep the others only.
+        others = [f for f in self.finalizers if f != FINALIZER]
+        try:
+            await self.host.connection.patch_workflow(
+                self.ref.namespace, self.ref.name, {"metadata": {"finalizers": others or None}}
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+        self.finalizer_set = False
+
+    # -- carrying out --------------------------------------------------------------------------------
+
+    def _invocation(self, step: str, key: str, attempt: int) -> Invocation:
+        return Invocation(
+            self.ref.namespace,
+            self.ref.name,
+            step,
+            key,
+            attempt,
+            self.workspace,
+            self.principal.user,
+            tuple(self.principal.groups),
+            self.host.kube,
+            self.ref.uid,
+        )
+
+    def _done(
+        self,
+        table: dict[str, asyncio.Task[None]],
+        step: str,
+        outcome: saga.ActionResult | saga.CompensationResult,
+    ) -> None:
+        # No await between these two lines: the loop never sees the step neither in flight nor done.
+        table.pop(step, None)
+        self.outcomes.append(outcome)
+        self.wakeup.set()
+
+    def _secret_paths(self, step: str, compensation: bool = False) -> list[secrets.Path]:
+        """Where the spec wrote secret references for STEP's call (its inputs, or the compensation
+        template that rendered its compensation's inputs): only there are references resolved."""
+        spec = next((s for s in self.spec.steps if s.name == step), None)
+        if spec is None:
+            return []
+        if not compensation:
+            return secrets.ref_paths(spec.inputs)
+        chosen = compensation_of(spec, self.host.capabilities)
+        return secrets.ref_paths(chosen.inputs) if chosen else []
+
+    async def _act(self, action: saga.RunAction) -> None:
+        started = time.monotonic()
+        inv = self._invocation(action.step, action.idempotency_key, action.attempt)
+        scrub = secrets.Scrubber(())
+        try:
+            handler = self.host.handler(action.capability)
+            # Secret values exist only here, in memory, for the call: status, events, logs and the
+            # compensation's inputs keep the references, and whatever comes back is scrubbed of them.
+            resolved = await secrets.resolve(action.inputs, inv, self._secret_paths(action.step))
+            scrub = resolved.scrubber
+            with secrets.scrubbing_logs(scrub):
+                call = handler(resolved.inputs, inv)
+                outputs = await (asyncio.wait_for(call, action.timeout) if action.timeout else call)
+            outcome = saga.ActionResult(action.step, True, action.inputs, scrub(outputs))
+        except TimeoutError:
+            outcome = saga.ActionResult(
+                action.step, False, action.inputs, error=f"timed out after {action.timeout} s", timed_out=True
+            )
+        except asyncio.CancelledError:
+            outcome = saga.ActionResult(
+                action.step,
+                False,
+                action.inputs,
+                error="cut off: the workflow's deadline passed",
+                cancelled=True,
+            )
+        except CapabilityError as error:
+            outcome = saga.ActionResult(
+                action.step, False, action.inputs, error=scrub.text(str(error)), retryable=error.retryable
+            )
+        except Exception as error:  # a handler bug must fail the step, never the operator
+            with secrets.scrubbing_logs(scrub):
+                log.exception("step %s failed unexpectedly", action.step, extra=self._log_context(action.step))
+            outcome = saga.ActionResult(
+                action.step, False, action.inputs, error=scrub.text(f"{type(error).__name__}: {error}")
+            )
+        metrics = self.host.metrics
+        metrics.steps.labels(action.capability).inc()
+        if action.attempt > 1 and not action.recovered:
+            metrics.step_retries.labels(action.capability).inc()
+        if not outcome.ok:
+            metrics.step_failures.labels(action.capability).inc()
+        result = "succeeded" if outcome.ok else "failed"
+        metrics.step_duration.labels(action.capability, result).observe(time.monotonic() - started)
+        self._audit(
+            AuditKind.STEP_FINISHED,
+            action.step,
+            capability=action.capability,
+            attempt=action.attempt,
+            result=result,
+            outputs=outcome.outputs,
+            error=outcome.error,
+            seconds=round(time.monotonic() - started, 3),
+        )
+        self._done(self.actions, action.step, outcome)
+
+    async def _compensate(self, compensation: saga.RunCompensation) -> None:
+        inv = dataclasses.replace(
+            self._invocation(compensation.step, compensation.idempotency_key, compensation.attempt),
+            forward_in_doubt=bool(self.status.step(compensation.step).in_doubt),
+        )
+        scrub = secrets.Scrubber(())
+        try:
+            handler = self.host.handler(compensation.capability)
+            paths = self._secret_paths(compensation.step, compensation=True)
+            resolved = await secrets.resolve(compensation.inputs, inv, paths)
+            scrub = resolved.scrubber
+            with secrets.scrubbing_logs(scrub):
+                await handler(resolved.inputs, inv)
+            outcome = saga.CompensationResult(compensation.step, True)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            if not isinstance(error, CapabilityError):
+                with secrets.scrubbing_logs(scrub):
+                    log.exception(
+                        "compensation of %s failed unexpectedly",
+                        compensation.step,
+                        extra=self._log_context(compensation.step),
+                    )
+            outcome = saga.CompensationResult(compensation.step, False, scrub.text(f"{error}"))
+        result = "succeeded" if outcome.ok else "failed"
+        self.host.metrics.compensations.labels(compensation.capability, result).inc()
+        self._audit(
+            AuditKind.COMPENSATION_FINISHED,
+            compensation.step,
+            actor=self._undo_actor(),
+            capability=compensation.capability,
+            attempt=compensation.attempt,
+            result=result,
+            error=outcome.error,
+        )
+        self._done(self.compensations, compensation.step, outcome)
