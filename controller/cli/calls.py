@@ -113,10 +113,15 @@ def execute(
     runs is printed) or still running at --timeout."""
     params = _params(params_text)
     kube = Kube(kubeconfig, context, namespace)
-    spec = all_capabilities(kube).get(capability)
+    specs = all_capabilities(kube)
+    # A tool name as `capabilities export` gives it (io-fs-write_file) names the capability too.
+    spec = specs.get(capability) or specs.get(capability.replace("-", "."))
+    if transaction is None and isinstance(params.get("transaction"), str):  # the tools' reserved argument
+        transaction = params.pop("transaction")
     if spec is None or spec.internal:
         raise click.ClickException(f"unknown capability {capability!r}; see `airun capabilities list`")
     manifest = one_step_workflow(spec, params, transaction=transaction, managed_by=CLI_MANAGED_BY, prefix="call")
+    capability = spec.id
     try:
         created: Any = kube.custom.create_namespaced_custom_object(
             API_GROUP, API_VERSION, kube.namespace, "workflows", manifest

@@ -98,10 +98,7 @@ class AirunTools:
     ) -> types.ListToolsResult:
         async with self.identity.client(ctx.request) as api:
             specs = await self._capabilities(api)
-        offered = sorted((s for s in specs.values() if not s.internal), key=lambda s: s.id)
-        return types.ListToolsResult(
-            tools=[*map(tools.capability_tool, offered), *tools.WORKFLOW_TOOLS, *tools.TRANSACTION_TOOLS]
-        )
+        return types.ListToolsResult(tools=tools.all_tools(specs))
 
     async def call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams

@@ -235,3 +235,30 @@ TRANSACTION_TOOLS = [
         annotations=_hints("Transaction status", read_only=True, destructive=False, idempotent=True),
     ),
 ]
+
+
+def all_tools(specs: dict[str, CapabilitySpec]) -> list[types.Tool]:
+    """What `airun mcp` offers for SPECS: a tool per capability (not the internal ones), then the others."""
+    offered = sorted((s for s in specs.values() if not s.internal), key=lambda s: s.id)
+    return [*map(capability_tool, offered), *WORKFLOW_TOOLS, *TRANSACTION_TOOLS]
+
+
+def export_mcp(tools: list[types.Tool]) -> dict[str, Any]:
+    """The tools as an MCP server lists them (the result of tools/list), for clients configured from files."""
+    return {"tools": [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in tools]}
+
+
+def export_openai(tools: list[types.Tool]) -> list[dict[str, Any]]:
+    """The tools as OpenAI function calling declares them (`tools` of the Chat Completions and Responses APIs).
+    A call an application receives is made through `airun execute` or `airun mcp`, under the caller's identity."""
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": t.name,
+                "description": "\n".join(filter(None, [t.title if t.title != t.name else None, t.description])),
+                "parameters": t.input_schema,
+            },
+        }
+        for t in tools
+    ]
