@@ -99,6 +99,14 @@ def _joined(meta: Mapping[str, Any]) -> datetime:
     return datetime.min.replace(tzinfo=UTC)
 
 
+def _completed(status: Mapping[str, Any]) -> datetime | None:
+    """When the call completed: its last step's end (an undo, which ends the workflow again, keeps that),
+    else the workflow's end."""
+    ends = [parse_time(s.get("finishedAt")) for s in status.get("steps") or [] if isinstance(s, Mapping)]
+    known = [e for e in ends if e is not None]
+    return max(known) if known else parse_time(status.get("finishedAt"))
+
+
 def view_of(obj: Mapping[str, Any], principal: str) -> CallView:
     """A Workflow object (as the API server returns it) as a call. PRINCIPAL: whom the operator knows it
     to run as (its status.principal, or the webhook's verified attestation before the first status write)."""
@@ -117,7 +125,7 @@ def view_of(obj: Mapping[str, Any], principal: str) -> CallView:
         principal=principal,
         phase=phase,
         created_at=_joined(meta),
-        finished_at=parse_time(status.get("finishedAt")),
+        finished_at=_completed(status),
         rollback=bool((obj.get("spec") or {}).get("rollback")),
         deleting=bool(meta.get("deletionTimestamp")),
         capability=", ".join(str(s.get("capability")) for s in steps if s.get("capability")) or None,
