@@ -3,8 +3,10 @@ every request received."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -12,6 +14,8 @@ from typing import Any
 class LoopbackAPI:
     def __init__(self) -> None:
         self.items: dict[str, Any] = {}
+        self.by_key: dict[str, str] = {}  # Idempotency-Key -> item id, for /keyed-items
+        self.delay = 0.0  # seconds /keyed-items waits before it answers a new key
         self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
         api = self
 
@@ -38,6 +42,17 @@ class LoopbackAPI:
                     item_id = str(len(api.items) + 1)
                     api.items[item_id] = json.loads(body or b"{}")
                     self._reply(201, {"id": item_id, "url": f"{api.url}/items/{item_id}"})
+                elif self.path == "/keyed-items":  # honours Idempotency-Key: a repeat gets the first answer
+                    key = self.headers.get("Idempotency-Key", "")
+                    if key in api.by_key:
+                        item_id = api.by_key[key]
+                        self._reply(200, {"id": item_id, "url": f"{api.url}/items/{item_id}"})
+                        return
+                    item_id = api.by_key[key] = str(len(api.items) + 1)
+                    api.items[item_id] = json.loads(body or b"{}")
+                    time.sleep(api.delay)  # the caller may be killed meanwhile; the item exists regardless
+                    with contextlib.suppress(OSError):
+                        self._reply(201, {"id": item_id, "url": f"{api.url}/items/{item_id}"})
                 else:
                     self._reply(404, {"error": "no such path"})
 

@@ -79,8 +79,16 @@ class CapabilitySpec(BaseModel):
     risk: Risk
     side_effects: list[str] = Field(default_factory=list, alias="sideEffects")
     idempotent: bool
+    # Whether the handler sends the step's idempotency key as the `Idempotency-Key` header, so that a step
+    # may declare `idempotent: true` when its remote API honours it (custom HTTP capabilities always do).
+    sends_idempotency_key: bool = Field(False, alias="sendsIdempotencyKey")
     inputs: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
     outputs: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
     compensation: CompensationSpec | None = None
     internal: bool = Field(False, description="Only used as another capability's compensation.")
     http: HttpEndpoint | None = None
+
+    @property
+    def honours_step_idempotency(self) -> bool:
+        """Whether a step of this capability may say `idempotent: true`: its requests carry the key."""
+        return self.sends_idempotency_key or self.http is not None

@@ -48,6 +48,9 @@ class Step(_Model):
     timeout_seconds: int | None = Field(None, alias="timeoutSeconds")
     compensation: CompensationOverride | None = None
     irreversible: bool = False
+    # The remote API honours `Idempotency-Key`: after a crash the step runs again with the same key instead
+    # of ending in doubt. Only for capabilities that send the key (checked at apply).
+    idempotent: bool = False
     message: str | None = None
     approval_timeout_seconds: int | None = Field(None, alias="approvalTimeoutSeconds")
     notify: Notify | None = None

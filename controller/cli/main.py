@@ -130,6 +130,15 @@ def down() -> None:
     help="The operator's own namespace, which holds the credentials of custom Capability endpoints "
     "(default: the Pod's ServiceAccount namespace, else airun-system).",
 )
+@click.option(
+    "--shutdown-grace-seconds",
+    envvar="AIRUN_SHUTDOWN_GRACE_SECONDS",
+    type=click.FloatRange(min=0),
+    default=25.0,
+    show_default=True,
+    help="On SIGTERM: start no new step, let attempts in flight finish for at most this long, checkpoint, "
+    "exit (keep it below the Pod's terminationGracePeriodSeconds). A second signal stops at once.",
+)
 @click.option("-v", "--verbose", is_flag=True)
 def operator(**options: object) -> None:
     """Run the operator (kopf) against the cluster of KUBECONFIG."""

@@ -275,6 +275,11 @@ class CapabilityStep:
                 f"step {step.name!r}: {cap.id} has side effects ({', '.join(cap.side_effects)}) and no "
                 "compensation; set irreversible: true to acknowledge it (the step then needs approval)"
             )
+        if step.idempotent and not cap.honours_step_idempotency:
+            errors.append(
+                f"step {step.name!r}: idempotent: true needs a capability that sends the Idempotency-Key "
+                f"header (net.http.request, custom HTTP capabilities); {cap.id} does not"
+            )
         return errors
 
     def start(self, p: Planning, s: StepStatus, step: Step) -> None:
@@ -346,11 +351,17 @@ class CapabilityStep:
         return gate(p, s, step, Ask(cap, inputs, approvers, notify, covered)) is not None
 
     def recover(self, p: Planning, s: StepStatus, step: Step) -> None:
-        """Run again with the same idempotency key when the capability is idempotent; otherwise whether
-        it took effect is unknown: in doubt, the workflow fails (InDoubt) and compensates it."""
+        """Run again with the same idempotency key when the capability is idempotent, or when the step
+        says its remote API honours the key the capability sends; otherwise whether it took effect is
+        unknown: in doubt, the workflow fails (InDoubt) and compensates it."""
         cap = p.world.capabilities.get(step.capability or "")
         key = s.idempotency_key or idempotency_key(p.world.ref, s.name)
-        if cap is not None and cap.idempotent:
+        if cap is not None and (cap.idempotent or (step.idempotent and cap.honours_step_idempotency)):
+            why = (
+                f"{cap.id} is idempotent"
+                if cap.idempotent
+                else "the step's remote API honours its Idempotency-Key (idempotent: true)"
+            )
             try:
                 inputs = render(step.inputs, p.context())
             except TemplateError as error:
@@ -363,7 +374,7 @@ class CapabilityStep:
                 EventType.NORMAL,
                 "Recovered",
                 f"step {s.name} was running when the operator stopped; "
-                f"{cap.id} is idempotent, so it runs again with the same idempotency key",
+                f"{why}, so it runs again with the same idempotency key",
             )
             return
         s.phase, s.in_doubt = StepPhase.FAILED, True
@@ -372,6 +383,8 @@ class CapabilityStep:
             "the operator stopped while this step ran and its capability is not idempotent: "
             "whether it took effect is unknown"
         )
+        if cap is not None and cap.honours_step_idempotency:
+            s.error += " (if the remote API honours the Idempotency-Key header, set idempotent: true on the step)"
         try:
             inputs = render(step.inputs, p.context())
         except TemplateError:
@@ -421,7 +434,10 @@ class ApprovalGate:
     `approvedBy` names them)."""
 
     def problems(self, step: Step, capabilities: Mapping[str, CapabilitySpec]) -> list[str]:
-        return []  # its shape (no capability, inputs, retry or compensation) is the CRD's rule
+        # its shape (no capability, inputs, retry or compensation) is the CRD's rule
+        if step.idempotent:
+            return [f"step {step.name!r}: an Approval step runs nothing, so it cannot be idempotent"]
+        return []
 
     def start(self, p: Planning, s: StepStatus, step: Step) -> None:
         approved = gate(p, s, step, Ask())

@@ -63,6 +63,7 @@ class OperatorOptions:
     audit_url: str | None = None
     # Where the credentials of custom Capability endpoints live (default: the Pod's namespace, or airun-system)
     operator_namespace: str | None = None
+    shutdown_grace_seconds: float = 25.0
 
 
 def _configure(
@@ -184,10 +185,10 @@ async def run(options: OperatorOptions) -> None:
         runtime.metrics.serve(options.metrics_port, options.bind)
 
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     ready = asyncio.Event()
+    signals = asyncio.create_task(
+        _stop_gracefully_on_signals(runtime, ready, stop, options.shutdown_grace_seconds), name="signals"
+    )
     probes = await health.serve(options.bind, options.health_port, ready)
     learning = asyncio.create_task(controlplane.learn(connection), name="the API server's addresses")
     try:
@@ -201,6 +202,7 @@ async def run(options: OperatorOptions) -> None:
     finally:
         watcher.cancel()
         learning.cancel()
+        signals.cancel()
         await probes.cleanup()
         await agents.shutdown()
         await runtime.shutdown()
@@ -209,6 +211,36 @@ async def run(options: OperatorOptions) -> None:
         await notifier.close()
         audit.close()
         await connection.close()
+
+
+async def _stop_gracefully_on_signals(
+    runtime: WorkflowRuntime, ready: asyncio.Event, stop: asyncio.Event, grace: float
+) -> None:
+    """SIGTERM or SIGINT: drain (no new step starts, attempts in flight finish within GRACE seconds and
+    are checkpointed) while kopf still watches and serves the webhooks, then stop kopf. A second signal
+    stops at once: what was still running is recovered from status by the next operator.
+    Installed once kopf is ready: kopf installs its own handlers (an immediate stop) as it starts, and
+    the last handler installed wins; before that, nothing runs that a stop could cut off."""
+    await ready.wait()
+    loop = asyncio.get_running_loop()
+    draining: list[asyncio.Task[None]] = []
+
+    async def drain_then_stop() -> None:
+        try:
+            await runtime.drain(grace)
+        finally:
+            stop.set()
+
+    def on_signal() -> None:
+        if draining:
+            log.warning("second signal: stopping now (steps still running are recovered from status)")
+            draining[0].cancel()  # which sets the stop flag
+            runtime.cut_off()  # else kopf waits for the runners as for any task it did not start
+            return
+        draining.append(asyncio.create_task(drain_then_stop(), name="graceful stop"))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
 
 
 def main(options: OperatorOptions) -> None:

@@ -63,6 +63,7 @@ class RunnerHost(Protocol):
     notifier: Notifier | None
     plan_threads: ThreadPoolExecutor  # where a plan that needs the isolated template renderer runs
     attestation_key: bytes
+    draining: bool  # the operator is stopping: start nothing new
 
     @property
     def capabilities(self) -> dict[str, CapabilitySpec]: ...
@@ -232,14 +233,16 @@ class Runner:
                 await self._ensure_finalizer()
             if self.status.phase in (None, WorkflowPhase.PENDING):
                 await self.host.fetch_missing_capabilities(self.spec)
-            await self._drive()
+            if not await self._drive():
+                return  # parked: the operator is stopping, and the next one resumes from status
             await self._remove_finalizer()
             # A rollback requested while this runner was finishing reached update(), not a new runner.
             if not (self.spec.rollback and self.status.phase is WorkflowPhase.SUCCEEDED and not self.ref.deleting):
                 return
 
-    async def _drive(self) -> None:
-        """Plans and carries out until the workflow is finished and nothing runs."""
+    async def _drive(self) -> bool:
+        """Plans and carries out until the workflow is finished and nothing runs (True), or until the
+        operator stops (False: parked)."""
         while True:
             for outcome in self.outcomes:
                 if isinstance(outcome, saga.ActionResult):
@@ -248,6 +251,10 @@ class Runner:
                     self.status = await self._pure(saga.record_compensation, self.world(), outcome)
             self.outcomes.clear()
             self.wakeup.clear()
+            if self.host.draining:
+                if await self._park():
+                    return False
+                continue
             before = self.status
             plan = await self._pure(saga.plan, self.world())
             self._record_plan(before, plan)
@@ -289,7 +296,7 @@ class Runner:
                 expired_body = await approval_objects.expire(self.host.connection, self.ref.namespace, expired.name)
                 approval_objects.announce(self.host.notifier, ApprovalNotice.EXPIRED, expired_body)
             if plan.finished and not self.actions and not self.compensations:
-                break
+                return True
             timeout = None
             if plan.wake_at is not None:
                 timeout = max(0.0, (plan.wake_at - now()).total_seconds())
@@ -299,6 +306,16 @@ class Runner:
             if not self.outcomes:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wakeup.wait(), timeout)
+
+    async def _park(self) -> bool:
+        """While the operator stops: nothing is planned (so nothing new starts); the attempts in flight
+        end and their outcomes are recorded by _drive. Once none is left the status is written (the
+        results, and any deferred transition) and the runner is parked (True)."""
+        if self.actions or self.compensations:
+            await self.wakeup.wait()  # an attempt ended (_done)
+            return False
+        await self._write(self.status)
+        return True
 
     async def _pure(self, function: Callable[..., Any], *args: Any) -> Any:
         """Runs a pure function of the saga on the event loop, where a template that only reads values

@@ -98,6 +98,7 @@ class WorkflowRuntime:
         # Whether the admission webhook configurations are registered (controller/operator/webhooks.py):
         # while they are not, no new workflow starts; the ones waiting are kept here, by uid.
         self.webhooks_registered = True
+        self.draining = False  # stopping: runners start nothing new, park once their attempts ended
         # With the context of the kopf handler that held each (kopf.event needs kopf's context variables).
         self.held: dict[str, tuple[kopf.Body, contextvars.Context]] = {}
         self.deleted_by: dict[str, str] = {}  # uid -> who deleted it (the DELETE webhook), for the audit
@@ -174,7 +175,7 @@ class WorkflowRuntime:
                 log.debug("%s/%s: stale watch event ignored", body.metadata.namespace, body.metadata.name)
                 return
             del self.finished[uid]
-        if not needs_work(body):
+        if not needs_work(body) or self.draining:  # while stopping, the next operator starts new ones
             return
         if await self._hold(body):
             return
@@ -241,6 +242,29 @@ class WorkflowRuntime:
         for runner in self.runners.values():
             if runner.ref.namespace == namespace and runner.ref.name == workflow:
                 runner.wakeup.set()
+
+    async def drain(self, grace: float) -> int:
+        """Graceful stop: no runner starts a step or a compensation any more; each lets the attempts it
+        has in flight end, checkpoints their results and parks. Waits GRACE seconds at most and returns
+        how many runners were still busy (their attempts are cut off by shutdown and recovered from status
+        by the next operator, as after a crash)."""
+        self.draining = True
+        for runner in self.runners.values():
+            runner.wakeup.set()
+        tasks = [r.task for r in self.runners.values() if r.task is not None]
+        log.info("stopping: %d workflows finish their running steps (at most %.0f s)", len(tasks), grace)
+        started = time.monotonic()
+        busy: set[asyncio.Task[None]] = set()
+        if tasks:
+            _, busy = await asyncio.wait(tasks, timeout=grace)
+        log.info("stopped in %.1f s; %d workflows were still running a step", time.monotonic() - started, len(busy))
+        return len(busy)
+
+    def cut_off(self) -> None:
+        """Stops every runner now, attempts in flight included (a second signal)."""
+        for runner in self.runners.values():
+            if runner.task is not None:
+                runner.task.cancel()
 
     async def shutdown(self) -> None:
         await self.kube.close()

@@ -473,6 +473,9 @@ def test_the_operator_runs_as_the_chart_expects(helm: Path, tmp_path: Path) -> N
     pod = deployment["spec"]["template"]["spec"]["securityContext"]
     assert pod["runAsNonRoot"] is True and pod["seccompProfile"]["type"] == "RuntimeDefault"
     assert container["resources"]["limits"]["memory"]
+    # A rolling update lets running steps finish: the operator drains for less than the Pod's grace period.
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 30
+    assert "--shutdown-grace-seconds=25" in container["args"]
     # The arguments are those of `airun operator` (the image's entrypoint).
     from controller.cli.main import main
 

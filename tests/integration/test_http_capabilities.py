@@ -9,7 +9,7 @@ import pytest
 
 from controller.localcluster.devenv import DevEnvironment
 from tests.httpserver import LoopbackAPI
-from tests.integration.test_saga import steps_of, wait_terminal, wf
+from tests.integration.test_saga import _kill_operator, steps_of, wait_terminal, wf
 from tests.kube import Kube
 
 
@@ -131,3 +131,43 @@ def test_secret_references_are_resolved_as_the_principal_and_never_stored(
     kube.apply(wf("bobs-secret", step), namespace=namespace, as_="bob")
     obj = wait_terminal(kube, namespace, "bobs-secret")
     assert 'User "bob" cannot get resource "secrets"' in steps_of(obj)["call"]["error"]
+
+
+@pytest.fixture
+def restartable(operator: DevEnvironment) -> Iterator[DevEnvironment]:
+    yield operator
+    operator.start_operator()  # whatever the test did, the next test has an operator
+
+
+def test_crash_during_an_idempotent_http_step_runs_it_again_with_the_same_key(
+    kube: Kube, namespace: str, restartable: DevEnvironment, api: LoopbackAPI
+) -> None:
+    api.delay = 3.0
+    create = create_item(api) | {"idempotent": True}
+    create["inputs"] = {**create["inputs"], "url": f"{api.url}/keyed-items"}
+    check = {
+        "name": "check",
+        "capability": "net.http.get",
+        "dependsOn": ["create"],
+        "inputs": {"url": "{{ steps.create.outputs.json.url }}"},
+    }
+    kube.apply(wf("crash-http", create, check), namespace=namespace, as_="bob")
+    kube.wait_for("wf", "crash-http", namespace, lambda o: bool(api.by_key), what="the POST arrived")
+    _kill_operator(restartable)
+    restartable.start_operator()
+    obj = wait_terminal(kube, namespace, "crash-http")
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    key = steps_of(obj)["create"]["idempotencyKey"]
+    posts = [headers["Idempotency-Key"] for method, _, headers, _ in api.requests if method == "POST"]
+    assert posts == [key, key]  # sent again after the crash, with the same key
+    assert list(api.items) == ["1"]  # and the remote API made one item, not two
+    assert steps_of(obj)["check"]["outputs"]["json"] == {"size": "medium"}
+    assert "Recovered" in kube.events_of("crash-http", namespace, contains="Recovered")
+
+
+def test_idempotent_needs_a_capability_that_sends_the_key(kube: Kube, namespace: str, operator: object) -> None:
+    step = {"name": "w", "capability": "io.fs.write_file", "inputs": {"path": "a", "content": "x"}, "idempotent": True}
+    result = kube.apply(wf("idem-fs", step), namespace=namespace, as_="bob", check=False)
+    assert result.returncode != 0
+    assert "idempotent: true needs a capability that sends the Idempotency-Key header" in result.stderr
+    assert "io.fs.write_file does not" in result.stderr

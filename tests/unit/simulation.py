@@ -17,7 +17,7 @@ from controller.engine import saga
 
 SPECS = Path(__file__).resolve().parents[2] / "capabilities"
 CAPS: dict[str, CapabilitySpec] = {
-    s.id: s for f in ("sys.yaml", "io.fs.yaml", "test.yaml") for s in load_file(SPECS / f)
+    s.id: s for f in ("sys.yaml", "io.fs.yaml", "net.http.yaml", "test.yaml") for s in load_file(SPECS / f)
 }
 ALLOW_ALL = [PolicyObject(name="allow", spec=PolicySpec(rules=[Rule(capabilities=["*"], action=Decision.ALLOW)]))]
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -231,6 +231,42 @@ def test_non_idempotent_step_found_running_is_in_doubt_and_compensated() -> None
     assert a.compensation and a.compensation.inputs == {"ledger": "l", "key": "key-1"}
 
 
+def _running_http(**extra: object) -> tuple[object, WorkflowStatus]:
+    inputs = {"method": "POST", "url": "https://api.example/items"}
+    undo = {"capability": "net.http.request", "inputs": {"method": "DELETE", "url": "https://api.example/items/1"}}
+    spec = workflow(step("a", capability="net.http.request", inputs=inputs, compensation=undo, **extra))
+    status = WorkflowStatus(
+        phase=WorkflowPhase.RUNNING,
+        started_at="2026-01-01T00:00:00Z",
+        steps=[StepStatus(name="a", phase=StepPhase.RUNNING, attempts=1, idempotency_key="key-1")],
+    )
+    return spec, status
+
+
+def test_http_step_that_says_idempotent_found_running_runs_again_with_the_same_key() -> None:
+    spec, status = _running_http(idempotent=True)
+    trace = run(spec, status=status)  # type: ignore[arg-type]
+    assert trace.status.phase is WorkflowPhase.SUCCEEDED, trace.status
+    assert trace.status.step("a").idempotency_key == "key-1" and not trace.status.step("a").in_doubt
+    assert any(e.reason == "Recovered" and "Idempotency-Key" in e.message for e in trace.events)
+
+
+def test_http_step_without_idempotent_found_running_is_in_doubt_with_a_hint() -> None:
+    spec, status = _running_http()
+    trace = run(spec, status=status)  # type: ignore[arg-type]
+    a = trace.status.step("a")
+    assert a.in_doubt and trace.status.reason == Reason.IN_DOUBT
+    assert "set idempotent: true on the step" in (a.error or "")
+
+
+def test_idempotent_is_refused_for_capabilities_that_do_not_send_the_key() -> None:
+    problems = saga.spec_errors(workflow(step("a", idempotent=True)), CAPS)
+    assert problems == [
+        "step 'a': idempotent: true needs a capability that sends the Idempotency-Key header "
+        "(net.http.request, custom HTTP capabilities); io.fs.write_file does not"
+    ]
+
+
 # -- governance -----------------------------------------------------------------------------------------
 
 
