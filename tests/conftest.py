@@ -80,3 +80,11 @@ def operator(devenv: object, kube: Kube) -> Iterator[object]:
         yield devenv
     finally:
         devenv.stop_operator()
+
+
+@pytest.fixture
+def restartable(operator: object) -> Iterator[object]:
+    """The session's operator, for a test that stops or kills it: started again afterwards, whatever the
+    test did, so that the next test has one."""
+    yield operator
+    operator.start_operator()  # type: ignore[attr-defined]

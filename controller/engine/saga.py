@@ -296,58 +296,58 @@ def _compensation_refusal(world: World, s: StepStatus, c: CompensationStatus) ->
 
 
 def _compensate(world: World, status: WorkflowStatus, result: Plan) -> None:
-    """One compensation at a time, in reverse completion order, each retried with backoff."""
-    now = world.now
+    """One compensation at a time, in reverse completion order, each retried with backoff; once none is
+    left to run, the workflow ends Compensated (or CompensationFailed: a person must act)."""
     order = sorted(
         (s for s in status.steps if s.compensation is not None and s.completion is not None),
         key=lambda s: s.completion or 0,
         reverse=True,
     )
     for s in order:
-        c = s.compensation
-        assert c is not None
-        if c.phase in (StepPhase.COMPENSATED, StepPhase.COMPENSATION_FAILED):
-            continue
-        if s.phase is StepPhase.FAILED and not s.in_doubt:
-            continue
-        key = idempotency_key(world.ref, s.name, "compensation")
-        if c.phase is StepPhase.RUNNING and s.name in world.compensating:
+        if _compensate_step(world, s, result):
             return
-        if c.inputs is None:  # its inputs could not be rendered when the step completed
-            _compensation_failed(s, c, c.error or "its inputs could not be rendered", now, result)
-            continue
-        next_attempt = parse_time(c.next_attempt_at)
-        if c.phase is not StepPhase.RUNNING and next_attempt is not None and next_attempt > now:
-            result.wake(next_attempt)
-            return
-        # Decided before every attempt, a re-run after a restart included: never retried, since the
-        # same policies and inputs give the same answer.
-        refusal = _compensation_refusal(world, s, c)
-        if refusal is not None:
-            _compensation_failed(s, c, refusal, now, result)
-            continue
-        if c.phase is StepPhase.RUNNING:  # interrupted by a restart: compensations are re-runnable
-            result.compensations.append(RunCompensation(s.name, c.capability or "", c.inputs, key, c.attempts))
-            return
-        c.phase, c.attempts, c.next_attempt_at = StepPhase.RUNNING, c.attempts + 1, None
-        c.started_at = c.started_at or iso(now)
-        s.phase = StepPhase.COMPENSATING
-        result.compensations.append(RunCompensation(s.name, c.capability or "", c.inputs, key, c.attempts))
-        return
     failed = [s.name for s in order if s.compensation and s.compensation.phase is StepPhase.COMPENSATION_FAILED]
     status.phase = WorkflowPhase.COMPENSATION_FAILED if failed else WorkflowPhase.COMPENSATED
-    status.finished_at = iso(now)
+    status.finished_at = iso(world.now)
     result.finished = True
     if failed:
-        result.events.append(
-            Event(
-                EventType.WARNING,
-                "CompensationFailed",
-                f"could not compensate {', '.join(failed)}: a person must act",
-            )
-        )
+        message = f"could not compensate {', '.join(failed)}: a person must act"
+        result.events.append(Event(EventType.WARNING, "CompensationFailed", message))
     else:
         result.events.append(Event(EventType.NORMAL, "Compensated", f"{len(order)} steps compensated in reverse order"))
+
+
+def _compensate_step(world: World, s: StepStatus, result: Plan) -> bool:
+    """Takes S's compensation further. True while it runs or waits (the next ones wait for it); False
+    when it is over (done, failed, refused, or nothing to undo) and the next one may go."""
+    c = s.compensation
+    assert c is not None
+    if c.phase in (StepPhase.COMPENSATED, StepPhase.COMPENSATION_FAILED):
+        return False
+    if s.phase is StepPhase.FAILED and not s.in_doubt:
+        return False  # it never took effect
+    if c.phase is StepPhase.RUNNING and s.name in world.compensating:
+        return True
+    if c.inputs is None:  # its inputs could not be rendered when the step completed
+        _compensation_failed(s, c, c.error or "its inputs could not be rendered", world.now, result)
+        return False
+    next_attempt = parse_time(c.next_attempt_at)
+    if c.phase is not StepPhase.RUNNING and next_attempt is not None and next_attempt > world.now:
+        result.wake(next_attempt)
+        return True
+    # Decided before every attempt, a re-run after a restart included: never retried, since the same
+    # policies and inputs give the same answer.
+    refusal = _compensation_refusal(world, s, c)
+    if refusal is not None:
+        _compensation_failed(s, c, refusal, world.now, result)
+        return False
+    if c.phase is not StepPhase.RUNNING:  # else interrupted by a restart: compensations are re-runnable
+        c.phase, c.attempts, c.next_attempt_at = StepPhase.RUNNING, c.attempts + 1, None
+        c.started_at = c.started_at or iso(world.now)
+        s.phase = StepPhase.COMPENSATING
+    key = idempotency_key(world.ref, s.name, "compensation")
+    result.compensations.append(RunCompensation(s.name, c.capability or "", c.inputs, key, c.attempts))
+    return True
 
 
 def _compensation_failed(s: StepStatus, c: CompensationStatus, error: str, now: datetime, result: Plan) -> None:

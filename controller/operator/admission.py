@@ -331,23 +331,23 @@ class Webhook:
     id: str
     mutating: bool
     plural: str
-    operations: frozenset[Operation]
+    operations: tuple[Operation, ...]  # in this order in the webhook configuration
     handler: str
     ignore_failures: bool = False
 
 
 WEBHOOKS = (
-    Webhook("workflow-principal", True, "workflows", frozenset({"CREATE"}), "workflow_principal"),
-    Webhook("workflow-rollback-actor", True, "workflows", frozenset({"UPDATE"}), "workflow_rollback_actor"),
-    Webhook("workflow-deletion", False, "workflows", frozenset({"DELETE"}), "workflow_deletion", ignore_failures=True),
-    Webhook("workflow-runnable", False, "workflows", frozenset({"CREATE"}), "workflow_runnable"),
-    Webhook("workflow-update", False, "workflows", frozenset({"UPDATE"}), "workflow_update"),
-    Webhook("approval-decider", True, "approvals", frozenset({"UPDATE"}), "approval_decider"),
-    Webhook("approval-decision", False, "approvals", frozenset({"UPDATE"}), "approval_decision"),
-    Webhook("capability-coherent", False, "capabilities", frozenset({"CREATE", "UPDATE"}), "capability_coherent"),
-    Webhook("transaction-principal", True, "transactions", frozenset({"CREATE"}), "transaction_principal"),
-    Webhook("transaction-update", False, "transactions", frozenset({"UPDATE"}), "transaction_update"),
-    Webhook("transaction-deletion", False, "transactions", frozenset({"DELETE"}), "transaction_deletion"),
+    Webhook("workflow-principal", True, "workflows", ("CREATE",), "workflow_principal"),
+    Webhook("workflow-rollback-actor", True, "workflows", ("UPDATE",), "workflow_rollback_actor"),
+    Webhook("workflow-deletion", False, "workflows", ("DELETE",), "workflow_deletion", ignore_failures=True),
+    Webhook("workflow-runnable", False, "workflows", ("CREATE",), "workflow_runnable"),
+    Webhook("workflow-update", False, "workflows", ("UPDATE",), "workflow_update"),
+    Webhook("approval-decider", True, "approvals", ("UPDATE",), "approval_decider"),
+    Webhook("approval-decision", False, "approvals", ("UPDATE",), "approval_decision"),
+    Webhook("capability-coherent", False, "capabilities", ("CREATE", "UPDATE"), "capability_coherent"),
+    Webhook("transaction-principal", True, "transactions", ("CREATE",), "transaction_principal"),
+    Webhook("transaction-update", False, "transactions", ("UPDATE",), "transaction_update"),
+    Webhook("transaction-deletion", False, "transactions", ("DELETE",), "transaction_deletion"),
 )
 
 
@@ -364,7 +364,7 @@ def register(
             API_GROUP,
             API_VERSION,
             hook.plural,
-            operations=set(hook.operations),
+            operations=list(hook.operations),
             registry=registry,
             persistent=True,
             ignore_failures=hook.ignore_failures,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -23,53 +24,64 @@ ALL = "all"
 log = logging.getLogger("airun.handlers")
 
 
+# Indexes: kopf fills them before it calls any other handler, so no workflow is ever judged against a
+# half-loaded set of policies. Each is a pure function of one object.
+
+
+def cluster_policy_index(name: str, spec: kopf.Spec, **_: Any) -> dict[str, PolicyObject]:
+    return {ALL: PolicyObject(name=name, spec=PolicySpec.model_validate(dict(spec)))}
+
+
+def policy_index(name: str, namespace: str | None, spec: kopf.Spec, **_: Any) -> dict[str, PolicyObject]:
+    return {ALL: PolicyObject(name=name, namespace=namespace, spec=PolicySpec.model_validate(dict(spec)))}
+
+
+def approval_index(body: kopf.Body, namespace: str | None, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
+    # Keyed by the owning workflow's uid, not its name: an Approval left by an earlier workflow of the
+    # same name (garbage collection is asynchronous, and absent without a controller-manager) must
+    # never decide for a new one.
+    return {(namespace, approvals.owner_uid(body)): (spec.get("step"), approvals.state_of(body))}
+
+
+def capability_index(name: str, spec: kopf.Spec, **_: Any) -> dict[str, CapabilitySpec]:
+    try:
+        return {ALL: custom.parse(name, spec)}
+    except custom.InvalidCapability as error:  # refused at admission; older objects are skipped
+        log.warning("ignoring %s", error)
+        return {}
+
+
+def bind_indexes(runtime: WorkflowRuntime, kwargs: Mapping[str, Any]) -> None:
+    """Points the runtime at kopf's live indexes (handed to every handler as keyword arguments)."""
+    cluster_policies: kopf.Index[str, PolicyObject] = kwargs["cluster_policy_index"]
+    policies: kopf.Index[str, PolicyObject] = kwargs["policy_index"]
+    approval_states: kopf.Index[Any, Any] = kwargs["approval_index"]
+    capabilities: kopf.Index[str, CapabilitySpec] = kwargs["capability_index"]
+    runtime.indexes.policies = lambda: [*cluster_policies.get(ALL, []), *policies.get(ALL, [])]
+
+    def approvals_of(namespace: str, workflow_uid: str) -> dict[str, saga.ApprovalState]:
+        return dict(approval_states.get((namespace, workflow_uid), []))
+
+    runtime.indexes.approvals = approvals_of
+    runtime.indexes.custom_capabilities = lambda: {c.id: c for c in capabilities.get(ALL, [])}
+    runtime.indexes.pending_approvals = lambda: [
+        (namespace, s.requested_at)
+        for (namespace, _), store in approval_states.items()
+        for _, s in store
+        if s.phase is ApprovalPhase.PENDING
+    ]
+
+
 def register(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime) -> Callable[[Mapping[str, Any]], None]:
     """Registers the handlers; returns the function that binds the runtime to kopf's indexes."""
-
-    # Indexes: kopf fills them before it calls any other handler, so no workflow is ever judged
-    # against a half-loaded set of policies.
-    @kopf.index(API_GROUP, API_VERSION, "clusterpolicies", registry=registry, id="cluster_policy_index")
-    def cluster_policy_index(name: str, spec: kopf.Spec, **_: Any) -> dict[str, PolicyObject]:
-        return {ALL: PolicyObject(name=name, spec=PolicySpec.model_validate(dict(spec)))}
-
-    @kopf.index(API_GROUP, API_VERSION, "policies", registry=registry, id="policy_index")
-    def policy_index(name: str, namespace: str | None, spec: kopf.Spec, **_: Any) -> dict[str, PolicyObject]:
-        return {ALL: PolicyObject(name=name, namespace=namespace, spec=PolicySpec.model_validate(dict(spec)))}
-
-    @kopf.index(API_GROUP, API_VERSION, "approvals", registry=registry, id="approval_index")
-    def approval_index(body: kopf.Body, namespace: str | None, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
-        # Keyed by the owning workflow's uid, not its name: an Approval left by an earlier workflow of the
-        # same name (garbage collection is asynchronous, and absent without a controller-manager) must
-        # never decide for a new one.
-        return {(namespace, approvals.owner_uid(body)): (spec.get("step"), approvals.state_of(body))}
-
-    @kopf.index(API_GROUP, API_VERSION, "capabilities", registry=registry, id="capability_index")
-    def capability_index(name: str, spec: kopf.Spec, **_: Any) -> dict[str, CapabilitySpec]:
-        try:
-            return {ALL: custom.parse(name, spec)}
-        except custom.InvalidCapability as error:  # refused at admission; older objects are skipped
-            log.warning("ignoring %s", error)
-            return {}
+    index = functools.partial(kopf.index, API_GROUP, API_VERSION, registry=registry)
+    index("clusterpolicies", id="cluster_policy_index")(cluster_policy_index)
+    index("policies", id="policy_index")(policy_index)
+    index("approvals", id="approval_index")(approval_index)
+    index("capabilities", id="capability_index")(capability_index)
 
     def bind(kwargs: Mapping[str, Any]) -> None:
-        """Points the runtime at kopf's live indexes (handed to every handler as keyword arguments)."""
-        cluster_policy_index: kopf.Index[str, PolicyObject] = kwargs["cluster_policy_index"]
-        policy_index: kopf.Index[str, PolicyObject] = kwargs["policy_index"]
-        approval_index: kopf.Index[Any, Any] = kwargs["approval_index"]
-        capabilities: kopf.Index[str, CapabilitySpec] = kwargs["capability_index"]
-        runtime.indexes.policies = lambda: [*cluster_policy_index.get(ALL, []), *policy_index.get(ALL, [])]
-
-        def approvals_of(namespace: str, workflow_uid: str) -> dict[str, saga.ApprovalState]:
-            return dict(approval_index.get((namespace, workflow_uid), []))
-
-        runtime.indexes.approvals = approvals_of
-        runtime.indexes.custom_capabilities = lambda: {c.id: c for c in capabilities.get(ALL, [])}
-        runtime.indexes.pending_approvals = lambda: [
-            (namespace, s.requested_at)
-            for (namespace, _), store in approval_index.items()
-            for _, s in store
-            if s.phase is ApprovalPhase.PENDING
-        ]
+        bind_indexes(runtime, kwargs)
 
     # on.event, not on.create/on.update: kopf's change-detecting handlers persist their progress with a
     # PATCH per handler, which would double the writes per step. The runtime keeps its own checkpoint

@@ -123,35 +123,51 @@ async def sweep_snapshots(connection: kube.Connection, workspaces: Path) -> None
     await asyncio.to_thread(snapshots.sweep, workspaces, live)
 
 
-async def run(options: OperatorOptions) -> None:
+def _notifier(options: OperatorOptions) -> Notifier:
+    if options.notify_secret_file:
+        secret = Path(options.notify_secret_file).read_bytes().strip()
+    else:
+        secret = secrets.token_bytes(32)
+        log.warning("no --notify-secret-file: approval notifications are signed with a throw-away key")
+    return Notifier(secret, EgressRules.from_env())
+
+
+def _audit_writer(options: OperatorOptions) -> AuditWriter:
+    store = None
+    if options.audit_url:
+        store = AuditStore(options.audit_url)
+        store.migrate()  # once, at start-up, before anything else runs
+    return AuditWriter(store)
+
+
+def _runtime(
+    options: OperatorOptions, connection: kube.Connection, workspaces: Path, notifier: Notifier, audit: AuditWriter
+) -> WorkflowRuntime:
+    """The runtime, with the keys of its options (read once, at start-up)."""
     capabilities = capability_registry.load(include_test=options.test_capabilities)
+    runtime = WorkflowRuntime(connection, capabilities, RuntimeSettings(workspaces=workspaces), notifier, audit)
+    runtime.attestation_key = attestation.load_key(options.attestation_key_file)
+    notifier.signed_urls = lambda namespace: policy_urls(runtime.indexes.policies(), namespace)
+    if options.snapshot_key_file:
+        key = Path(options.snapshot_key_file).read_bytes().strip()
+        runtime.kube.snapshot_cipher = snapshot_cipher(key)
+    else:
+        log.warning("no --snapshot-key-file: steps that change a Secret fail (its snapshot could not be sealed)")
+    return runtime
+
+
+async def run(options: OperatorOptions) -> None:
     if options.operator_namespace:
         custom_capabilities.CREDENTIALS.namespace = options.operator_namespace
     connection = await kube.connect(options.kubeconfig, options.context)
     registry = kopf.OperatorRegistry()
     workspaces = Path(options.workspaces) if options.workspaces else workspaces_from_env()
-    if options.notify_secret_file:
-        secret = Path(options.notify_secret_file).read_bytes().strip()  # noqa: ASYNC240  (once, at start-up)
-    else:
-        secret = secrets.token_bytes(32)
-        log.warning("no --notify-secret-file: approval notifications are signed with a throw-away key")
-    notifier = Notifier(secret, EgressRules.from_env())
-    store = None
-    if options.audit_url:
-        store = AuditStore(options.audit_url)
-        store.migrate()  # once, at start-up, before anything else runs
-    audit = AuditWriter(store)
+    notifier = _notifier(options)
+    audit = _audit_writer(options)
     # Templates that do more than read values render in worker processes that can be stopped.
     sandbox = TemplateSandbox().start()
     templating.install(sandbox)
-    runtime = WorkflowRuntime(connection, capabilities, RuntimeSettings(workspaces=workspaces), notifier, audit)
-    runtime.attestation_key = attestation.load_key(options.attestation_key_file)
-    notifier.signed_urls = lambda namespace: policy_urls(runtime.indexes.policies(), namespace)
-    if options.snapshot_key_file:
-        key = Path(options.snapshot_key_file).read_bytes().strip()  # noqa: ASYNC240  (once, at start-up)
-        runtime.kube.snapshot_cipher = snapshot_cipher(key)
-    else:
-        log.warning("no --snapshot-key-file: steps that change a Secret fail (its snapshot could not be sealed)")
+    runtime = _runtime(options, connection, workspaces, notifier, audit)
     await sweep_snapshots(connection, workspaces)
     bind = handlers.register(registry, runtime)
     agents = transactions.TransactionRuntime(runtime)

@@ -244,13 +244,7 @@ class Runner:
         """Plans and carries out until the workflow is finished and nothing runs (True), or until the
         operator stops (False: parked)."""
         while True:
-            for outcome in self.outcomes:
-                if isinstance(outcome, saga.ActionResult):
-                    self.status = await self._pure(saga.record_action, self.world(), outcome)
-                else:
-                    self.status = await self._pure(saga.record_compensation, self.world(), outcome)
-            self.outcomes.clear()
-            self.wakeup.clear()
+            await self._fold_outcomes()
             if self.host.draining:
                 if await self._park():
                     return False
@@ -263,49 +257,75 @@ class Runner:
             else:
                 self.status = plan.status  # written with the next checkpoint, or within FLUSH_AFTER
                 self.unwritten_since = self.unwritten_since or time.monotonic()
-            for event in plan.events:
-                level = logging.WARNING if event.type is EventType.WARNING else logging.INFO
-                log.log(level, "%s: %s", event.reason, event.message, extra=self._log_context())
-                kopf.event(
-                    self.body,  # type: ignore[arg-type]  # any mapping with metadata will do
-                    type=event.type,
-                    reason=event.reason,
-                    message=event.message,
-                )
-            for step in plan.cancel:
-                if step in self.actions:
-                    self.actions[step].cancel()
-            for action in plan.actions:
-                self.actions[action.step] = asyncio.create_task(self._act(action))
-            for compensation in plan.compensations:
-                self.compensations[compensation.step] = asyncio.create_task(self._compensate(compensation))
-            for request in plan.approvals:
-                if request.name not in self.requested:
-                    try:
-                        created = await approval_objects.create(
-                            self.host.connection, self.ref, request, self.principal.user
-                        )
-                    except approval_objects.ApprovalNameTaken as error:
-                        self.status = saga.record_approval_refused(self.world(), request.step, str(error))
-                        self.wakeup.set()
-                        continue
-                    if created is not None:
-                        approval_objects.announce(self.host.notifier, ApprovalNotice.REQUESTED, created)
-                    self.requested.add(request.name)
-            for expired in plan.expire:
-                expired_body = await approval_objects.expire(self.host.connection, self.ref.namespace, expired.name)
-                approval_objects.announce(self.host.notifier, ApprovalNotice.EXPIRED, expired_body)
+            self._publish(plan.events)
+            self._start(plan)
+            await self._ask_for_approvals(plan)
             if plan.finished and not self.actions and not self.compensations:
                 return True
-            timeout = None
-            if plan.wake_at is not None:
-                timeout = max(0.0, (plan.wake_at - now()).total_seconds())
-            if self.unwritten_since is not None:  # people watching kubectl see progress soon enough
-                flush = max(0.0, FLUSH_AFTER - (time.monotonic() - self.unwritten_since))
-                timeout = flush if timeout is None else min(timeout, flush)
-            if not self.outcomes:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wakeup.wait(), timeout)
+            await self._wait(plan)
+
+    async def _fold_outcomes(self) -> None:
+        """The results that arrived since the last plan, folded into the status (pure)."""
+        for outcome in self.outcomes:
+            if isinstance(outcome, saga.ActionResult):
+                self.status = await self._pure(saga.record_action, self.world(), outcome)
+            else:
+                self.status = await self._pure(saga.record_compensation, self.world(), outcome)
+        self.outcomes.clear()
+        self.wakeup.clear()
+
+    def _publish(self, events: list[saga.Event]) -> None:
+        for event in events:
+            level = logging.WARNING if event.type is EventType.WARNING else logging.INFO
+            log.log(level, "%s: %s", event.reason, event.message, extra=self._log_context())
+            kopf.event(
+                self.body,  # type: ignore[arg-type]  # any mapping with metadata will do
+                type=event.type,
+                reason=event.reason,
+                message=event.message,
+            )
+
+    def _start(self, plan: saga.Plan) -> None:
+        """Cancels the attempts the plan cuts off and starts its attempts and compensations (their status
+        is durable by now, or needs no checkpoint)."""
+        for step in plan.cancel:
+            if step in self.actions:
+                self.actions[step].cancel()
+        for action in plan.actions:
+            self.actions[action.step] = asyncio.create_task(self._act(action))
+        for compensation in plan.compensations:
+            self.compensations[compensation.step] = asyncio.create_task(self._compensate(compensation))
+
+    async def _ask_for_approvals(self, plan: saga.Plan) -> None:
+        """Creates the Approvals the plan asks for (once each) and expires those it says are over."""
+        for request in plan.approvals:
+            if request.name in self.requested:
+                continue
+            try:
+                created = await approval_objects.create(self.host.connection, self.ref, request, self.principal.user)
+            except approval_objects.ApprovalNameTaken as error:
+                self.status = saga.record_approval_refused(self.world(), request.step, str(error))
+                self.wakeup.set()
+                continue
+            if created is not None:
+                approval_objects.announce(self.host.notifier, ApprovalNotice.REQUESTED, created)
+            self.requested.add(request.name)
+        for expired in plan.expire:
+            expired_body = await approval_objects.expire(self.host.connection, self.ref.namespace, expired.name)
+            approval_objects.announce(self.host.notifier, ApprovalNotice.EXPIRED, expired_body)
+
+    async def _wait(self, plan: saga.Plan) -> None:
+        """Until an outcome arrives, the watch brings news, the plan's wake-up time comes, or a deferred
+        transition is due to be written (people watching kubectl see progress soon enough)."""
+        timeout = None
+        if plan.wake_at is not None:
+            timeout = max(0.0, (plan.wake_at - now()).total_seconds())
+        if self.unwritten_since is not None:
+            flush = max(0.0, FLUSH_AFTER - (time.monotonic() - self.unwritten_since))
+            timeout = flush if timeout is None else min(timeout, flush)
+        if not self.outcomes:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wakeup.wait(), timeout)
 
     async def _park(self) -> bool:
         """While the operator stops: nothing is planned (so nothing new starts); the attempts in flight

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from controller.api.workflow import WorkflowPhase
 from controller.localcluster.devenv import DevEnvironment
 from tests.argocd_health import Health, assess, health_script
 from tests.integration.test_governance import decide, wait_phase
@@ -51,14 +52,16 @@ class Scenario:
         ):
             kube.apply(manifest, namespace=self.namespace, as_="bob")
         for name, decision in (("approved", "Approved"), ("rejected", "Rejected")):
-            approval = steps_of(wait_phase(kube, self.namespace, name, "AwaitingApproval"))["gate"]["approval"]
+            approval = steps_of(wait_phase(kube, self.namespace, name, WorkflowPhase.AWAITING_APPROVAL))["gate"][
+                "approval"
+            ]
             code, err = decide(kube, self.namespace, approval, decision, "alice")
             assert code == 0, err
         self.workflows = {
             name: wait_terminal(kube, self.namespace, name)
             for name in ("ok", "undone", "stuck", "approved", "rejected")
         }
-        self.workflows["waiting"] = wait_phase(kube, self.namespace, "waiting", "AwaitingApproval")
+        self.workflows["waiting"] = wait_phase(kube, self.namespace, "waiting", WorkflowPhase.AWAITING_APPROVAL)
         self.after = scrape(operator)
 
     def approval(self, workflow: str) -> dict[str, Any]:

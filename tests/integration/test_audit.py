@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from controller.api.approval import ApprovalPhase
 from controller.api.audit import AuditKind
+from controller.api.workflow import WorkflowPhase
 from controller.audit.store import AuditStore
 from controller.audit.writer import AuditWriter
 from controller.localcluster.cluster import free_port
@@ -185,8 +187,8 @@ def test_the_trail_answers_who_approved_and_what_ran(kube: Kube, namespace: str,
         namespace=namespace,
         as_="bob",
     )
-    obj = wait_phase(kube, namespace, "audited-run", "AwaitingApproval")
-    assert decide(kube, namespace, steps_of(obj)["gate"]["approval"], "Approved", "alice")[0] == 0
+    obj = wait_phase(kube, namespace, "audited-run", WorkflowPhase.AWAITING_APPROVAL)
+    assert decide(kube, namespace, steps_of(obj)["gate"]["approval"], ApprovalPhase.APPROVED, "alice")[0] == 0
     wait_terminal(kube, namespace, "audited-run")
     operator.stop_operator()  # flushes the writer; the next test gets a fresh operator
     operator.start_operator()

@@ -31,7 +31,7 @@ def _chains(prefix: str) -> str:
             wf(
                 f"{prefix}-{i}",
                 write("a", f"{prefix}/{i}-a.txt"),
-                {"name": "pause", "capability": "sys.sleep", "inputs": {"seconds": 2}, "dependsOn": ["a"]},
+                {"name": "pause", "capability": "sys.sleep", "inputs": {"seconds": 5}, "dependsOn": ["a"]},
                 write("b", f"{prefix}/{i}-b.txt", ("pause",)),
             )
             for i in range(WORKFLOWS)
@@ -53,7 +53,8 @@ def _phases(kube: Kube, namespace: str) -> dict[str, str]:
 def _wait_some_running(kube: Kube, namespace: str) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if sum(phase == "Running" for phase in _phases(kube, namespace).values()) >= 10:
+        phases = _phases(kube, namespace).values()
+        if any(phase == "Running" for phase in phases):  # their 5 s pause outlasts the restart's start
             return
         time.sleep(0.3)
     raise AssertionError(f"workflows did not start: {_phases(kube, namespace)}")
@@ -93,19 +94,12 @@ def _check_nothing_lost(kube: Kube, namespace: str, workspace: Path, prefix: str
         assert all(a == 1 for a in attempts.values()), (obj["metadata"]["name"], attempts)
 
 
-def test_api_server_restart_in_the_middle_of_fifty_workflows(
-    kube: Kube, namespace: str, operator: DevEnvironment, workspace: Path
+@pytest.mark.parametrize("component", ["kube-apiserver", "etcd"])
+def test_a_control_plane_restart_in_the_middle_of_fifty_workflows(
+    kube: Kube, namespace: str, operator: DevEnvironment, workspace: Path, component: str
 ) -> None:
-    kube.run("create", "-n", namespace, "-f", "-", as_="bob", stdin=_chains("api"))
+    prefix = component.split("-")[-1]
+    kube.run("create", "-n", namespace, "-f", "-", as_="bob", stdin=_chains(prefix))
     _wait_some_running(kube, namespace)
-    _restart(operator, "kube-apiserver", down_seconds=3)
-    _check_nothing_lost(kube, namespace, workspace, "api")
-
-
-def test_etcd_restart_in_the_middle_of_fifty_workflows(
-    kube: Kube, namespace: str, operator: DevEnvironment, workspace: Path
-) -> None:
-    kube.run("create", "-n", namespace, "-f", "-", as_="bob", stdin=_chains("etcd"))
-    _wait_some_running(kube, namespace)
-    _restart(operator, "etcd", down_seconds=3)
-    _check_nothing_lost(kube, namespace, workspace, "etcd")
+    _restart(operator, component, down_seconds=3)
+    _check_nothing_lost(kube, namespace, workspace, prefix)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from controller.api.workflow import WorkflowPhase
 from tests.httpserver import LoopbackAPI
 from tests.integration.test_saga import steps_of, wait_terminal, wf
 from tests.kube import Kube
@@ -78,7 +79,7 @@ def test_custom_http_capability_runs_and_is_compensated(
         as_="bob",
     )
     obj = wait_terminal(kube, namespace, "custom")
-    assert obj["status"]["phase"] == "Compensated", obj["status"]
+    assert obj["status"]["phase"] == WorkflowPhase.COMPENSATED, obj["status"]
     assert steps_of(obj)["db"]["outputs"]["id"] == "1"
     assert [(m, p) for m, p, _, _ in api.requests if m != "GET"] == [("POST", "/items"), ("DELETE", "/items/1")]
     assert api.items == {}

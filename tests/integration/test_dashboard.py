@@ -15,6 +15,7 @@ from rich.console import Console
 from textual.pilot import Pilot
 from textual.widgets import Static
 
+from controller.api.workflow import WorkflowPhase
 from controller.cli.dashboard.app import Confirm, Dashboard, ReasonPrompt
 from controller.cli.workflows import Kube as CliKube
 from controller.localcluster import processes
@@ -90,7 +91,7 @@ def test_workflows_appear_and_change_live(env: DevEnvironment, kube: Kube, names
         await apply(kube, "approval.yaml", namespace, "bob")
         await until(pilot, lambda: key in rows(app), "row")
         assert app.table.display and not empty.display
-        await until(pilot, lambda: cell(app, key, "phase") == "AwaitingApproval", "AwaitingApproval")
+        await until(pilot, lambda: cell(app, key, "phase") == WorkflowPhase.AWAITING_APPROVAL, "AwaitingApproval")
         assert cell(app, key, "progress").endswith(" 1/3") and cell(app, key, "principal") == "bob"
         assert app.selected == key
         await until(pilot, lambda: "approval-gate.review Pending" in details(app), "the pending approval shown")
@@ -111,7 +112,7 @@ def test_workflows_appear_and_change_live(env: DevEnvironment, kube: Kube, names
             *("-p", json.dumps({"spec": {"decision": "Approved"}})),
             as_="alice",
         )
-        await until(pilot, lambda: cell(app, key, "phase") == "Succeeded", "Succeeded")
+        await until(pilot, lambda: cell(app, key, "phase") == WorkflowPhase.SUCCEEDED, "Succeeded")
         assert cell(app, key, "progress").endswith(" 3/3")
         await until(pilot, lambda: "Approved by alice" in details(app), "the decision in the details")
         await until(pilot, lambda: "Completed=True" in details(app), "the Completed condition")
@@ -129,13 +130,13 @@ def test_an_approver_approves_from_the_dashboard(env: DevEnvironment, kube: Kube
 
     async def scenario(pilot: Pilot[None]) -> None:
         await apply(kube, "approval.yaml", namespace, "bob")
-        await until(pilot, lambda: cell(app, key, "phase") == "AwaitingApproval", "AwaitingApproval")
+        await until(pilot, lambda: cell(app, key, "phase") == WorkflowPhase.AWAITING_APPROVAL, "AwaitingApproval")
         await until(pilot, lambda: f"{namespace}/approval-gate.review" in app.approvals, "the approval")
         await pilot.press("a")
         assert isinstance(app.screen, ReasonPrompt)
         await pilot.press(*"reviewed", "enter")
         await until(pilot, lambda: said(app, "approval approval-gate.review: Approved"), "the confirmation")
-        await until(pilot, lambda: cell(app, key, "phase") == "Succeeded", "Succeeded")
+        await until(pilot, lambda: cell(app, key, "phase") == WorkflowPhase.SUCCEEDED, "Succeeded")
         await until(pilot, lambda: "Approved by alice: reviewed" in details(app), "the decision in the details")
 
     drive(app, scenario)
@@ -150,13 +151,13 @@ def test_a_rejection_compensates(env: DevEnvironment, kube: Kube, namespace: str
 
     async def scenario(pilot: Pilot[None]) -> None:
         await apply(kube, "approval.yaml", namespace, "bob")
-        await until(pilot, lambda: cell(app, key, "phase") == "AwaitingApproval", "AwaitingApproval")
+        await until(pilot, lambda: cell(app, key, "phase") == WorkflowPhase.AWAITING_APPROVAL, "AwaitingApproval")
         await pilot.press("r")
         await pilot.press("escape")  # cancelled: nothing is sent
         assert not isinstance(app.screen, ReasonPrompt)
         assert kube.get("approval", "approval-gate.review", namespace)["spec"]["decision"] == ""
         await pilot.press("r", *"not now", "enter")
-        await until(pilot, lambda: cell(app, key, "phase") == "Compensated", "Compensated")
+        await until(pilot, lambda: cell(app, key, "phase") == WorkflowPhase.COMPENSATED, "Compensated")
         await until(pilot, lambda: "ApprovalRejected" in details(app), "the reason")
 
     drive(app, scenario)
@@ -171,14 +172,14 @@ def test_the_webhook_refuses_a_self_approval_and_the_app_goes_on(
 
     async def scenario(pilot: Pilot[None]) -> None:
         await apply(kube, "approval.yaml", namespace, "admin")
-        await until(pilot, lambda: cell(app, key, "phase") == "AwaitingApproval", "AwaitingApproval")
+        await until(pilot, lambda: cell(app, key, "phase") == WorkflowPhase.AWAITING_APPROVAL, "AwaitingApproval")
         await pilot.press("a", "enter")
         refusal = "admin requested this approval and cannot decide it"
         await until(pilot, lambda: said(app, refusal, "error"), "the webhook's refusal")
         await pilot.press("m")  # the messages screen keeps it after the toast is gone
         assert "Recent messages" in str(app.screen.query(Static).first().content)
         await pilot.press("escape")
-        assert app.is_running and cell(app, key, "phase") == "AwaitingApproval"
+        assert app.is_running and cell(app, key, "phase") == WorkflowPhase.AWAITING_APPROVAL
 
     drive(app, scenario)
     assert kube.get("approval", "approval-gate.review", namespace)["spec"]["decision"] == ""
@@ -191,7 +192,7 @@ def test_rollback_asks_first_then_compensates(env: DevEnvironment, kube: Kube, n
 
     async def scenario(pilot: Pilot[None]) -> None:
         await apply(kube, "hello.yaml", namespace, "bob")
-        await until(pilot, lambda: cell(app, key, "phase") == "Succeeded", "Succeeded")
+        await until(pilot, lambda: cell(app, key, "phase") == WorkflowPhase.SUCCEEDED, "Succeeded")
         assert greeting.exists()
         await pilot.press("R")
         assert isinstance(app.screen, Confirm)
@@ -200,7 +201,7 @@ def test_rollback_asks_first_then_compensates(env: DevEnvironment, kube: Kube, n
         assert "rollback" not in kube.get("wf", "hello", namespace)["spec"]
         await pilot.press("R", "y")
         await until(pilot, lambda: said(app, f"workflow {key}: rollback requested"), "the confirmation")
-        await until(pilot, lambda: cell(app, key, "phase") == "Compensated", "Compensated")
+        await until(pilot, lambda: cell(app, key, "phase") == WorkflowPhase.COMPENSATED, "Compensated")
         assert "RollbackRequested" in details(app) and "rollback requested" in details(app)
         await pilot.press("R")  # a second time: nothing left to roll back, and no dialog
         assert not isinstance(app.screen, Confirm) and said(app, "nothing to roll back", "warning")
@@ -215,7 +216,7 @@ def test_all_namespaces_shows_the_namespace_column(env: DevEnvironment, kube: Ku
 
     async def scenario(pilot: Pilot[None]) -> None:
         await apply(kube, "hello.yaml", namespace, "bob")
-        await until(pilot, lambda: cell(app, key, "phase") == "Succeeded", "Succeeded")
+        await until(pilot, lambda: cell(app, key, "phase") == WorkflowPhase.SUCCEEDED, "Succeeded")
         assert cell(app, key, "namespace") == namespace
         await pilot.press("question_mark")
         assert "roll back the selected workflow" in _text_of_screen(app)
@@ -250,7 +251,7 @@ def test_the_watch_reconnects_after_the_api_server_restarts(env: DevEnvironment,
 
     async def scenario(pilot: Pilot[None]) -> None:
         await asyncio.to_thread(kube.apply, hello, namespace=namespace, as_="bob")
-        await until(pilot, lambda: cell(app, f"{namespace}/hello", "phase") == "Succeeded", "Succeeded")
+        await until(pilot, lambda: cell(app, f"{namespace}/hello", "phase") == WorkflowPhase.SUCCEEDED, "Succeeded")
         await asyncio.to_thread(processes.stop, env.cluster.run / "kube-apiserver.pid", "kube-apiserver")
         await until(pilot, lambda: said(app, "lost the API server", "warning"), "the lost connection")
         # From this thread, not a worker thread: the API server dies with the thread that started it
@@ -259,8 +260,10 @@ def test_the_watch_reconnects_after_the_api_server_restarts(env: DevEnvironment,
         await until(pilot, lambda: said(app, "workflows: connected again"), "the reconnection", within=90)
         again = hello.replace("name: hello", "name: hello-again")
         await asyncio.to_thread(kube.apply, again, namespace=namespace, as_="bob")
-        await until(pilot, lambda: cell(app, f"{namespace}/hello-again", "phase") == "Succeeded", "the new one", 90)
-        assert app.is_running and cell(app, f"{namespace}/hello", "phase") == "Succeeded"
+        await until(
+            pilot, lambda: cell(app, f"{namespace}/hello-again", "phase") == WorkflowPhase.SUCCEEDED, "the new one", 90
+        )
+        assert app.is_running and cell(app, f"{namespace}/hello", "phase") == WorkflowPhase.SUCCEEDED
 
     drive(app, scenario)
 

@@ -8,25 +8,11 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from controller.localcluster import processes
 from controller.localcluster.devenv import DevEnvironment
-from tests.integration.test_saga import ledger, steps_of, wait_terminal, wf, write
+from tests.integration.test_saga import _lines, ledger, steps_of, wait_terminal, wf, write
 from tests.kube import Kube
-
-
-@pytest.fixture
-def restartable(operator: DevEnvironment) -> Iterator[DevEnvironment]:
-    yield operator
-    operator.start_operator()  # whatever the test did, the next test has an operator
-
-
-def _lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
 
 
 def test_sigterm_in_the_middle_of_a_slow_step_lets_it_finish_and_rolls_nothing_back(

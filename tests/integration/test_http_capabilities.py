@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from controller.api.workflow import WorkflowPhase
 from controller.localcluster.devenv import DevEnvironment
 from tests.httpserver import LoopbackAPI
 from tests.integration.test_saga import _kill_operator, steps_of, wait_terminal, wf
@@ -51,7 +52,7 @@ def test_post_then_failure_compensates_with_the_declared_delete(
         as_="bob",
     )
     obj = wait_terminal(kube, namespace, "http-saga")
-    assert obj["status"]["phase"] == "Compensated", obj["status"]
+    assert obj["status"]["phase"] == WorkflowPhase.COMPENSATED, obj["status"]
     s = steps_of(obj)
     assert s["check"]["outputs"]["json"] == {"size": "medium"}
     assert api.items == {}  # created, then deleted by the compensation
@@ -88,7 +89,7 @@ def test_ssrf_is_refused(kube: Kube, namespace: str, operator: DevEnvironment, a
     }[target]
     kube.apply(wf("ssrf", _get("probe", url)), namespace=namespace, as_="bob")
     obj = wait_terminal(kube, namespace, "ssrf")
-    assert obj["status"]["phase"] == "Failed"
+    assert obj["status"]["phase"] == WorkflowPhase.FAILED
     error = steps_of(obj)["probe"]["error"]
     assert "refused by the egress rules" in error, error
 
@@ -122,7 +123,7 @@ def test_secret_references_are_resolved_as_the_principal_and_never_stored(
     }
     kube.apply(wf("with-secret", step), namespace=namespace, as_="admin")
     obj = wait_terminal(kube, namespace, "with-secret")
-    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    assert obj["status"]["phase"] == WorkflowPhase.SUCCEEDED, obj["status"]
     assert api.requests[-1][2]["Authorization"] == "s3cr3t-value"
     everything = kube.run("get", "wf,events,approvals", "-n", namespace, "-o", "json").stdout
     assert "s3cr3t-value" not in everything
@@ -131,12 +132,6 @@ def test_secret_references_are_resolved_as_the_principal_and_never_stored(
     kube.apply(wf("bobs-secret", step), namespace=namespace, as_="bob")
     obj = wait_terminal(kube, namespace, "bobs-secret")
     assert 'User "bob" cannot get resource "secrets"' in steps_of(obj)["call"]["error"]
-
-
-@pytest.fixture
-def restartable(operator: DevEnvironment) -> Iterator[DevEnvironment]:
-    yield operator
-    operator.start_operator()  # whatever the test did, the next test has an operator
 
 
 def test_crash_during_an_idempotent_http_step_runs_it_again_with_the_same_key(

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from controller.api.workflow import WorkflowPhase
 from tests.integration.test_saga import steps_of, wait_terminal, wf
 from tests.kube import Kube
 
@@ -78,7 +79,7 @@ def test_apply_as_the_principal_and_compensate_by_deleting(
         as_="agent",
     )
     obj = wait_terminal(kube, NS, name)
-    assert obj["status"]["phase"] == "Compensated", obj["status"]
+    assert obj["status"]["phase"] == WorkflowPhase.COMPENSATED, obj["status"]
     s = steps_of(obj)
     assert s["apply"]["outputs"]["created"] is True and s["apply"]["outputs"]["namespace"] == NS
     assert s["read"]["outputs"]["object"]["data"] == {"mode": "fast"}
@@ -109,7 +110,7 @@ def test_patch_is_undone_by_restoring_the_previous_object(
         as_="agent",
     )
     obj = wait_terminal(kube, NS, name)
-    assert obj["status"]["phase"] == "Compensated", obj["status"]
+    assert obj["status"]["phase"] == WorkflowPhase.COMPENSATED, obj["status"]
     data = kube.get("configmap", cm, NS)["data"]
     assert data == {"replicas": "2"}
 
@@ -132,7 +133,7 @@ def test_missing_permission_is_a_clear_step_error(
         as_="agent",
     )
     obj = wait_terminal(kube, NS, name)
-    assert obj["status"]["phase"] == "Failed"
+    assert obj["status"]["phase"] == WorkflowPhase.FAILED
     error = steps_of(obj)["escape"]["error"]
     assert 'User "system:serviceaccount:agents:planner" cannot get resource "configmaps"' in error
     assert 'in the namespace "default"' in error
@@ -167,7 +168,7 @@ def test_wait_for_a_field(kube: Kube, operator: object, agent_may_edit_configmap
         as_="agent",
     )
     obj = wait_terminal(kube, NS, name, timeout=40)
-    assert obj["status"]["phase"] == "Succeeded"
+    assert obj["status"]["phase"] == WorkflowPhase.SUCCEEDED
     assert steps_of(obj)["until-ready"]["outputs"]["waitedSeconds"] >= 1.0
 
 
@@ -193,7 +194,7 @@ def test_delete_needs_approval_and_is_undone_by_re_creating(
         "wf",
         name,
         NS,
-        lambda o: o.get("status", {}).get("phase") == "AwaitingApproval",
+        lambda o: o.get("status", {}).get("phase") == WorkflowPhase.AWAITING_APPROVAL,
         what="AwaitingApproval (k8s.delete is HIGH risk)",
     )
     approval = steps_of(obj)["remove"]["approval"]
@@ -202,7 +203,7 @@ def test_delete_needs_approval_and_is_undone_by_re_creating(
         "patch", "approval", approval, "-n", NS, "--type=merge", "-p", '{"spec":{"decision":"Approved"}}', as_="alice"
     )
     obj = wait_terminal(kube, NS, name)
-    assert obj["status"]["phase"] == "Compensated", obj["status"]
+    assert obj["status"]["phase"] == WorkflowPhase.COMPENSATED, obj["status"]
     assert steps_of(obj)["remove"]["outputs"] == {"existed": True}
     assert kube.get("configmap", cm, NS)["data"] == {"keep": "me"}  # re-created from the snapshot
 
@@ -230,7 +231,7 @@ def test_the_operator_runs_on_a_service_account_token_as_in_a_pod(
             as_="agent",
         )
         obj = wait_terminal(kube, NS, name)
-        assert obj["status"]["phase"] == "Succeeded", obj["status"]["steps"]
+        assert obj["status"]["phase"] == WorkflowPhase.SUCCEEDED, obj["status"]["steps"]
         assert obj["metadata"]["annotations"]["aifirst.dev/principal"] == "system:serviceaccount:agents:planner"
         created = kube.get("configmap", cm, NS)
         assert created["data"] == {"mode": "t"}

@@ -6,6 +6,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from controller.api.workflow import StepPhase, WorkflowPhase
 from controller.localcluster.devenv import DevEnvironment
 from tests.integration.test_saga import wait_terminal, wf, write
 from tests.kube import Kube
@@ -47,7 +48,9 @@ def test_metrics_follow_workflows(kube: Kube, namespace: str, operator: DevEnvir
     kube.apply(wf("m-wait", {"name": "gate", "type": "Approval"}), namespace=namespace, as_="bob")
     wait_terminal(kube, namespace, "m-ok")
     wait_terminal(kube, namespace, "m-comp")
-    kube.wait_for("wf", "m-wait", namespace, lambda o: o.get("status", {}).get("phase") == "AwaitingApproval")
+    kube.wait_for(
+        "wf", "m-wait", namespace, lambda o: o.get("status", {}).get("phase") == WorkflowPhase.AWAITING_APPROVAL
+    )
     after = scrape(operator)
 
     def delta(name: str, **labels: str) -> float:
@@ -87,9 +90,9 @@ def test_side_effect_free_steps_ride_along_with_the_next_checkpoint(
     before = scrape(operator)
     kube.apply(wf("pure-chain", *chain), namespace=namespace, as_="bob")
     obj = wait_terminal(kube, namespace, "pure-chain")
-    assert obj["status"]["phase"] == "Succeeded"
+    assert obj["status"]["phase"] == WorkflowPhase.SUCCEEDED
     writes = value(scrape(operator), "airun_status_writes_total") - value(before, "airun_status_writes_total")
     # Start, the checkpoint before the side-effecting step (carrying the ten pure steps), its result; maybe one
     # time-based flush. Eleven steps, far fewer than eleven writes.
     assert 3 <= writes <= 5, writes
-    assert all(s["phase"] == "Succeeded" for s in obj["status"]["steps"])
+    assert all(s["phase"] == StepPhase.SUCCEEDED for s in obj["status"]["steps"])

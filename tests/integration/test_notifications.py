@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from controller.api.approval import ApprovalPhase
+from controller.api.workflow import WorkflowPhase
 from controller.localcluster.devenv import DevEnvironment
 from controller.operator.notify import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from tests.integration.test_governance import decide, policy, wait_phase
@@ -67,7 +69,7 @@ def test_requested_and_decided_are_announced_and_signed(
     time.sleep(0.5)
     step = {"name": "gate", "capability": "io.fs.write_file", "inputs": {"path": "a.txt", "content": "x"}}
     kube.apply(wf("notified", step), namespace=namespace, as_="bob")
-    obj = wait_phase(kube, namespace, "notified", "AwaitingApproval")
+    obj = wait_phase(kube, namespace, "notified", WorkflowPhase.AWAITING_APPROVAL)
     name = steps_of(obj)["gate"]["approval"]
     first = receiver.wait(1)[0]
     assert "Approval requested by bob" in first["text"] and "io.fs.write_file" in first["text"]
@@ -76,8 +78,8 @@ def test_requested_and_decided_are_announced_and_signed(
     secret = operator.notify_secret().read_bytes().strip()
     assert headers[SIGNATURE_HEADER] == sign(secret, headers[TIMESTAMP_HEADER], body)
 
-    assert decide(kube, namespace, name, "Approved", "alice")[0] == 0
-    assert wait_terminal(kube, namespace, "notified")["status"]["phase"] == "Succeeded"
+    assert decide(kube, namespace, name, ApprovalPhase.APPROVED, "alice")[0] == 0
+    assert wait_terminal(kube, namespace, "notified")["status"]["phase"] == WorkflowPhase.SUCCEEDED
     second = receiver.wait(2)[1]
     assert second["airun"]["event"] == "decided" and second["airun"]["decidedBy"] == "alice"
     assert "approved by alice" in second["text"]
@@ -87,10 +89,10 @@ def test_a_failing_receiver_is_recorded_and_does_not_block(kube: Kube, namespace
     failing = Receiver(status=500)
     try:
         kube.apply(gated(failing.url), namespace=namespace, as_="bob")
-        obj = wait_phase(kube, namespace, "notified", "AwaitingApproval")
+        obj = wait_phase(kube, namespace, "notified", WorkflowPhase.AWAITING_APPROVAL)
         name = steps_of(obj)["gate"]["approval"]
-        assert decide(kube, namespace, name, "Approved", "alice")[0] == 0
-        assert wait_terminal(kube, namespace, "notified")["status"]["phase"] == "Succeeded"
+        assert decide(kube, namespace, name, ApprovalPhase.APPROVED, "alice")[0] == 0
+        assert wait_terminal(kube, namespace, "notified")["status"]["phase"] == WorkflowPhase.SUCCEEDED
         kube.wait_for("approval", name, namespace, lambda o: True)
         events = kube.events_of(name, namespace, contains="NotificationFailed")
         assert "NotificationFailed" in events
@@ -102,7 +104,7 @@ def test_a_failing_receiver_is_recorded_and_does_not_block(kube: Kube, namespace
 def test_notifications_never_reach_the_control_plane(kube: Kube, namespace: str, operator: DevEnvironment) -> None:
     url = f"https://127.0.0.1:{operator.cluster.ports.apiserver}/api"
     kube.apply(gated(url), namespace=namespace, as_="bob")
-    obj = wait_phase(kube, namespace, "notified", "AwaitingApproval")
+    obj = wait_phase(kube, namespace, "notified", WorkflowPhase.AWAITING_APPROVAL)
     name = steps_of(obj)["gate"]["approval"]
     message = kube.events_of(name, namespace, field="message", contains="control plane")
     assert "refused by the egress rules" in message and "control plane" in message

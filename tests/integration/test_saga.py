@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from controller.api.workflow import TERMINAL_PHASES
+from controller.api.workflow import TERMINAL_PHASES, Reason, StepPhase, WorkflowPhase
 from controller.localcluster import processes
 from controller.localcluster.devenv import DevEnvironment
 from tests.kube import Kube
@@ -81,7 +80,7 @@ def test_parallel_branches_overlap(kube: Kube, namespace: str, workspace: Path) 
         as_="bob",
     )
     obj = wait_terminal(kube, namespace, "par")
-    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    assert obj["status"]["phase"] == WorkflowPhase.SUCCEEDED, obj["status"]
     s = steps_of(obj)
     assert s["left"]["startedAt"] < s["right"]["finishedAt"] and s["right"]["startedAt"] < s["left"]["finishedAt"]
     assert s["join"]["startedAt"] >= max(s["left"]["finishedAt"], s["right"]["finishedAt"])
@@ -107,7 +106,7 @@ def test_step_three_of_four_fails_and_steps_two_then_one_are_compensated(
     )
     obj = wait_terminal(kube, namespace, "saga")
     status = obj["status"]
-    assert status["phase"] == "Compensated" and status["reason"] == "StepFailed"
+    assert status["phase"] == WorkflowPhase.COMPENSATED and status["reason"] == Reason.STEP_FAILED
     s = steps_of(obj)
     assert [s[n]["phase"] for n in ("s1", "s2", "s3", "s4")] == ["Compensated", "Compensated", "Failed", "Skipped"]
     assert s["s2"]["compensation"]["finishedAt"] <= s["s1"]["compensation"]["startedAt"]
@@ -134,7 +133,7 @@ def test_fails_twice_then_succeeds_on_the_third_attempt(kube: Kube, namespace: s
         as_="bob",
     )
     obj = wait_terminal(kube, namespace, "flaky")
-    assert obj["status"]["phase"] == "Succeeded"
+    assert obj["status"]["phase"] == WorkflowPhase.SUCCEEDED
     assert steps_of(obj)["f"]["attempts"] == 3 and steps_of(obj)["f"]["outputs"] == {"attempt": 3}
 
 
@@ -153,7 +152,7 @@ def test_retry_exhaustion(kube: Kube, namespace: str, operator: object) -> None:
         as_="bob",
     )
     obj = wait_terminal(kube, namespace, "exhausted")
-    assert obj["status"]["phase"] == "Failed" and obj["status"]["reason"] == "StepFailed"
+    assert obj["status"]["phase"] == WorkflowPhase.FAILED and obj["status"]["reason"] == Reason.STEP_FAILED
     assert steps_of(obj)["f"]["attempts"] == 2
     assert "failed after 2 attempts" in obj["status"]["message"]
 
@@ -174,7 +173,7 @@ def test_step_timeout(kube: Kube, namespace: str, operator: object) -> None:
         as_="bob",
     )
     obj = wait_terminal(kube, namespace, "slow", timeout=20)
-    assert obj["status"]["phase"] == "Failed"
+    assert obj["status"]["phase"] == WorkflowPhase.FAILED
     assert "timed out after 1" in steps_of(obj)["f"]["error"]
 
 
@@ -190,17 +189,19 @@ def test_workflow_timeout_compensates(kube: Kube, namespace: str, workspace: Pat
         as_="bob",
     )
     obj = wait_terminal(kube, namespace, "deadline", timeout=30)
-    assert obj["status"]["phase"] == "Compensated" and obj["status"]["reason"] == "Timeout"
+    assert obj["status"]["phase"] == WorkflowPhase.COMPENSATED and obj["status"]["reason"] == Reason.TIMEOUT
     assert not (workspace / "w.txt").exists()
 
 
 def test_rollback_of_a_succeeded_workflow(kube: Kube, namespace: str, workspace: Path) -> None:
     kube.apply(wf("rb", write("a", "a.txt"), write("b", "b.txt", ("a",))), namespace=namespace, as_="bob")
-    assert wait_terminal(kube, namespace, "rb")["status"]["phase"] == "Succeeded"
+    assert wait_terminal(kube, namespace, "rb")["status"]["phase"] == WorkflowPhase.SUCCEEDED
     assert (workspace / "b.txt").exists()
     kube.run("patch", "wf", "rb", "-n", namespace, "--type=merge", "-p", '{"spec":{"rollback":true}}', as_="bob")
-    obj = kube.wait_for("wf", "rb", namespace, lambda o: o["status"]["phase"] == "Compensated", what="Compensated")
-    assert obj["status"]["reason"] == "RollbackRequested"
+    obj = kube.wait_for(
+        "wf", "rb", namespace, lambda o: o["status"]["phase"] == WorkflowPhase.COMPENSATED, what="Compensated"
+    )
+    assert obj["status"]["reason"] == Reason.ROLLBACK_REQUESTED
     assert not (workspace / "a.txt").exists() and not (workspace / "b.txt").exists()
 
 
@@ -218,7 +219,9 @@ def test_deleting_a_running_workflow_compensates_it_first(kube: Kube, namespace:
         "wf",
         "gone",
         namespace,
-        lambda o: steps_of(o).get("nap", {}).get("phase") == "Running" if o.get("status", {}).get("steps") else False,
+        lambda o: (
+            steps_of(o).get("nap", {}).get("phase") == StepPhase.RUNNING if o.get("status", {}).get("steps") else False
+        ),
         what="nap running",
     )
     assert (workspace / "a.txt").exists()
@@ -236,12 +239,6 @@ def _kill_operator(env: DevEnvironment) -> None:
     deadline = time.monotonic() + 10
     while processes.alive(env.operator_pid, "controller") and time.monotonic() < deadline:
         time.sleep(0.05)
-
-
-@pytest.fixture
-def restartable(operator: DevEnvironment) -> Iterator[DevEnvironment]:
-    yield operator
-    operator.start_operator()  # whatever the test did, the next test has an operator
 
 
 def _lines(path: Path) -> list[str]:
@@ -275,7 +272,7 @@ def test_crash_idempotent_step_runs_again_with_the_same_key(
     kube: Kube, namespace: str, workspace: Path, restartable: DevEnvironment
 ) -> None:
     obj = _crash_during_middle_step(kube, namespace, workspace, restartable, "crash-idem", "test.ledger.record")
-    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    assert obj["status"]["phase"] == WorkflowPhase.SUCCEEDED, obj["status"]
     key = steps_of(obj)["middle"]["idempotencyKey"]
     starts = _lines(workspace / "ledgers" / "book.starts")
     assert [line.split()[0] for line in starts] == [key, key]  # ran again, with the same key
@@ -290,10 +287,10 @@ def test_crash_non_idempotent_step_ends_in_doubt_and_is_compensated(
 ) -> None:
     obj = _crash_during_middle_step(kube, namespace, workspace, restartable, "crash-once", "test.ledger.append")
     status = obj["status"]
-    assert status["phase"] == "Compensated" and status["reason"] == "InDoubt", status
+    assert status["phase"] == WorkflowPhase.COMPENSATED and status["reason"] == Reason.IN_DOUBT, status
     s = steps_of(obj)
-    assert s["middle"].get("inDoubt") is True and s["middle"]["phase"] == "Compensated"
-    assert s["before"]["phase"] == "Compensated" and s["after"]["phase"] == "Skipped"
+    assert s["middle"].get("inDoubt") is True and s["middle"]["phase"] == StepPhase.COMPENSATED
+    assert s["before"]["phase"] == StepPhase.COMPENSATED and s["after"]["phase"] == StepPhase.SKIPPED
     key = s["middle"]["idempotencyKey"]
     assert len(_lines(workspace / "ledgers" / "book.starts")) == 1  # never run twice
     assert _lines(workspace / "ledgers" / "book.log") == []  # whatever happened was undone
@@ -322,7 +319,11 @@ def test_rollback_right_after_success_is_never_lost(kube: Kube, namespace: str, 
     for i in range(5):
         kube.apply(wf(f"quick-{i}", write("a", f"quick-{i}.txt")), namespace=namespace, as_="bob")
         kube.wait_for(
-            "wf", f"quick-{i}", namespace, lambda o: o.get("status", {}).get("phase") == "Succeeded", what="Succeeded"
+            "wf",
+            f"quick-{i}",
+            namespace,
+            lambda o: o.get("status", {}).get("phase") == WorkflowPhase.SUCCEEDED,
+            what="Succeeded",
         )
         kube.run("patch", "wf", f"quick-{i}", "-n", namespace, "--type=merge", "-p", '{"spec":{"rollback":true}}')
     for i in range(5):
@@ -330,7 +331,7 @@ def test_rollback_right_after_success_is_never_lost(kube: Kube, namespace: str, 
             "wf",
             f"quick-{i}",
             namespace,
-            lambda o: o["status"]["phase"] == "Compensated",
+            lambda o: o["status"]["phase"] == WorkflowPhase.COMPENSATED,
             what="Compensated",
             timeout=20,
         )

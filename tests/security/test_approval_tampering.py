@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from controller.api.workflow import WorkflowPhase
 from controller.localcluster.devenv import DevEnvironment
 from tests.integration.test_governance import delete, policy, wait_phase
 from tests.integration.test_saga import steps_of, wf, write
@@ -27,7 +28,7 @@ def gated(kube: Kube, namespace: str, operator: DevEnvironment) -> str:
     )
     time.sleep(0.5)  # the operator's policy index follows the watch
     kube.apply(wf("gated", write("a", "a.txt"), delete("rm", "a.txt", ("a",))), namespace=namespace, as_="bob")
-    name: str = steps_of(wait_phase(kube, namespace, "gated", "AwaitingApproval"))["rm"]["approval"]
+    name: str = steps_of(wait_phase(kube, namespace, "gated", WorkflowPhase.AWAITING_APPROVAL))["rm"]["approval"]
     return name
 
 

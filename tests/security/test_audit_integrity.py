@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from controller.api.audit import AuditKind
+from controller.api.workflow import WorkflowPhase
 from controller.audit.store import AuditStore
 from controller.audit.writer import AuditWriter
 from controller.localcluster.devenv import DevEnvironment
@@ -61,7 +62,7 @@ def test_huge_output_fills_the_audit_volume_bounded_to_a_digest(
     step = {"name": "fetch", "capability": "net.http.get", "inputs": {"url": url, "maxResponseBytes": BIG}}
     kube.apply(wf("huge", step), namespace=namespace)
     obj = wait_terminal(kube, namespace, "huge", timeout=90)
-    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    assert obj["status"]["phase"] == WorkflowPhase.SUCCEEDED, obj["status"]
     assert len(json.dumps(steps_of(obj)["fetch"].get("outputs") or {})) < RECORD_LIMIT  # status stays small
     records = [r.as_dict() for r in AuditStore(operator.audit_url).records(namespace=namespace, workflow="huge")]
     finished = next(r for r in records if r["kind"] == "step.finished")
@@ -124,7 +125,7 @@ def test_long_principal_overflows_the_store(
         "--as", user, "--as-group", "system:masters", "apply", "-n", namespace, "-f", "-", stdin=json.dumps(manifest)
     )
     obj = wait_terminal(kube, namespace, "long-principal")
-    assert obj["status"]["principal"] == user and obj["status"]["phase"] == "Succeeded"
+    assert obj["status"]["principal"] == user and obj["status"]["phase"] == WorkflowPhase.SUCCEEDED
     trail = [r.as_dict() for r in AuditStore(operator.audit_url).records(namespace=namespace)]
     assert trail and all(r["principal"] == user for r in trail)
     # The same records in PostgreSQL, the production store (VARCHAR(253) refused them).

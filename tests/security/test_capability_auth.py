@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from controller.api.workflow import WorkflowPhase
 from tests.httpserver import LoopbackAPI
 from tests.integration.test_custom_capabilities import capability
 from tests.integration.test_saga import steps_of, wait_terminal, wf
@@ -78,7 +79,7 @@ def test_capability_endpoint_authenticates_the_operator(
     ]
     kube.apply(wf("authenticated", *steps), namespace=namespace, as_="bob")
     obj = wait_terminal(kube, namespace, "authenticated")
-    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    assert obj["status"]["phase"] == WorkflowPhase.SUCCEEDED, obj["status"]
     s = steps_of(obj)
 
     method, _, headers, body = next(r for r in api.requests if r[1] == "/items")

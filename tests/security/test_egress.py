@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from controller.api.workflow import WorkflowPhase
 from controller.localcluster.devenv import DevEnvironment
 from controller.operator.notify import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from tests.integration.test_governance import wait_phase
@@ -38,7 +39,7 @@ def test_notification_to_a_metadata_address_is_refused_and_nothing_sent(
     kube: Kube, namespace: str, operator: DevEnvironment
 ) -> None:
     kube.apply(gated("http://100.100.100.200/hook"), namespace=namespace, as_="bob")
-    obj = wait_phase(kube, namespace, "notified", "AwaitingApproval")
+    obj = wait_phase(kube, namespace, "notified", WorkflowPhase.AWAITING_APPROVAL)
     name = steps_of(obj)["gate"]["approval"]
     message = kube.events_of(name, namespace, field="message", contains="refused")
     assert "refused by the egress rules" in message and "metadata" in message, message
@@ -48,7 +49,7 @@ def test_notification_to_an_author_chosen_url_is_not_signed(
     kube: Kube, namespace: str, operator: DevEnvironment, receiver: Receiver
 ) -> None:
     kube.apply(gated(receiver.url), namespace=namespace, as_="bob")
-    wait_phase(kube, namespace, "notified", "AwaitingApproval")
+    wait_phase(kube, namespace, "notified", WorkflowPhase.AWAITING_APPROVAL)
     receiver.wait(1)
     headers, _ = receiver.messages[0]
     assert SIGNATURE_HEADER not in headers and TIMESTAMP_HEADER in headers

@@ -8,6 +8,7 @@ import time
 
 import yaml
 
+from controller.api.workflow import Reason, WorkflowPhase
 from controller.localcluster.devenv import DevEnvironment
 from tests.integration.test_governance import policy
 from tests.integration.test_saga import wait_terminal, wf, write
@@ -38,7 +39,7 @@ def test_forged_principal_annotations_while_the_webhooks_are_deleted_never_run(
             kube.apply(manifest, namespace=namespace, as_="bob")
     for name in forged:
         obj = wait_terminal(kube, namespace, name)
-        assert obj["status"]["phase"] == "Failed" and obj["status"]["reason"] == "Unattested", name
+        assert obj["status"]["phase"] == WorkflowPhase.FAILED and obj["status"]["reason"] == Reason.UNATTESTED, name
         assert "create it again" in obj["status"]["message"]
         assert obj["status"].get("principal") in (None, ""), f"{name} ran as {obj['status'].get('principal')}"
         assert not (operator.workspaces / namespace / f"{name}.txt").exists()
@@ -69,5 +70,5 @@ def test_group_with_a_comma_cannot_become_system_masters(kube: Kube, namespace: 
     obj = wait_terminal(kube, namespace, "comma")
     groups = json.loads(obj["metadata"]["annotations"]["aifirst.dev/principal-groups"])
     assert "x,system:masters" in groups and "system:masters" not in groups
-    assert obj["status"]["reason"] == "PolicyDenied", "the comma made bob a member of system:masters"
+    assert obj["status"]["reason"] == Reason.POLICY_DENIED, "the comma made bob a member of system:masters"
     assert not (operator.workspaces / namespace / "comma.txt").exists()

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from controller.api.approval import ApprovalPhase
+from controller.api.workflow import Decision, Reason, StepPhase, WorkflowPhase
 from controller.localcluster.devenv import DevEnvironment
 from tests.integration.test_governance import decide, policy, wait_phase
 from tests.integration.test_saga import steps_of, wait_terminal, wf, write
@@ -49,8 +51,8 @@ def test_compensation_denied_by_policy_refuses_its_step_before_it_runs(
     )
     obj = wait_terminal(kube, namespace, "undo-denied")
     a = steps_of(obj)["a"]
-    assert obj["status"]["reason"] == "PolicyDenied", obj["status"]
-    assert a["phase"] == "Failed" and a["decision"] == "DENY" and a.get("attempts", 0) == 0
+    assert obj["status"]["reason"] == Reason.POLICY_DENIED, obj["status"]
+    assert a["phase"] == StepPhase.FAILED and a["decision"] == Decision.DENY and a.get("attempts", 0) == 0
     assert "its compensation io.fs.delete" in a["error"] and "no-deletes rule 0: DENY" in a["error"]
     assert not (workspace / "a.txt").exists()
 
@@ -61,14 +63,16 @@ def test_compensation_denied_after_its_step_ran_never_runs(kube: Kube, namespace
         namespace=namespace,
         as_="bob",
     )
-    obj = wait_phase(kube, namespace, "denied-later", "AwaitingApproval")
+    obj = wait_phase(kube, namespace, "denied-later", WorkflowPhase.AWAITING_APPROVAL)
     assert (workspace / "a.txt").read_text() == "a"
     deny_deletes(kube, namespace)  # the policy changes between the step and its compensation
-    assert decide(kube, namespace, steps_of(obj)["gate"]["approval"], "Approved", "alice")[0] == 0
+    assert decide(kube, namespace, steps_of(obj)["gate"]["approval"], ApprovalPhase.APPROVED, "alice")[0] == 0
     obj = wait_terminal(kube, namespace, "denied-later")
     status, a = obj["status"], steps_of(obj)["a"]
-    assert status["phase"] == "CompensationFailed", status
-    assert a["compensation"]["phase"] == "CompensationFailed" and a["compensation"]["decision"] == "DENY"
+    assert status["phase"] == WorkflowPhase.COMPENSATION_FAILED, status
+    assert (
+        a["compensation"]["phase"] == StepPhase.COMPENSATION_FAILED and a["compensation"]["decision"] == Decision.DENY
+    )
     assert "compensation io.fs.delete denied by policy" in a["compensation"]["error"]
     assert a["compensation"].get("attempts", 0) == 0
     assert (workspace / "a.txt").read_text() == "a"  # the delete never ran
@@ -78,14 +82,17 @@ def test_compensation_denied_after_its_step_ran_never_runs(kube: Kube, namespace
 
 def test_compensation_denied_at_rollback_never_runs(kube: Kube, namespace: str, workspace: Path) -> None:
     kube.apply(wf("rolled", write("a", "a.txt", compensation=UNDO_BY_DELETE)), namespace=namespace, as_="bob")
-    assert wait_terminal(kube, namespace, "rolled")["status"]["phase"] == "Succeeded"
+    assert wait_terminal(kube, namespace, "rolled")["status"]["phase"] == WorkflowPhase.SUCCEEDED
     deny_deletes(kube, namespace)
     kube.run("patch", "wf", "rolled", "-n", namespace, "--type=merge", "-p", json.dumps({"spec": {"rollback": True}}))
     obj = kube.wait_for(
         "wf",
         "rolled",
         namespace,
-        lambda o: o["status"].get("reason") == "RollbackRequested" and o["status"]["phase"] == "CompensationFailed",
+        lambda o: (
+            o["status"].get("reason") == Reason.ROLLBACK_REQUESTED
+            and o["status"]["phase"] == WorkflowPhase.COMPENSATION_FAILED
+        ),
         what="a refused rollback",
     )
     assert "compensation io.fs.delete denied by policy" in steps_of(obj)["a"]["compensation"]["error"]
@@ -99,7 +106,7 @@ def test_compensation_inputs_that_fail_its_schema_never_run(kube: Kube, namespac
     )
     obj = wait_terminal(kube, namespace, "bad-undo")
     compensation = steps_of(obj)["a"]["compensation"]
-    assert obj["status"]["phase"] == "CompensationFailed", obj["status"]
+    assert obj["status"]["phase"] == WorkflowPhase.COMPENSATION_FAILED, obj["status"]
     assert "compensation inputs do not match io.fs.delete" in compensation["error"]
     assert "'recursive' was unexpected" in compensation["error"]
     assert (workspace / "a.txt").read_text() == "a"
@@ -117,16 +124,16 @@ def test_compensation_that_needs_approval_is_asked_for_by_its_steps_approval(
         namespace=namespace,
         as_="bob",
     )
-    obj = wait_phase(kube, namespace, "undo-asked", "AwaitingApproval")
+    obj = wait_phase(kube, namespace, "undo-asked", WorkflowPhase.AWAITING_APPROVAL)
     assert not (workspace / "a.txt").exists()  # the step waits: its undo needs a person
     name = steps_of(obj)["a"]["approval"]
     approval = kube.get("approval", name, namespace)
     assert approval["spec"]["capability"] == "io.fs.write_file"
     assert approval["spec"]["compensation"] == {"capability": "io.fs.delete", "riskLevel": "MEDIUM"}
     assert "also approves its compensation io.fs.delete" in approval["spec"]["message"]
-    assert decide(kube, namespace, name, "Approved", "alice")[0] == 0
+    assert decide(kube, namespace, name, ApprovalPhase.APPROVED, "alice")[0] == 0
     obj = wait_terminal(kube, namespace, "undo-asked")
     a = steps_of(obj)["a"]
-    assert obj["status"]["phase"] == "Compensated", obj["status"]
-    assert a["compensation"]["approved"] is True and a["compensation"]["decision"] == "REQUIRE_APPROVAL"
+    assert obj["status"]["phase"] == WorkflowPhase.COMPENSATED, obj["status"]
+    assert a["compensation"]["approved"] is True and a["compensation"]["decision"] == Decision.REQUIRE_APPROVAL
     assert not (workspace / "a.txt").exists()

@@ -5,13 +5,13 @@ the real operator process: none of them may leave a workflow without a phase, st
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from controller.api.workflow import Reason, WorkflowPhase
 from controller.localcluster.devenv import DevEnvironment
 from tests.integration.test_saga import _kill_operator, steps_of, wait_terminal, wf, write
 from tests.kube import Kube
@@ -20,12 +20,6 @@ from tests.kube import Kube
 @pytest.fixture
 def workspace(operator: DevEnvironment, namespace: str) -> Path:
     return operator.workspaces / namespace
-
-
-@pytest.fixture
-def restartable(operator: DevEnvironment) -> Iterator[DevEnvironment]:
-    yield operator
-    operator.start_operator()  # whatever the test did, the next test has an operator
 
 
 # Loops 10^10 times and prints nothing: only a time limit stops it (the output cap never fires).
@@ -50,8 +44,8 @@ def test_huge_int_template_leaves_the_workflow_without_a_phase(kube: Kube, names
         as_="bob",
     )
     obj = wait_terminal(kube, namespace, "pow", timeout=30)
-    assert obj["status"]["phase"] == "Failed", obj["status"]
-    assert obj["status"]["reason"] == "StepFailed"
+    assert obj["status"]["phase"] == WorkflowPhase.FAILED, obj["status"]
+    assert obj["status"]["reason"] == Reason.STEP_FAILED
     assert _error_of(obj, "w").startswith("inputs.content: 7 ** 2000000 is too large"), obj["status"]
 
 
@@ -66,7 +60,7 @@ def test_runaway_template_stalls_bystanders_and_admission(kube: Kube, namespace:
     kube.apply(yaml.safe_dump_all([*hostile, bystander]), namespace=namespace, as_="bob")
     obj = wait_terminal(kube, namespace, "bystander", timeout=30)
     latency = time.monotonic() - started
-    assert obj["status"]["phase"] == "Succeeded", (obj["spec"], obj["status"])
+    assert obj["status"]["phase"] == WorkflowPhase.SUCCEEDED, (obj["spec"], obj["status"])
     assert (workspace / "b-1.txt").exists()
     # Without the isolation the runaways never end and the bystander never runs; 2.5 s is typical here, the
     # bound leaves room for a machine loaded by other work (8 s measured at a load average of 10).
@@ -78,7 +72,7 @@ def test_runaway_template_stalls_bystanders_and_admission(kube: Kube, namespace:
 
     for i in range(3):
         runaway = wait_terminal(kube, namespace, f"runaway-{i}", timeout=30)
-        assert runaway["status"]["phase"] == "Failed", runaway["status"]
+        assert runaway["status"]["phase"] == WorkflowPhase.FAILED, runaway["status"]
         assert _error_of(runaway, "w") == "inputs.content: the template did not finish within 2 s"
     assert time.monotonic() - started < 25  # three 2 s limits and their restarts, on a loaded machine
 
@@ -95,11 +89,11 @@ def test_huge_template_source_stalls_the_operator_while_it_compiles(
     kube.run("create", "-n", namespace, "-f", "-", as_="bob", stdin=yaml.safe_dump_all([huge, bystander]))
     obj = wait_terminal(kube, namespace, "bystander", timeout=30)
     latency = time.monotonic() - started
-    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    assert obj["status"]["phase"] == WorkflowPhase.SUCCEEDED, obj["status"]
     # Compiling the huge template on the event loop takes 20-55 s of CPU here: far beyond the bound.
     assert latency < BYSTANDER_BOUND, f"the bystander took {latency:.1f} s"
     failed = wait_terminal(kube, namespace, "huge", timeout=30)
-    assert failed["status"]["phase"] == "Failed", failed["status"]
+    assert failed["status"]["phase"] == WorkflowPhase.FAILED, failed["status"]
     assert _error_of(failed, "w") == "inputs.content: the template did not finish within 2 s"
 
 
@@ -114,7 +108,7 @@ def test_runaway_template_wedges_the_operator_again_after_a_restart(
     _kill_operator(restartable)  # before or while it renders: the new process finds the workflow at start
     restartable.start_operator()
     obj = wait_terminal(kube, namespace, "wedge", timeout=30)
-    assert obj["status"]["phase"] == "Failed", obj["status"]
+    assert obj["status"]["phase"] == WorkflowPhase.FAILED, obj["status"]
     assert _error_of(obj, "w") == "inputs.content: the template did not finish within 2 s"
 
 
@@ -127,9 +121,9 @@ def test_runaway_text_render_template_stalls_the_operator(kube: Kube, namespace:
     )
     kube.apply(bystander, namespace=namespace, as_="bob")
     done = wait_terminal(kube, namespace, "bystander", timeout=10)
-    assert done["status"]["phase"] == "Succeeded" and steps_of(done)["r"]["outputs"] == {"text": "2"}
+    assert done["status"]["phase"] == WorkflowPhase.SUCCEEDED and steps_of(done)["r"]["outputs"] == {"text": "2"}
     obj = wait_terminal(kube, namespace, "render", timeout=30)
-    assert obj["status"]["phase"] == "Failed", obj["status"]
+    assert obj["status"]["phase"] == WorkflowPhase.FAILED, obj["status"]
     assert _error_of(obj, "r") == "template: the template did not finish within 2 s"
 
 
@@ -141,12 +135,12 @@ def test_catastrophic_backtracking_regex_never_finishes(kube: Kube, namespace: s
         as_="bob",
     )
     obj = wait_terminal(kube, namespace, "redos", timeout=15)
-    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    assert obj["status"]["phase"] == WorkflowPhase.SUCCEEDED, obj["status"]
     assert steps_of(obj)["x"]["outputs"].get("match") is None  # no match (status keeps no nulls)
     # What RE2 cannot do in linear time (backreferences) is a clear, final error.
     kube.apply(
         wf("backref", _step("x", "text.regex_extract", text="aa", pattern=r"(a)\1")), namespace=namespace, as_="bob"
     )
     refused = wait_terminal(kube, namespace, "backref", timeout=15)
-    assert refused["status"]["phase"] == "Failed", refused["status"]
+    assert refused["status"]["phase"] == WorkflowPhase.FAILED, refused["status"]
     assert "RE2 syntax" in _error_of(refused, "x") and steps_of(refused)["x"]["attempts"] == 1

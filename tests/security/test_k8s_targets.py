@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from controller.api.workflow import WorkflowPhase
 from controller.capabilities.base import CapabilityError
 from controller.capabilities.handlers import k8s
 from controller.capabilities.registry import load
@@ -50,7 +51,7 @@ def test_k8s_target_tricks_reach_another_path(kube: Kube, namespace: str, operat
     before = kube.get("configmap", "victim", namespace)
     kube.apply(wf("trick", step), namespace=namespace)
     obj = wait_terminal(kube, namespace, "trick")
-    assert obj["status"]["phase"] == "Failed", obj["status"]
+    assert obj["status"]["phase"] == WorkflowPhase.FAILED, obj["status"]
     error = steps_of(obj)["target"]["error"]
     assert error.startswith("inputs do not match"), error  # refused before anything was sent
     assert f"{field}:" in error, error

@@ -3,6 +3,7 @@ under the workflow's principal."""
 
 from __future__ import annotations
 
+from controller.api.workflow import WorkflowPhase
 from controller.audit.store import AuditStore
 from controller.localcluster.devenv import DevEnvironment
 from tests.integration.test_saga import wait_terminal, wf, write
@@ -13,9 +14,11 @@ def test_rollback_by_someone_else_is_recorded_without_its_actor(
     kube: Kube, namespace: str, operator: DevEnvironment
 ) -> None:
     kube.apply(wf("undone", write("a", "a.txt"), write("b", "b.txt", ("a",))), namespace=namespace, as_="bob")
-    assert wait_terminal(kube, namespace, "undone")["status"]["phase"] == "Succeeded"
+    assert wait_terminal(kube, namespace, "undone")["status"]["phase"] == WorkflowPhase.SUCCEEDED
     kube.run("patch", "wf", "undone", "-n", namespace, "--type=merge", "-p", '{"spec":{"rollback":true}}')
-    obj = kube.wait_for("wf", "undone", namespace, lambda o: o["status"]["phase"] == "Compensated", what="Compensated")
+    obj = kube.wait_for(
+        "wf", "undone", namespace, lambda o: o["status"]["phase"] == WorkflowPhase.COMPENSATED, what="Compensated"
+    )
     assert obj["metadata"]["annotations"]["aifirst.dev/rollback-requested-by"] == "admin"
     # the annotation is the webhook's: nobody rewrites it
     result = kube.run(

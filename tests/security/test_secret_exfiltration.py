@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from controller.api.workflow import WorkflowPhase
 from controller.audit.store import AuditStore
 from controller.localcluster.devenv import DevEnvironment
 from tests.httpserver import LoopbackAPI
@@ -52,7 +53,7 @@ def test_secret_reference_from_remote_data_is_not_resolved(
     step_b["dependsOn"] = ["a"]
     kube.apply(wf("ref-from-data", _get("a", f"{api.url}/secret-ref"), step_b), namespace=namespace)
     obj = wait_terminal(kube, namespace, "ref-from-data")
-    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    assert obj["status"]["phase"] == WorkflowPhase.SUCCEEDED, obj["status"]
     sent = api.requests[-1][2]["X-Passed-On"]
     assert secret not in sent and "secretKeyRef" in sent  # the data went on as data
 
@@ -64,7 +65,7 @@ def test_secret_value_echoed_by_the_remote_api_is_scrubbed(
     step = _get("echo", f"{api.url}/echo-headers", headers={"Authorization": ref})
     kube.apply(wf("echoed", step), namespace=namespace)
     obj = wait_terminal(kube, namespace, "echoed")
-    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    assert obj["status"]["phase"] == WorkflowPhase.SUCCEEDED, obj["status"]
     assert api.requests[-1][2]["Authorization"] == secret  # the remote API got the value
     echoed = steps_of(obj)["echo"]["outputs"]["json"]["headers"]
     assert echoed["Authorization"] == "***"

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from controller.api.workflow import StepPhase, WorkflowPhase
 from controller.localcluster.devenv import DevEnvironment
 from tests.integration.test_saga import steps_of, wait_terminal, wf, write
 from tests.kube import Kube
@@ -54,14 +55,14 @@ def test_snapshot_lost_before_compensation_reports_compensated(
     step = write("apply", "a.txt") if family == "io.fs" else _configmap_step("settings")
     kube.apply(wf("lost", step), namespace=namespace)
     obj = wait_terminal(kube, namespace, "lost")
-    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    assert obj["status"]["phase"] == WorkflowPhase.SUCCEEDED, obj["status"]
     reserved = operator.workspaces / namespace / ".airun"
     assert any(p.is_file() for p in reserved.rglob("*")), "the forward step wrote no snapshot"
     shutil.rmtree(reserved)  # the volume was replaced, someone cleaned up: the snapshot is gone
     obj = _rollback(kube, namespace, "lost")
-    assert obj["status"]["phase"] == "CompensationFailed", obj["status"]
+    assert obj["status"]["phase"] == WorkflowPhase.COMPENSATION_FAILED, obj["status"]
     compensation = steps_of(obj)["apply"]["compensation"]
-    assert compensation["phase"] == "CompensationFailed" and "missing" in compensation["error"]
+    assert compensation["phase"] == StepPhase.COMPENSATION_FAILED and "missing" in compensation["error"]
     assert any(c["type"] == "Stalled" and c["status"] == "True" for c in obj["status"]["conditions"])
 
 
@@ -75,7 +76,7 @@ def test_secret_snapshot_stored_in_clear(kube: Kube, namespace: str, operator: D
         namespace=namespace,
     )
     obj = wait_terminal(kube, namespace, "rotate")
-    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    assert obj["status"]["phase"] == WorkflowPhase.SUCCEEDED, obj["status"]
     files = [p for p in (operator.workspaces / namespace).rglob("*") if p.is_file()]
     assert files
     encoded = base64.b64encode(old.encode())
@@ -86,7 +87,7 @@ def test_secret_snapshot_stored_in_clear(kube: Kube, namespace: str, operator: D
     [snapshot] = folder.glob("*.json")
     assert "sealed" in json.loads(snapshot.read_text())
     # Sealed, not lost: the rollback still puts the old value back.
-    assert _rollback(kube, namespace, "rotate")["status"]["phase"] == "Compensated"
+    assert _rollback(kube, namespace, "rotate")["status"]["phase"] == WorkflowPhase.COMPENSATED
     data = kube.get("secret", "creds", namespace)["data"]
     assert base64.b64decode(data["password"]).decode() == old
 
@@ -94,7 +95,7 @@ def test_secret_snapshot_stored_in_clear(kube: Kube, namespace: str, operator: D
 def test_snapshots_outlive_their_workflow(kube: Kube, namespace: str, operator: DevEnvironment) -> None:
     kube.apply(wf("done", write("a", "a.txt"), _configmap_step("leftover")), namespace=namespace)
     obj = wait_terminal(kube, namespace, "done")
-    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    assert obj["status"]["phase"] == WorkflowPhase.SUCCEEDED, obj["status"]
     assert obj["metadata"]["uid"]
     reserved = operator.workspaces / namespace / ".airun"
     assert any(p.is_file() for p in reserved.rglob("*"))

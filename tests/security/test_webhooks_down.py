@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+from controller.api.workflow import WorkflowPhase
 from controller.localcluster.devenv import DevEnvironment
 from tests.integration.test_saga import steps_of, wait_terminal, wf, write
 from tests.kube import Kube
@@ -69,10 +70,12 @@ def test_webhooks_missing_new_workflows_wait_with_a_condition_and_the_metric_rea
         assert condition["status"] == "False" and "webhook" in condition["message"]
         time.sleep(2)
         obj = kube.get("wf", "waits", namespace)
-        assert obj["status"]["phase"] == "Pending" and not obj["status"].get("steps"), "it ran without webhooks"
+        assert obj["status"]["phase"] == WorkflowPhase.PENDING and not obj["status"].get("steps"), (
+            "it ran without webhooks"
+        )
     wait_gauge(operator, 1)
     obj = wait_terminal(kube, namespace, "waits")
-    assert obj["status"]["phase"] == "Succeeded" and obj["status"]["principal"] == "bob"
+    assert obj["status"]["phase"] == WorkflowPhase.SUCCEEDED and obj["status"]["principal"] == "bob"
     assert not [c for c in obj["status"]["conditions"] if c["type"] == "Admitted"]
 
 
@@ -83,7 +86,11 @@ def test_metadata_only_updates_refused_while_the_operator_is_down(
     manifest["metadata"]["finalizers"] = ["example.com/cleanup"]
     kube.apply(manifest, namespace=namespace, as_="bob")
     obj = kube.wait_for(
-        "wf", "held", namespace, lambda o: o.get("status", {}).get("phase") == "AwaitingApproval", what="waiting"
+        "wf",
+        "held",
+        namespace,
+        lambda o: o.get("status", {}).get("phase") == WorkflowPhase.AWAITING_APPROVAL,
+        what="waiting",
     )
     approval = steps_of(obj)["gate"]["approval"]
     operator.stop_operator()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from controller.api.approval import ApprovalPhase
-from controller.api.workflow import Reason, StepPhase, StepStatus, WorkflowPhase, WorkflowStatus
+from controller.api.workflow import Decision, Reason, StepPhase, StepStatus, WorkflowPhase, WorkflowStatus
 from controller.engine import dag, saga
 from controller.engine.templating import TemplateError, render
 from tests.unit.simulation import CAPS, run, step, succeed, workflow
@@ -273,7 +273,7 @@ def test_idempotent_is_refused_for_capabilities_that_do_not_send_the_key() -> No
 def test_no_policy_means_deny_and_the_step_never_runs() -> None:
     trace = run(workflow(step("a")), policies=[])
     a = trace.status.step("a")
-    assert a.phase is StepPhase.FAILED and a.decision == "DENY"
+    assert a.phase is StepPhase.FAILED and a.decision == Decision.DENY
     assert trace.status.reason == Reason.POLICY_DENIED
     assert trace.started == []
 
