@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from controller.api.workflow import TERMINAL_PHASES, WorkflowPhase
 from controller.localcluster import processes
 from controller.localcluster.devenv import DevEnvironment
 
@@ -89,7 +90,7 @@ def run(env: DevEnvironment, count: int, steps: int, namespace: str, kind: str =
     while True:
         out = json.loads(env.kubectl("get", "wf", "-n", namespace, "-o", "json").stdout)["items"]
         phases = [o.get("status", {}).get("phase") for o in out]
-        if all(p in {"Succeeded", "Failed", "Compensated", "CompensationFailed"} for p in phases):
+        if all(p in TERMINAL_PHASES for p in phases):
             break
         time.sleep(1.0)  # listing 100 large objects costs the API server: poll gently
     elapsed = time.monotonic() - started
@@ -108,7 +109,7 @@ def run(env: DevEnvironment, count: int, steps: int, namespace: str, kind: str =
     return {
         "workflows": count,
         "steps": total_steps,
-        "succeeded": phases.count("Succeeded"),
+        "succeeded": phases.count(WorkflowPhase.SUCCEEDED),
         "wall_seconds": round(elapsed, 2),
         "create_seconds": round(applied, 2),
         "run_seconds": round(last_end - first_start, 2),
