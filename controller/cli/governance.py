@@ -1,5 +1,5 @@
-"""`airun capabilities list|inspect`, `airun policy explain|test|reset` and `airun plan`: what agents may do,
-and why."""
+"""`airun capabilities list|inspect|export`, `airun policy explain|test|reset` and `airun plan`: what agents
+may do, and why."""
 
 from __future__ import annotations
 
@@ -134,6 +134,30 @@ def capabilities_inspect(
     console.print(
         yaml.safe_dump(specs[capability].model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)
     )
+
+
+@capabilities.command("export")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["mcp", "openai"]),
+    default="mcp",
+    show_default=True,
+    help="mcp: the tools/list result of `airun mcp`; openai: OpenAI function-calling tool declarations.",
+)
+@click.option("--local", is_flag=True, help="Built-in and plugin capabilities only (no cluster).")
+@with_identity
+def capabilities_export(
+    fmt: str, local: bool, kubeconfig: str | None, context: str | None, namespace: str | None
+) -> None:
+    """The tool schemas of the capabilities (and of the workflow and transaction tools), as JSON on standard
+    output, for clients configured from files. Each tool is what `airun mcp` serves: calling it runs a governed
+    Workflow under the caller's identity."""
+    from controller.mcp import tools
+
+    offered = tools.all_tools(all_capabilities(None if local else Kube(kubeconfig, context, namespace)))
+    exported = tools.export_mcp(offered) if fmt == "mcp" else tools.export_openai(offered)
+    click.echo(json.dumps(exported, indent=2))
 
 
 @click.group(short_help="Explain and test policy decisions.")

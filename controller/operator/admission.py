@@ -4,9 +4,13 @@ authentication of the request, never from its body.
 Workflow CREATE   records the creator as the principal (annotations, groups as a JSON list, signed with the
                   operator's attestation key; whatever the body claims is overwritten), names a workflow
                   created with generateName (the signature covers the name), adds the saga finalizer,
-                  refuses cycles and unknown capabilities.
-Workflow UPDATE   records who set spec.rollback; refuses changes to the recorded identities, and removal of
-                  the saga finalizer by anyone but the operator while the workflow is not finished.
+                  refuses cycles and unknown capabilities, and a call joining a Transaction (label
+                  aifirst.dev/transaction) that is not open or not the creator's own.
+Workflow UPDATE   records who set spec.rollback; refuses changes to the recorded identities and to the
+                  transaction label, and removal of the saga finalizer by anyone but the operator while the
+                  workflow is not finished.
+Transaction       its creator recorded and signed; only they commit it, roll it back, or delete it while
+                  open (controller/operator/transactions.py).
 Workflow DELETE   records who deleted it (audit), so that its compensation names the actor.
 Policy, ClusterPolicy CREATE/UPDATE
                   compiles and checks every rule's `when:` condition: a bad one is refused with its
@@ -55,7 +59,7 @@ from controller.api.policy import Approvers, PolicySpec
 from controller.api.workflow import TERMINAL_PHASES, WorkflowPhase, WorkflowSpec
 from controller.capabilities import custom
 from controller.engine.validation import spec_errors
-from controller.operator import attestation
+from controller.operator import attestation, transactions
 from controller.operator import limits as policy_state
 from controller.operator.runtime import WorkflowRuntime
 from controller.policy.approvers import decision_refusal, outcome, quorum, vote_refusal
@@ -156,6 +160,11 @@ def _identity_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> kopf.Adm
     return None
 
 
+def _transaction_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> kopf.AdmissionError | None:
+    refusal = transactions.label_change_refusal(old, new)
+    return kopf.AdmissionError(refusal, code=403) if refusal else None
+
+
 def _rollback_actor_change(old: Mapping[str, Any], new: Mapping[str, Any], user: str) -> kopf.AdmissionError | None:
     """The rollback actor may change only with the request that sets spec.rollback, and only to its user."""
     before, after = _annotations(old), _annotations(new)
@@ -196,6 +205,10 @@ class Admission:
         self.runtime = runtime
         self.operator_user = operator_user
         self.bind = bind
+        agents = transactions.TransactionAdmission(runtime, operator_user)
+        self.transaction_principal = agents.principal
+        self.transaction_update = agents.update
+        self.transaction_deletion = agents.deletion
 
     def workflow_principal(
         self, body: kopf.Body, patch: kopf.Patch, userinfo: Mapping[str, Any], namespace: str | None, **_: Any
@@ -214,6 +227,7 @@ class Admission:
         patch.setdefault("metadata", {}).setdefault("annotations", {}).update(signed)
         if ROLLBACK_BY_ANNOTATION in _annotations(body):
             patch["metadata"]["annotations"][ROLLBACK_BY_ANNOTATION] = None  # only ever set by the UPDATE webhook
+        transactions.stamp_call(body, patch)
         finalizers = list(body.metadata.get("finalizers") or [])
         if FINALIZER not in finalizers:
             # Added at creation: deleting a running workflow always compensates it first, and the
@@ -243,11 +257,13 @@ class Admission:
         )
 
     async def workflow_runnable(
-        self, spec: kopf.Spec, userinfo: Mapping[str, Any], namespace: str | None, **kwargs: Any
+        self, spec: kopf.Spec, body: kopf.Body, userinfo: Mapping[str, Any], namespace: str | None, **kwargs: Any
     ) -> None:
         self.bind(kwargs)  # the custom capabilities of the cluster count too
         await self.check_breakers(_user(userinfo)[0], namespace or "")
         await self.check_runnable(spec)
+        if not kwargs.get("dryrun"):  # a call joining a transaction: open, and the caller's own
+            await transactions.check_call(self.runtime, namespace or "", body, _user(userinfo)[0])
 
     async def check_breakers(self, user: str, namespace: str) -> None:
         """A principal whose denials opened the circuit breaker of a policy that applies here starts nothing
@@ -291,6 +307,7 @@ class Admission:
         user, _groups = _user(userinfo)
         refusal = (
             _identity_change(old, body)
+            or _transaction_change(old, body)
             or _rollback_actor_change(old, body, user)
             or _finalizer_removal(old, body, user, self.operator_user)
         )
@@ -473,6 +490,9 @@ WEBHOOKS = (
         version="v1",
         labels=((policy_state.STATE_LABEL, "breakers"),),
     ),
+    Webhook("transaction-principal", True, "transactions", ("CREATE",), "transaction_principal"),
+    Webhook("transaction-update", False, "transactions", ("UPDATE",), "transaction_update"),
+    Webhook("transaction-deletion", False, "transactions", ("DELETE",), "transaction_deletion"),
 )
 
 

@@ -28,7 +28,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from controller import API_GROUP, API_VERSION
 from controller.api.metadata import FINALIZER, PREFIX
 
-PLURALS = ("workflows", "approvals", "capabilities", "policies", "clusterpolicies")
+PLURALS = ("workflows", "approvals", "capabilities", "policies", "clusterpolicies", "transactions")
 CHECK_EVERY = 10.0  # seconds between two checks that the configurations are registered
 log = logging.getLogger("airun.webhooks")
 

@@ -225,6 +225,17 @@ def _approval(decision: str, decided_by: str | None = None) -> dict[str, Any]:
     return approval
 
 
+def _transaction(principal: str | None = None, rollback: bool = False) -> dict[str, Any]:
+    annotations = {"aifirst.dev/principal": principal} if principal else {}
+    return {
+        "apiVersion": "aifirst.dev/v1alpha1",
+        "kind": "Transaction",
+        "metadata": {"name": "tx", "namespace": "default", "annotations": annotations},
+        "spec": {"ttlSeconds": 60, **({"rollback": True} if rollback else {})},
+        "status": {"phase": "Open", "principal": "bob"},
+    }
+
+
 # One request per webhook that only its own handler answers as asserted.
 def _breakers(data: dict[str, str]) -> dict[str, Any]:
     metadata = {"name": "airun-breakers", "labels": {"aifirst.dev/state": "breakers"}}
@@ -284,6 +295,19 @@ REVIEWS: dict[str, tuple[dict[str, Any], str]] = {
             "clusterpolicies", "ClusterPolicy", "CREATE", "bob", {"metadata": {"name": "p"}, "spec": _bad_condition()}
         ),
         "line 1, column",
+    ),
+    # the creator of a transaction is taken from authentication; only they end it or delete it while it is open
+    "transaction-principal": (
+        _review("transactions", "Transaction", "CREATE", "bob", _transaction(principal="mallory")),
+        "bob",
+    ),
+    "transaction-update": (
+        _review("transactions", "Transaction", "UPDATE", "mallory", _transaction(rollback=True), _transaction()),
+        "was begun by bob: only that principal may commit it or roll it back",
+    ),
+    "transaction-deletion": (
+        _review("transactions", "Transaction", "DELETE", "mallory", None, _transaction()),
+        "only its principal may delete it",
     ),
 }
 
