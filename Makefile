@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export AIRUN_STATE_DIR ?= $(CURDIR)/.airun
 
-.PHONY: help venv binaries node-binaries tools postgres node-packages up down test test-unit test-integration e2e e2e-down kind-e2e demo bench bench-peers lint clean
+.PHONY: help venv binaries node-binaries tools postgres inspector node-packages up down test test-unit test-integration e2e e2e-down kind-e2e demo bench bench-peers lint clean
 help:
 	@echo "make demo    start everything and run the examples end to end"
 	@echo "make test    the whole test suite (starts a private control plane)"
@@ -51,13 +51,21 @@ up: venv binaries
 down: venv
 	$(BIN)/airun down
 
-test: venv binaries tools postgres
+# The MCP Inspector (its CLI mode), a client nobody here wrote, for tests/integration/test_mcp_inspector.py: npm ci
+# from tools/mcp-inspector/package-lock.json (npm's cache keeps the tarballs), again only when the lockfile changes.
+INSPECTOR := tools/mcp-inspector/node_modules/.installed
+$(INSPECTOR): tools/mcp-inspector/package.json tools/mcp-inspector/package-lock.json
+	npm ci --prefix tools/mcp-inspector --no-audit --no-fund --loglevel=error
+	touch $@
+inspector: $(INSPECTOR)
+
+test: venv binaries tools postgres inspector
 	$(BIN)/pytest tests
 
 test-unit: venv
 	$(BIN)/pytest tests/unit
 
-test-integration: venv binaries tools postgres
+test-integration: venv binaries tools postgres inspector
 	$(BIN)/pytest tests/integration
 
 # The operator image (Dockerfile) and the chart (helm install) on a cluster with a kubelet, the operator as a

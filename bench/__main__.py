@@ -3,7 +3,8 @@
 Prints throughput (steps per second between the first step's start and the last step's end), per-step
 overhead (p50, p95: the time from one step's end to the next one's end in a chain of no-op steps, i.e.
 checkpoint + scheduling), API write requests per step (from the API server's own apiserver_request_total),
-CPU time per step of each process, and the operator's peak RSS. Asserts nothing. etcd runs with fsync
+CPU time per step of each process, and the operator's peak RSS; first, the cost of one policy decision among
+100 rules with CEL conditions (bench/policy_decision_cost.py). Asserts nothing. etcd runs with fsync
 here (unlike the tests), so the figures include real disk writes.
 """
 
@@ -22,6 +23,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bench import policy_decision_cost
+from controller.api.workflow import TERMINAL_PHASES, WorkflowPhase
 from controller.localcluster import processes
 from controller.localcluster.devenv import DevEnvironment
 
@@ -89,7 +92,7 @@ def run(env: DevEnvironment, count: int, steps: int, namespace: str, kind: str =
     while True:
         out = json.loads(env.kubectl("get", "wf", "-n", namespace, "-o", "json").stdout)["items"]
         phases = [o.get("status", {}).get("phase") for o in out]
-        if all(p in {"Succeeded", "Failed", "Compensated", "CompensationFailed"} for p in phases):
+        if all(p in TERMINAL_PHASES for p in phases):
             break
         time.sleep(1.0)  # listing 100 large objects costs the API server: poll gently
     elapsed = time.monotonic() - started
@@ -108,7 +111,7 @@ def run(env: DevEnvironment, count: int, steps: int, namespace: str, kind: str =
     return {
         "workflows": count,
         "steps": total_steps,
-        "succeeded": phases.count("Succeeded"),
+        "succeeded": phases.count(WorkflowPhase.SUCCEEDED),
         "wall_seconds": round(elapsed, 2),
         "create_seconds": round(applied, 2),
         "run_seconds": round(last_end - first_start, 2),
@@ -156,6 +159,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="steps per workflow, a chain (default 10)")
     parser.add_argument("--sequential", type=int, default=20, help="workflows in the one-at-a-time latency run")
     args = parser.parse_args()
+    policy_decision_cost.main()  # in process, before the control plane starts
     with tempfile.TemporaryDirectory(prefix="airun-bench-") as tmp:
         env = DevEnvironment(Path(tmp), die_with_parent=True)
         try:

@@ -9,19 +9,21 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from controller.api.approval import ApprovalPhase
+from controller.api.workflow import TERMINAL_PHASES, StepPhase, WorkflowPhase
 from controller.localcluster.binaries import find_binaries
 
 REPO = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("AIRUN_STATE_DIR", REPO / ".airun"))
 NS = "demo"
 console = Console(width=None if sys.stdout.isatty() else 110)
-TERMINAL = {"Succeeded", "Failed", "Compensated", "CompensationFailed"}
 
 
 def kubectl(
@@ -40,7 +42,7 @@ def kubectl(
 
 def approve(approval: str, context: str, check: bool = True) -> str:
     """What an approver types: the same merge patch, as their own identity."""
-    patch = '{"spec":{"decision":"Approved"}}'
+    patch = json.dumps({"spec": {"decision": ApprovalPhase.APPROVED}})
     return kubectl(
         "patch", "approval", approval, "-n", NS, "--type", "merge", "-p", patch, context=context, check=check
     )
@@ -51,7 +53,7 @@ def workflow(name: str) -> dict[str, Any]:
     return out
 
 
-def wait(name: str, phases: set[str], timeout: float = 60) -> dict[str, Any]:
+def wait(name: str, phases: Collection[str], timeout: float = 60) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         obj = workflow(name)
@@ -73,7 +75,7 @@ def show(obj: dict[str, Any]) -> None:
         table.add_column(column)
     for s in status["steps"]:
         compensation = (s.get("compensation") or {}).get("phase", "")
-        compensation = "" if compensation == "Pending" else compensation  # recorded, not needed
+        compensation = "" if compensation == StepPhase.PENDING else compensation  # recorded, not needed
         table.add_row(
             s["name"],
             s["phase"],
@@ -93,23 +95,23 @@ def main() -> None:
 
     console.rule("1. a saga that fails and compensates")
     kubectl("apply", "-n", NS, "-f", str(REPO / "examples" / "saga.yaml"), context="bob")
-    show(wait("saga", TERMINAL))
+    show(wait("saga", TERMINAL_PHASES))
     console.print(f"files left in the workspace by the saga: {sorted(p.name for p in (workspace / 'saga').glob('*'))}")
 
     console.rule("2. an approval granted with kubectl patch")
     kubectl("apply", "-n", NS, "-f", str(REPO / "examples" / "approval.yaml"), context="bob")
-    obj = wait("approval-gate", {"AwaitingApproval"})
+    obj = wait("approval-gate", {WorkflowPhase.AWAITING_APPROVAL})
     approval = next(s["approval"] for s in obj["status"]["steps"] if s.get("approval"))
     console.print(kubectl("get", "approvals", "-n", NS))
     result = approve(approval, "bob", check=False)
     console.print(f"[yellow]bob may not approve:[/] {result.strip()}")
     approve(approval, "alice")
-    show(wait("approval-gate", TERMINAL))
+    show(wait("approval-gate", TERMINAL_PHASES))
     console.print(kubectl("get", "approval", approval, "-n", NS, "-o", "wide"))
 
     console.rule("3. a step denied by policy")
     kubectl("apply", "-n", NS, "-f", str(REPO / "examples" / "denied.yaml"), context="admin")
-    show(wait("cleanup", TERMINAL))
+    show(wait("cleanup", TERMINAL_PHASES))
 
     console.rule("what the cluster shows")
     console.print(kubectl("get", "wf", "-n", NS))
@@ -144,7 +146,7 @@ def main() -> None:
     console.rule("one left for you")
     manifest = (REPO / "examples" / "approval.yaml").read_text().replace("name: approval-gate", "name: for-you")
     kubectl("apply", "-n", NS, "-f", "-", context="bob", stdin=manifest)
-    wait("for-you", {"AwaitingApproval"})
+    wait("for-you", {WorkflowPhase.AWAITING_APPROVAL})
     console.print(
         "workflow [bold]for-you[/] waits for a person. Try:\n"
         "  export KUBECONFIG=$PWD/.airun/kubeconfig PATH=$PWD/.venv/bin:$PATH\n"

@@ -17,6 +17,15 @@ class AuditKind(StrEnum):
     STEP_FINISHED = "step.finished"
     APPROVAL_REQUESTED = "approval.requested"
     APPROVAL_DECIDED = "approval.decided"
+    APPROVAL_VOTE = "approval.vote"  # one person's decision on a quorum Approval that did not decide it yet
     COMPENSATION_DECISION = "compensation.decision"
     COMPENSATION_STARTED = "compensation.started"
     COMPENSATION_FINISHED = "compensation.finished"
+    BREAKER_OPENED = "breaker.opened"  # a policy's circuit breaker opened for a principal
+    BREAKER_RESET = "breaker.reset"  # an approver closed them (`airun policy reset`)
+    # Agents' transactions (the record's workflow column holds the Transaction's name, payload.transaction too)
+    TRANSACTION_OPENED = "transaction.opened"
+    TRANSACTION_COMMITTED = "transaction.committed"
+    TRANSACTION_ROLLBACK_STARTED = "transaction.rollback_started"
+    TRANSACTION_CALL_UNDONE = "transaction.call_undone"
+    TRANSACTION_FINISHED = "transaction.finished"

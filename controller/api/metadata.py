@@ -21,3 +21,8 @@ ROLLBACK_BY_ANNOTATION = "aifirst.dev/rollback-requested-by"
 DECIDED_BY_ANNOTATION = "aifirst.dev/decided-by"
 NOTIFY_ANNOTATION = "aifirst.dev/notify-url"
 WORKFLOW_LABEL = "aifirst.dev/workflow"
+
+# Workflow: the Transaction a call joined (set at creation, never changed), and when it joined (microseconds,
+# the admission webhook's stamp: the call order).
+TRANSACTION_LABEL = "aifirst.dev/transaction"
+JOINED_ANNOTATION = "aifirst.dev/transaction-joined-at"

@@ -116,6 +116,7 @@ class Reason(StrEnum):
     INVALID_SPEC = "InvalidSpec"
     UNATTESTED = "Unattested"  # no principal the operator's admission webhook attested
     INTERNAL_ERROR = "InternalError"  # the operator's own computation failed (a bug): see the message
+    RATE_LIMITED = "RateLimited"  # a policy's `limits:` allowed no more steps of this principal for now
 
 
 class EventType(StrEnum):
@@ -139,6 +140,15 @@ class CompensationStatus(_Model):
     finished_at: str | None = Field(None, alias="finishedAt")
 
 
+class PolicyCondition(_Model):
+    """The `when:` condition of the rule that decided a step, and what it saw (redacted)."""
+
+    rule: str  # e.g. "ClusterPolicy baseline rule 2"
+    when: str
+    saw: dict[str, Any] | None = Field(None, description="The values the condition read, by path, redacted.")
+    error: str | None = Field(None, description="Why it failed to evaluate (the decision is then DENY).")
+
+
 class StepStatus(_Model):
     name: str
     phase: StepPhase = StepPhase.PENDING
@@ -146,6 +156,7 @@ class StepStatus(_Model):
     decision: Decision | None = None
     policy: str | None = None
     audit: list[str] | None = Field(None, description="What Audit-mode policies would have decided.")
+    condition: PolicyCondition | None = None
     approval: str | None = None
     idempotency_key: str | None = Field(None, alias="idempotencyKey")
     started_at: str | None = Field(None, alias="startedAt")

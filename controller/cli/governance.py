@@ -1,8 +1,11 @@
-"""`airun capabilities list|inspect` and `airun policy explain`: what agents may do, and why."""
+"""`airun capabilities list|inspect|export`, `airun policy explain|test|reset` and `airun plan`: what agents
+may do, and why."""
 
 from __future__ import annotations
 
+import json
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,9 +26,11 @@ from controller.api.workflow import Decision, WorkflowSpec, WorkflowStatus
 from controller.cli.workflows import Kube, read_workflow, reason_of, with_identity
 from controller.client.capabilities import catalogue
 from controller.engine import steps
+from controller.engine.redaction import redact
 from controller.engine.state import WorkflowRef, World
 from controller.engine.validation import spec_errors
-from controller.policy.evaluate import PolicyQuery, evaluate
+from controller.policy.evaluate import PolicyQuery, PolicyResult, evaluate
+from controller.policy.limits import limits_for
 
 console = Console(width=None if sys.stdout.isatty() else 200)
 
@@ -131,6 +136,30 @@ def capabilities_inspect(
     )
 
 
+@capabilities.command("export")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["mcp", "openai"]),
+    default="mcp",
+    show_default=True,
+    help="mcp: the tools/list result of `airun mcp`; openai: OpenAI function-calling tool declarations.",
+)
+@click.option("--local", is_flag=True, help="Built-in and plugin capabilities only (no cluster).")
+@with_identity
+def capabilities_export(
+    fmt: str, local: bool, kubeconfig: str | None, context: str | None, namespace: str | None
+) -> None:
+    """The tool schemas of the capabilities (and of the workflow and transaction tools), as JSON on standard
+    output, for clients configured from files. Each tool is what `airun mcp` serves: calling it runs a governed
+    Workflow under the caller's identity."""
+    from controller.mcp import tools
+
+    offered = tools.all_tools(all_capabilities(None if local else Kube(kubeconfig, context, namespace)))
+    exported = tools.export_mcp(offered) if fmt == "mcp" else tools.export_openai(offered)
+    click.echo(json.dumps(exported, indent=2))
+
+
 @click.group(short_help="Explain and test policy decisions.")
 def policy() -> None:
     """Why a principal may or may not use a capability (`explain`), and tests of policies (`test`)."""
@@ -141,32 +170,129 @@ def policy() -> None:
 @click.option("--user", help="Explain for this user instead of yourself (as the API server knows you).")
 @click.option("--group", "groups", multiple=True, help="A group of --user (repeat).")
 @click.option("--irreversible", is_flag=True, help="As a step marked irreversible.")
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A rendered input of the step, for `when:` conditions (repeat; VALUE is YAML: 3, true, {kind: X}).",
+)
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="A label of the workflow (repeat).")
 @with_identity
 def policy_explain(
     capability: str,
     user: str | None,
     groups: tuple[str, ...],
     irreversible: bool,
+    inputs: tuple[str, ...],
+    labels: tuple[str, ...],
     kubeconfig: str | None,
     context: str | None,
     namespace: str | None,
 ) -> None:
-    """The decision for CAPABILITY in the namespace: each policy's verdict and what decides."""
+    """The decision for CAPABILITY in the namespace: each policy's verdict and what decides, the values
+    its conditions saw, the quorum it asks, and the rate limits that count the step. Without --input the
+    conditions that read inputs leave their rules unmatched (as for a step not rendered yet)."""
     kube = Kube(kubeconfig, context, namespace)
     specs = all_capabilities(kube)
     if capability not in specs:
         raise click.ClickException(f"unknown capability {capability!r}; see `airun capabilities list`")
     principal = Principal(user=user, groups=list(groups)) if user else whoami(kube)
     risk: RiskLevel = specs[capability].risk.level
-    query = PolicyQuery(principal, kube.namespace, capability, risk, irreversible=irreversible)
-    result = evaluate(policies_for(kube), query)
+    query = PolicyQuery(
+        principal,
+        kube.namespace,
+        capability,
+        risk,
+        irreversible=irreversible,
+        inputs=_pairs(inputs, "--input") if inputs else None,
+        labels={k: str(v) for k, v in _pairs(labels, "--label").items()},
+        now=datetime.now(UTC),
+    )
+    policies = policies_for(kube)
+    result = evaluate(policies, query)
     console.print(
         f"{principal.user} ({', '.join(principal.groups) or 'no groups'}) -> {capability} "
-        f"({risk.value} risk) in namespace {kube.namespace}: [bold]{result.decision.value}[/]"
+        f"({risk.value} risk) in namespace {kube.namespace}: [bold]{result.decision.value}[/]",
+        soft_wrap=True,
     )
-    console.print(f"  because: {result.reason}")
+    console.print(f"  because: {escape(result.reason)}", soft_wrap=True)
+    for line in decision_details(result):
+        console.print(f"  {escape(line)}", soft_wrap=True)
     for verdict in result.verdicts:
-        console.print(f"  {verdict.explanation} ({verdict.mode.value})")
+        console.print(f"  {escape(verdict.explanation)} ({verdict.mode.value})", soft_wrap=True)
+    for applied in limits_for(policies, principal, kube.namespace, capability):
+        console.print(f"  counted by {escape(applied.describe())}", soft_wrap=True)
+
+
+@policy.command("reset")
+@click.argument("principal")
+@click.option(
+    "--operator-namespace",
+    envvar="AIRUN_OPERATOR_NAMESPACE",
+    default="airun-system",
+    show_default=True,
+    help="Where the operator keeps its state (the chart's release namespace).",
+)
+@with_identity
+def policy_reset(
+    principal: str, operator_namespace: str, kubeconfig: str | None, context: str | None, namespace: str | None
+) -> None:
+    """Close the circuit breakers that PRINCIPAL's denials opened (its new workflows are accepted again)
+    and forget its denials. Needs the approver role; recorded in the audit trail as your act."""
+    from controller.policy.limits import BREAKERS, principal_key
+
+    kube = Kube(kubeconfig, context, namespace)
+    key = principal_key(principal)
+    try:
+        current: Any = kube.core.read_namespaced_config_map(BREAKERS, operator_namespace)
+    except ApiException as error:
+        if error.status == 404:
+            console.print(f"no circuit breaker has recorded anything for {principal}")
+            return
+        raise click.ClickException(reason_of(error)) from error
+    entry = json.loads((current.data or {}).get(key) or "{}")
+    if not entry:
+        console.print(f"no circuit breaker has recorded anything for {principal}")
+        return
+    try:
+        kube.core.patch_namespaced_config_map(BREAKERS, operator_namespace, {"data": {key: None}})
+    except ApiException as error:
+        raise click.ClickException(reason_of(error)) from error
+    opened = ", ".join(sorted(entry.get("open") or {})) or "none open"
+    console.print(
+        f"reset {principal}: breakers closed ({opened}), {len(entry.get('denials') or [])} denials forgotten",
+        soft_wrap=True,
+    )
+
+
+def _pairs(values: tuple[str, ...], option: str) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for value in values:
+        key, sep, text = value.partition("=")
+        if not sep or not key:
+            raise click.ClickException(f"{option} {value!r}: expected KEY=VALUE")
+        try:
+            found[key] = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError as error:
+            raise click.ClickException(f"{option} {value!r}: VALUE is not YAML: {error}") from error
+    return found
+
+
+def decision_details(result: PolicyResult) -> list[str]:
+    """What a person needs beyond the reason: the values the deciding condition saw, the quorum."""
+    lines = []
+    deciding = result.deciding
+    if deciding is not None and deciding.seen:
+        saw = ", ".join(f"{k} = {json.dumps(v, default=str)}" for k, v in redact(dict(deciding.seen)).items())
+        lines.append(f"its condition saw: {saw}")
+    if result.decision is Decision.REQUIRE_APPROVAL and deciding is not None and deciding.approvers:
+        who = deciding.approvers
+        named = [f"users {', '.join(who.users)}"] * bool(who.users)
+        named += [f"groups {', '.join(who.groups)}"] * bool(who.groups)
+        people = "; ".join(named) or "anyone but the requester"
+        lines.append(f"approvers: {people}" + (f"; {who.count} distinct people must approve" if who.count > 1 else ""))
+    return lines
 
 
 @policy.command("test")
@@ -190,7 +316,7 @@ def policy_test(files: tuple[Path, ...], kubeconfig: str | None, context: str | 
             policies = cluster_policies(kube, namespaces)
             source = "the cluster's policies"
         risks = {cap_id: spec.risk.level for cap_id, spec in all_capabilities(kube).items()}
-        results = run_cases(suite, policies, risks)
+        results = run_cases(suite, policies, risks, now=datetime.now(UTC))
         console.print(f"[bold]{file}[/] against {source}", soft_wrap=True)
         table = Table()
         for column in ("case", "expected", "got", "", "why"):
@@ -266,10 +392,20 @@ def plan(file: str, kubeconfig: str | None, context: str | None, namespace: str 
     except ValidationError as invalid:
         raise click.ClickException(f"{file}: not a valid Workflow spec: {_errors(invalid, prefix='spec')}") from invalid
     world = _dry_run_world(kube, manifest.get("metadata", {}).get("name", "?"), spec)
+    labels = manifest.get("metadata", {}).get("labels") or {}
+    world = replace(world, labels={str(k): str(v) for k, v in labels.items()})
     errors = spec_errors(spec, world.capabilities)
     console.print(f"plan of workflow {kube.namespace}/{world.ref.name} for {world.principal.user}")
     previews = steps.preview(world)
     console.print(_plan_table(previews))
+    counted = dict.fromkeys(
+        applied.describe()
+        for p in previews
+        if p.label
+        for applied in limits_for(world.policies, world.principal, kube.namespace, p.label)
+    )
+    for line in counted:
+        console.print(f"rate limit: {escape(line)} (counted when a step starts)", soft_wrap=True)
     for error in errors:
         console.print(f"[red]invalid:[/] {escape(error)}")
     undoable = [p for p in previews if p.undone_by]

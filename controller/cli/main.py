@@ -150,9 +150,9 @@ def operator(**options: object) -> None:
 
 def _register_commands() -> None:
     """Every other command: each module of the CLI lists its own (COMMANDS), registered the same way."""
-    from controller.cli import audit, dashboard, governance, mcp, workflows
+    from controller.cli import audit, calls, dashboard, governance, mcp, workflows
 
-    for module in (workflows, dashboard, mcp, governance, audit):
+    for module in (workflows, calls, dashboard, mcp, governance, audit):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -19,6 +19,7 @@ from controller.api.workflow import EventType, StepPhase, WorkflowPhase
 from controller.cli import progress
 from controller.cli.progress import styled
 from controller.client.workflows import NotAWorkflow, pending_approvals, reason_of, workflow_from_text
+from controller.policy.approvers import quorum_text
 
 __all__ = ["Kube", "read_workflow", "reason_of", "tree", "with_identity"]
 EXIT_CODES = {
@@ -98,6 +99,23 @@ def approval_named(kube: Kube, name: str) -> str:
     raise click.ClickException(f"workflow {name} waits for no approval (no Approval is called {name} either)")
 
 
+def approvals_of(kube: Kube, workflow: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The Approvals the workflow's steps name, by name (those this identity can read)."""
+    found: dict[str, dict[str, Any]] = {}
+    for step in (workflow.get("status") or {}).get("steps") or []:
+        name = step.get("approval")
+        if not name:
+            continue
+        try:
+            approval: Any = kube.custom.get_namespaced_custom_object(
+                API_GROUP, API_VERSION, kube.namespace, "approvals", name
+            )
+        except ApiException:
+            continue
+        found[name] = approval
+    return found
+
+
 def request_rollback(kube: Kube, name: str, namespace: str | None = None) -> dict[str, Any]:
     """Ask the operator to compensate the workflow NAME (the panic button): sets spec.rollback: true."""
     return kube.patch("workflows", name, {"spec": {"rollback": True}}, namespace)
@@ -111,7 +129,8 @@ def read_workflow(file: Path) -> dict[str, Any]:
         raise click.ClickException(str(error)) from error
 
 
-def tree(obj: dict[str, Any]) -> Tree:
+def tree(obj: dict[str, Any], approvals: dict[str, dict[str, Any]] | None = None) -> Tree:
+    """OBJ as a tree; APPROVALS (by name) add each step's approval state ("1 of 2 approvals")."""
     status = obj.get("status") or {}
     meta = obj["metadata"]
     title = f"[bold]{meta['namespace']}/{meta['name']}[/] {styled(status.get('phase'))}"
@@ -130,7 +149,15 @@ def tree(obj: dict[str, Any]) -> Tree:
         if step.get("policy"):
             node.add(f"[dim]policy: {step['policy']}[/]")
         if step.get("approval"):
-            node.add(f"approval: {step['approval']}")
+            approval = (approvals or {}).get(step["approval"]) or {}
+            state = (approval.get("status") or {}).get("phase")
+            tally = quorum_text(approval.get("spec") or {})
+            extra = "".join(f" {x}" for x in (state, f"({tally})" if tally else None) if x)
+            node.add(f"approval: {step['approval']}{extra}")
+        if step.get("condition"):
+            condition = step["condition"]
+            saw = ", ".join(f"{k}={v!r}" for k, v in (condition.get("saw") or {}).items())
+            node.add(f"[dim]when: {condition.get('when')}" + (f"  saw {saw}" if saw else "") + "[/]")
         if step.get("error"):
             node.add(f"[red]error: {step['error']}[/]")
         compensation = step.get("compensation") or {}
@@ -194,8 +221,10 @@ def run(
 @click.argument("name")
 @with_identity
 def status(name: str, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
-    """A workflow as a tree: steps, phases, decisions, approvals, compensation."""
-    console.print(tree(Kube(kubeconfig, context, namespace).get("workflows", name)))
+    """A workflow as a tree: steps, phases, decisions, approvals (with their tally), compensation."""
+    kube = Kube(kubeconfig, context, namespace)
+    obj = kube.get("workflows", name)
+    console.print(tree(obj, approvals_of(kube, obj)))
 
 
 def decide_as(
@@ -208,7 +237,14 @@ def decide_as(
 ) -> None:
     kube = Kube(kubeconfig, context, namespace)
     result = decide(kube, approval_named(kube, name), decision, reason)
-    console.print(f"approval {result['metadata']['name']}: {decision}")
+    spec = result.get("spec") or {}
+    tally = quorum_text(spec)
+    if tally and not spec.get("decision"):
+        console.print(f"approval {result['metadata']['name']}: your {decision} is recorded, {tally}")
+    elif tally:
+        console.print(f"approval {result['metadata']['name']}: {spec['decision']} ({tally})")
+    else:
+        console.print(f"approval {result['metadata']['name']}: {decision}")
 
 
 @click.command()

@@ -100,6 +100,7 @@ __all__ = [
     "record_action",
     "record_approval_refused",
     "record_compensation",
+    "record_rate_limited",
     "redact",
     "spec_errors",
     "template_context",
@@ -416,4 +417,17 @@ def record_approval_refused(world: World, step: str, error: str) -> WorkflowStat
     s = status.step(step)
     if s.phase is StepPhase.AWAITING_APPROVAL:
         fail_step(status, s, world.now, error, how="")
+    return status
+
+
+def record_rate_limited(world: World, step: str, message: str) -> WorkflowStatus:
+    """STEP was about to start but a policy's rate limit allows no more steps now: it never ran; it is
+    DENY with reason RateLimited (MESSAGE: which limit, when its window frees), and the workflow compensates."""
+    status = world.status.model_copy(deep=True)
+    s = status.step(step)
+    if s.phase is not StepPhase.RUNNING:
+        return status
+    s.attempts, s.started_at = max(0, s.attempts - 1), None
+    s.decision, s.policy = Decision.DENY, truncate(message)
+    fail_step(status, s, world.now, f"denied: {message}", reason=Reason.RATE_LIMITED, how="was denied", detail=message)
     return status

@@ -83,6 +83,7 @@ class World:
     approvals: Mapping[str, ApprovalState] = field(default_factory=dict)
     in_flight: frozenset[str] = frozenset()
     compensating: frozenset[str] = frozenset()
+    labels: Mapping[str, str] = field(default_factory=dict)  # the workflow's (`workflow.labels` in conditions)
 
 
 # -- outputs -----------------------------------------------------------------------------------------
@@ -385,4 +386,7 @@ def query(
         workflow=world.ref.name,
         step=step,
         inputs=inputs,
+        labels=world.labels,
+        params=world.spec.params,
+        now=world.now,
     )

@@ -26,6 +26,7 @@ from controller.api.policy import Approvers
 from controller.api.workflow import (
     Decision,
     EventType,
+    PolicyCondition,
     Reason,
     Step,
     StepPhase,
@@ -58,6 +59,7 @@ from controller.engine.state import (
     undone_by,
 )
 from controller.engine.templating import TemplateError, render, step_reads
+from controller.policy.conditions import bounded
 from controller.policy.evaluate import SEVERITY, PolicyResult, evaluate
 
 RUN_TIME_INPUTS = "(rendered at run time: uses outputs of earlier steps)"
@@ -240,18 +242,38 @@ def decide(world: World, step: Step, cap: CapabilitySpec, inputs: Mapping[str, A
 def who_approves(asking: Sequence[PolicyResult]) -> tuple[Approvers | None, str | None]:
     """Who may decide an Approval that answers every one of ASKING (the step's own decision and its
     compensation's): when several rules name approvers, only people all of them name (empty when no
-    one is: see the caller); the first notification URL."""
-    named = [v.deciding.approvers for v in asking if v.deciding and v.deciding.approvers]
+    one is: see the caller), as many of them as the largest quorum asks; the first notification URL."""
+    every = [v.deciding.approvers for v in asking if v.deciding and v.deciding.approvers]
+    named = [a for a in every if a.users or a.groups]
     notify = next((v.deciding.notify_url for v in asking if v.deciding and v.deciding.notify_url), None)
+    count = max((a.count for a in every), default=1)
     if not named:
-        return None, notify
+        return (Approvers(count=count) if count > 1 else None), notify
     approvers = named[0]
     for other in named[1:]:
         approvers = Approvers(
             users=[u for u in approvers.users if u in other.users],
             groups=[g for g in approvers.groups if g in other.groups],
         )
-    return approvers, notify
+    return approvers.model_copy(update={"count": count}), notify
+
+
+def names_nobody(approvers: Approvers | None, asking: Sequence[PolicyResult]) -> bool:
+    """Rules named approvers, and no one is named by all of them."""
+    named = any(
+        v.deciding.approvers.users or v.deciding.approvers.groups for v in asking if v.deciding and v.deciding.approvers
+    )
+    return approvers is not None and named and not (approvers.users or approvers.groups)
+
+
+def condition_of(result: PolicyResult) -> PolicyCondition | None:
+    """The condition of the rule that decided, with the values it saw, redacted: for status and audit."""
+    verdict = result.deciding
+    if verdict is None or verdict.when is None:
+        return None
+    saw = {key: bounded(value) for key, value in redact(dict(verdict.seen)).items()} if verdict.seen else None
+    error = truncate(verdict.error) if verdict.error else None
+    return PolicyCondition(rule=f"{verdict.policy} rule {verdict.rule}", when=verdict.when, saw=saw, error=error)
 
 
 class CapabilityStep:
@@ -323,8 +345,10 @@ class CapabilityStep:
         if s.decision is None:
             s.decision, s.policy = verdict.decision, truncate(verdict.reason)
             s.audit = [v.explanation for v in verdict.own.audit_only] or None
+            s.condition = condition_of(verdict.own)
         if verdict.decision is Decision.DENY:
             s.decision, s.policy = Decision.DENY, truncate(verdict.reason)
+            s.condition = condition_of(verdict.own) or s.condition
             own = verdict.own.decision is Decision.DENY
             why = verdict.reason if own else f"{verdict.reason} (the step could not be undone)"
             fail_step(
@@ -341,7 +365,7 @@ class CapabilityStep:
         if not verdict.asking:
             return True
         approvers, notify = who_approves(verdict.asking)
-        if approvers is not None and not (approvers.users or approvers.groups):
+        if names_nobody(approvers, verdict.asking):
             # An Approval without approvers may be decided by anyone: never the answer to two rules that
             # each name their own people.
             problem = (

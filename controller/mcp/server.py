@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -19,7 +21,9 @@ from mcp.server.lowlevel import Server
 from controller import API_GROUP, API_VERSION, __version__
 from controller.api.approval import ApprovalPhase
 from controller.api.capability import CapabilitySpec
+from controller.api.transaction import FINISHED_PHASES, TransactionPhase
 from controller.api.workflow import TERMINAL_PHASES, WorkflowPhase
+from controller.client import undo
 from controller.client.capabilities import catalogue
 from controller.client.workflows import (
     NotAWorkflow,
@@ -36,6 +40,9 @@ AI-First Runtime: each tool call becomes a Workflow in Kubernetes, created under
 cluster's policies decide whether it runs, asks a person, or is denied; everything is audited, and changes
 are compensated (undone) when a workflow fails. A call that needs approval returns the pending Approval's
 name and the workflow's name at once: a person (not you) approves it, then call workflow_status."""
+
+
+MERGE_PATCH = "application/merge-patch+json"  # kubernetes_asyncio sends a JSON patch unless told
 
 
 @dataclass
@@ -66,6 +73,13 @@ class AirunTools:
     def __init__(self, identity: Identity, settings: Settings) -> None:
         self.identity = identity
         self.settings = settings
+        self._agent_tools: dict[str, Callable[[Any, Any, dict[str, Any]], Awaitable[types.CallToolResult]]] = {
+            tools.UNDO: self._undo,
+            tools.BEGIN_TRANSACTION: self._begin,
+            tools.COMMIT_TRANSACTION: self._commit,
+            tools.ROLLBACK_TRANSACTION: self._rollback,
+            tools.TRANSACTION_STATUS: self._transaction_status,
+        }
 
     async def _capabilities(self, api: client.ApiClient) -> dict[str, CapabilitySpec]:
         try:
@@ -84,8 +98,7 @@ class AirunTools:
     ) -> types.ListToolsResult:
         async with self.identity.client(ctx.request) as api:
             specs = await self._capabilities(api)
-        offered = sorted((s for s in specs.values() if not s.internal), key=lambda s: s.id)
-        return types.ListToolsResult(tools=[*map(tools.capability_tool, offered), *tools.WORKFLOW_TOOLS])
+        return types.ListToolsResult(tools=tools.all_tools(specs))
 
     async def call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
@@ -100,6 +113,8 @@ class AirunTools:
                     return await self._status(custom, arguments)
                 if params.name == tools.LIST_WORKFLOWS:
                     return await self._list(custom, arguments)
+                if params.name in self._agent_tools:
+                    return await self._agent_tools[params.name](api, custom, arguments)
                 capability = tools.capability_id(params.name)
                 spec = (await self._capabilities(api)).get(capability or "")
                 if spec is None or spec.internal:
@@ -118,13 +133,20 @@ class AirunTools:
         self, custom: client.CustomObjectsApi, spec: CapabilitySpec, arguments: dict[str, Any]
     ) -> types.CallToolResult:
         namespace = self.settings.namespace
+        inputs, transaction = tools.split_arguments(arguments)
         created: Any = await custom.create_namespaced_custom_object(
-            API_GROUP, API_VERSION, namespace, "workflows", tools.one_step_workflow(spec, arguments)
+            API_GROUP,
+            API_VERSION,
+            namespace,
+            "workflows",
+            tools.one_step_workflow(spec, inputs, transaction=transaction),
         )
         obj = await self._wait(custom, created, self.settings.wait_seconds)
         state = summary(obj)
         name = state["workflow"]
         base: dict[str, Any] = {"workflow": name, "namespace": namespace, "phase": state["phase"]}
+        if transaction:
+            base["transaction"] = transaction
         if state["phase"] is WorkflowPhase.SUCCEEDED:
             outputs = state["steps"][0].get("outputs", {}) if state["steps"] else {}
             return _result(f"{spec.id} succeeded (workflow {namespace}/{name})", {**base, "outputs": outputs})
@@ -175,13 +197,22 @@ class AirunTools:
         )
         return _result(text, {**base, "phase": WorkflowPhase.AWAITING_APPROVAL, "approvals": approvals})
 
-    async def _wait(self, custom: client.CustomObjectsApi, created: dict[str, Any], seconds: float) -> dict[str, Any]:
-        """The workflow once it ended or waits for an approval, or as it is after SECONDS (a watch)."""
+    async def _wait(
+        self,
+        custom: client.CustomObjectsApi,
+        created: dict[str, Any],
+        seconds: float,
+        until: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> dict[str, Any]:
+        """The workflow once it ended or waits for an approval (or UNTIL says so), or as it is after SECONDS
+        (a watch)."""
         meta = created["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         latest = created
 
         def decided(obj: dict[str, Any]) -> bool:
+            if until is not None:
+                return until(obj)
             return (obj.get("status") or {}).get("phase") in TERMINAL_PHASES or bool(pending_approvals(obj))
 
         with anyio.move_on_after(seconds):
@@ -256,6 +287,143 @@ class AirunTools:
             for o in items
         ]
         return _result(f"{len(rows)} workflows in {namespace}", {"namespace": namespace, "workflows": rows})
+
+    # -- agents' transactions (DESIGN section 6) -------------------------------------------------------------
+
+    async def _whoami(self, api: client.ApiClient) -> str:
+        review = await client.AuthenticationV1Api(api).create_self_subject_review(
+            client.V1SelfSubjectReview(api_version="authentication.k8s.io/v1", kind="SelfSubjectReview")
+        )
+        return str(review.status.user_info.username)
+
+    async def _undo(self, api: client.ApiClient, custom: Any, arguments: dict[str, Any]) -> types.CallToolResult:
+        """The caller's own last COUNT calls, newest completion first, one after the other."""
+        namespace = self.settings.namespace
+        count = int(arguments.get("count") or 1)
+        if count < 1:
+            raise ValueError("count must be 1 or more")
+        me = await self._whoami(api)  # the API server says who the caller is; the operator recorded whose calls are
+        listed: Any = await custom.list_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "workflows")
+        results: list[dict[str, Any]] = []
+        deadline = time.monotonic() + self.settings.wait_seconds
+        for obj in undo.candidates(listed.get("items", []), me, count):
+            name = obj["metadata"]["name"]
+            patched: Any = await custom.patch_namespaced_custom_object(
+                API_GROUP, API_VERSION, namespace, "workflows", name, undo.ROLLBACK_PATCH, _content_type=MERGE_PATCH
+            )
+            left = max(1.0, deadline - time.monotonic())
+            after = await self._wait(custom, patched, left, until=lambda o: summary(o)["phase"] in undo.UNDO_FINISHED)
+            results.append(undo.entry(after))
+            if results[-1]["phase"] != "Compensated":
+                break
+        data = {"principal": me, "namespace": namespace, "undone": results}
+        if not results:
+            return _result(f"nothing of {me} to undo in {namespace}", data)
+        failed = results[-1]["phase"] != "Compensated"
+        text = "\n".join(("undone " if r["phase"] == "Compensated" else "NOT undone ") + undo.line(r) for r in results)
+        return _result(text, data, error=failed)
+
+    async def _transaction(self, custom: Any, arguments: dict[str, Any]) -> tuple[str, str]:
+        name = str(arguments.get("transaction") or "")
+        if not name:
+            raise ValueError("transaction: the id begin_transaction returned")
+        return self.settings.namespace, name
+
+    async def _begin(self, api: client.ApiClient, custom: Any, arguments: dict[str, Any]) -> types.CallToolResult:
+        namespace = self.settings.namespace
+        spec: dict[str, Any] = {"description": str(arguments.get("name") or "")}
+        if arguments.get("ttlSeconds") is not None:
+            spec["ttlSeconds"] = int(arguments["ttlSeconds"])
+        body = {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": "Transaction",
+            "metadata": {"generateName": "tx-", "labels": dict(tools.MANAGED_BY)},
+            "spec": spec,
+        }
+        created: Any = await custom.create_namespaced_custom_object(
+            API_GROUP, API_VERSION, namespace, "transactions", body
+        )
+        name = created["metadata"]["name"]
+        ttl = created["spec"].get("ttlSeconds")
+        data = {"transaction": name, "namespace": namespace, "ttlSeconds": ttl, "description": spec["description"]}
+        text = (
+            f"transaction {name} begun (rolled back by the operator if still open after {ttl} s): pass "
+            f'"transaction": "{name}" to the tool calls that belong to it, then {tools.COMMIT_TRANSACTION} or '
+            f"{tools.ROLLBACK_TRANSACTION}"
+        )
+        return _result(text, data)
+
+    async def _follow_transaction(
+        self, custom: Any, namespace: str, name: str, done: Callable[[dict[str, Any]], bool]
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + self.settings.wait_seconds
+        while True:
+            obj: Any = await custom.get_namespaced_custom_object(
+                API_GROUP, API_VERSION, namespace, "transactions", name
+            )
+            if done(obj) or time.monotonic() >= deadline:
+                return dict(obj)
+            await anyio.sleep(0.25)
+
+    async def _end(self, custom: Any, arguments: dict[str, Any], field: str) -> dict[str, Any]:
+        namespace, name = await self._transaction(custom, arguments)
+        await custom.patch_namespaced_custom_object(
+            API_GROUP, API_VERSION, namespace, "transactions", name, {"spec": {field: True}}, _content_type=MERGE_PATCH
+        )
+
+        def ended(obj: dict[str, Any]) -> bool:
+            phase = (obj.get("status") or {}).get("phase")
+            if field == "commit":
+                return phase != TransactionPhase.OPEN.value and phase is not None
+            return phase in {p.value for p in FINISHED_PHASES}
+
+        return await self._follow_transaction(custom, namespace, name, ended)
+
+    async def _commit(self, api: client.ApiClient, custom: Any, arguments: dict[str, Any]) -> types.CallToolResult:
+        state = transaction_summary(await self._end(custom, arguments, "commit"))
+        ok = state["phase"] == TransactionPhase.COMMITTED.value
+        text = f"transaction {state['transaction']}: {state['phase']} with {len(state['calls'])} calls"
+        return _result(text, state, error=not ok)
+
+    async def _rollback(self, api: client.ApiClient, custom: Any, arguments: dict[str, Any]) -> types.CallToolResult:
+        state = transaction_summary(await self._end(custom, arguments, "rollback"))
+        phase = state["phase"]
+        lines = [
+            f"transaction {state['transaction']}: {phase}" + (f" ({state['message']})" if state.get("message") else "")
+        ]
+        by_name = {c["workflow"]: c for c in state["calls"]}
+        for name in state["undone"]:
+            call = by_name.get(name, {})
+            lines.append(f"  undone {name} ({call.get('capability')}) by {call.get('undo') or 'nothing to undo'}")
+        if phase == TransactionPhase.ROLLING_BACK.value:
+            lines.append(f"  still rolling back: follow it with {tools.TRANSACTION_STATUS}")
+        return _result("\n".join(lines), state, error=phase == TransactionPhase.ROLLBACK_FAILED.value)
+
+    async def _transaction_status(
+        self, api: client.ApiClient, custom: Any, arguments: dict[str, Any]
+    ) -> types.CallToolResult:
+        namespace, name = await self._transaction(custom, arguments)
+        obj: Any = await custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "transactions", name)
+        state = transaction_summary(obj)
+        return _result(f"transaction {name}: {state['phase']}", state)
+
+
+def transaction_summary(obj: dict[str, Any]) -> dict[str, Any]:
+    meta = obj.get("metadata") or {}
+    status = obj.get("status") or {}
+    return {
+        "transaction": meta.get("name"),
+        "namespace": meta.get("namespace"),
+        "description": (obj.get("spec") or {}).get("description", ""),
+        "phase": status.get("phase") or TransactionPhase.OPEN.value,
+        **{
+            k: status[k]
+            for k in ("reason", "message", "principal", "expiresAt", "rollbackRequestedBy")
+            if status.get(k)
+        },
+        "calls": status.get("calls") or [],
+        "undone": status.get("undone") or [],
+    }
 
 
 def build_server(identity: Identity, settings: Settings) -> Server[Any]:

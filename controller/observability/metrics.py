@@ -94,6 +94,12 @@ class Metrics:
             "airun_reconcile_errors_total", "Unexpected errors while driving workflows", registry=r
         )
         self.status_writes = Counter("airun_status_writes_total", "PATCHes of workflow status", registry=r)
+        self.breaker_opens = Counter(
+            "airun_breaker_opens_total",
+            "Circuit breakers of policies opened for a principal (its new workflows refused until reset)",
+            ["policy"],
+            registry=r,
+        )
         self.webhooks_registered = Gauge(
             "airun_webhooks_registered",
             "1 while the admission webhook configurations are registered; at 0 no new workflow starts",

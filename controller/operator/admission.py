@@ -4,13 +4,24 @@ authentication of the request, never from its body.
 Workflow CREATE   records the creator as the principal (annotations, groups as a JSON list, signed with the
                   operator's attestation key; whatever the body claims is overwritten), names a workflow
                   created with generateName (the signature covers the name), adds the saga finalizer,
-                  refuses cycles and unknown capabilities.
-Workflow UPDATE   records who set spec.rollback; refuses changes to the recorded identities, and removal of
-                  the saga finalizer by anyone but the operator while the workflow is not finished.
+                  refuses cycles and unknown capabilities, and a call joining a Transaction (label
+                  aifirst.dev/transaction) that is not open or not the creator's own.
+Workflow UPDATE   records who set spec.rollback; refuses changes to the recorded identities and to the
+                  transaction label, and removal of the saga finalizer by anyone but the operator while the
+                  workflow is not finished.
+Transaction       its creator recorded and signed; only they commit it, roll it back, or delete it while
+                  open (controller/operator/transactions.py).
 Workflow DELETE   records who deleted it (audit), so that its compensation names the actor.
+Policy, ClusterPolicy CREATE/UPDATE
+                  compiles and checks every rule's `when:` condition: a bad one is refused with its
+                  position and message (controller/policy/conditions.py).
+ConfigMap UPDATE  (the operator's circuit breakers only, by label) records who reset a breaker (audit);
+                  refuses any other change by anyone but the operator.
 Approval UPDATE   records who decided (annotation), refuses self-approval, approvers the policy does
                   not name, any change to a decided Approval, and any change (removal included) to what is
                   not the decision or its reason: the rest of spec, its owner, our labels and annotations.
+                  With a quorum (approvers.count > 1) a person's decision is a vote (spec.votes).
+Workflow CREATE   also refuses a principal whose denials opened the circuit breaker of a policy here.
 
 Metadata-only updates never reach the UPDATE webhooks (matchConditions, controller/operator/webhooks.py).
 
@@ -24,6 +35,7 @@ workflow-deletion only records; it must never keep anyone from deleting (failure
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -43,16 +55,20 @@ from controller.api.metadata import (
     PRINCIPAL_ANNOTATION,
     ROLLBACK_BY_ANNOTATION,
 )
-from controller.api.policy import Approvers
+from controller.api.policy import Approvers, PolicySpec
 from controller.api.workflow import TERMINAL_PHASES, WorkflowPhase, WorkflowSpec
 from controller.capabilities import custom
 from controller.engine.validation import spec_errors
-from controller.operator import attestation
+from controller.operator import attestation, transactions
+from controller.operator import limits as policy_state
 from controller.operator.runtime import WorkflowRuntime
-from controller.policy.approvers import decision_refusal
+from controller.policy.approvers import decision_refusal, outcome, quorum, vote_refusal
+from controller.policy.conditions import ConditionError, compile_condition
+from controller.policy.limits import breakers_for
 
-# What a person may change on an Approval: the decision and why. Everything else is what was approved.
-DECISION_FIELDS = ("decision", "reason")
+# What a person may change on an Approval: the decision and why (and, for a quorum, the votes, which the
+# webhooks write from the decision). Everything else is what was approved.
+DECISION_FIELDS = ("decision", "reason", "votes")
 _NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the API server's own generateName alphabet
 
 
@@ -88,6 +104,28 @@ def _user(userinfo: Mapping[str, Any]) -> tuple[str, list[str]]:
     return str(userinfo.get("username", "")), [str(g) for g in userinfo.get("groups") or []]
 
 
+def _approvers(spec: Mapping[str, Any]) -> Approvers | None:
+    return Approvers.model_validate(spec["approvers"]) if spec.get("approvers") else None
+
+
+def policy_problems(spec: Mapping[str, Any]) -> list[str]:
+    """What makes a Policy or ClusterPolicy spec unusable: its model, and each `when:` that does not
+    compile or type-check (with the rule's index and the error's line and column)."""
+    try:
+        parsed = PolicySpec.model_validate(dict(spec))
+    except ValidationError as error:
+        return [f"spec: {error}"]
+    problems = []
+    for index, rule in enumerate(parsed.rules):
+        if rule.when is None:
+            continue
+        try:
+            compile_condition(rule.when)
+        except ConditionError as error:
+            problems.append(f"spec.rules[{index}].when: {error}")
+    return problems
+
+
 def approval_tampering(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
     """What an update changes on an Approval beyond its decision and reason (removal included), or None.
     The operator's own metadata counts: the owner (which workflow it decides for), our labels and our
@@ -120,6 +158,11 @@ def _identity_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> kopf.Adm
                 code=403,
             )
     return None
+
+
+def _transaction_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> kopf.AdmissionError | None:
+    refusal = transactions.label_change_refusal(old, new)
+    return kopf.AdmissionError(refusal, code=403) if refusal else None
 
 
 def _rollback_actor_change(old: Mapping[str, Any], new: Mapping[str, Any], user: str) -> kopf.AdmissionError | None:
@@ -162,6 +205,10 @@ class Admission:
         self.runtime = runtime
         self.operator_user = operator_user
         self.bind = bind
+        agents = transactions.TransactionAdmission(runtime, operator_user)
+        self.transaction_principal = agents.principal
+        self.transaction_update = agents.update
+        self.transaction_deletion = agents.deletion
 
     def workflow_principal(
         self, body: kopf.Body, patch: kopf.Patch, userinfo: Mapping[str, Any], namespace: str | None, **_: Any
@@ -180,6 +227,7 @@ class Admission:
         patch.setdefault("metadata", {}).setdefault("annotations", {}).update(signed)
         if ROLLBACK_BY_ANNOTATION in _annotations(body):
             patch["metadata"]["annotations"][ROLLBACK_BY_ANNOTATION] = None  # only ever set by the UPDATE webhook
+        transactions.stamp_call(body, patch)
         finalizers = list(body.metadata.get("finalizers") or [])
         if FINALIZER not in finalizers:
             # Added at creation: deleting a running workflow always compensates it first, and the
@@ -208,9 +256,34 @@ class Admission:
             payload={"phase": (body.get("status") or {}).get("phase")},
         )
 
-    async def workflow_runnable(self, spec: kopf.Spec, **kwargs: Any) -> None:
+    async def workflow_runnable(
+        self, spec: kopf.Spec, body: kopf.Body, userinfo: Mapping[str, Any], namespace: str | None, **kwargs: Any
+    ) -> None:
         self.bind(kwargs)  # the custom capabilities of the cluster count too
+        await self.check_breakers(_user(userinfo)[0], namespace or "")
         await self.check_runnable(spec)
+        if not kwargs.get("dryrun"):  # a call joining a transaction: open, and the caller's own
+            await transactions.check_call(self.runtime, namespace or "", body, _user(userinfo)[0])
+
+    async def check_breakers(self, user: str, namespace: str) -> None:
+        """A principal whose denials opened the circuit breaker of a policy that applies here starts nothing
+        new until an approver resets it."""
+        applying = {b.policy: b.breaker for b in breakers_for(self.runtime.policies(), namespace)}
+        if not applying:
+            return
+        entry = await self.runtime.breakers.open_for(user)
+        for policy, since in sorted((entry.get("open") or {}).items()):
+            breaker = applying.get(policy)
+            if breaker is None:
+                continue
+            opened = datetime.fromtimestamp(float(since), UTC).isoformat(timespec="seconds")
+            raise kopf.AdmissionError(
+                f"the circuit breaker of {policy} is open for {user} since {opened}: {breaker.denials} of its "
+                f"steps were denied within {breaker.per_seconds} s, so its new workflows are refused. "
+                f"Find out why (airun audit show --kind step.decision), then an approver resets it: "
+                f"airun policy reset {user}",
+                code=403,
+            )
 
     async def check_runnable(self, spec: Mapping[str, Any]) -> None:
         """The checks that span the whole spec: here rather than CEL rules on the CRD, which the API server
@@ -234,6 +307,7 @@ class Admission:
         user, _groups = _user(userinfo)
         refusal = (
             _identity_change(old, body)
+            or _transaction_change(old, body)
             or _rollback_actor_change(old, body, user)
             or _finalizer_removal(old, body, user, self.operator_user)
         )
@@ -249,7 +323,25 @@ class Admission:
         await self.check_runnable(spec)
 
     def approval_decider(self, body: kopf.Body, patch: kopf.Patch, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
-        _record_who_set(kwargs.get("old"), body, "decision", patch, DECIDED_BY_ANNOTATION, userinfo)
+        """Who decided. On a quorum Approval (approvers.count > 1) a person's decision is a vote: appended to
+        spec.votes under their authenticated name, and spec.decision stays empty until the votes decide
+        (the first rejection, or COUNT distinct approvals)."""
+        old: Mapping[str, Any] = kwargs.get("old") or {}
+        old_spec, spec = old.get("spec") or {}, body.get("spec") or {}
+        count = quorum(_approvers(old_spec))
+        user, _groups = _user(userinfo)
+        if count > 1 and user != self.operator_user and not old_spec.get("decision") and spec.get("decision"):
+            vote = {"user": user, "decision": spec["decision"], "at": datetime.now(UTC).isoformat(timespec="seconds")}
+            if spec.get("reason"):
+                vote["reason"] = spec["reason"]
+            votes = [*(old_spec.get("votes") or []), vote]
+            patch.setdefault("spec", {})["votes"] = votes
+            if not outcome(votes, count):
+                patch["spec"]["decision"] = ""
+                if spec.get("reason") != old_spec.get("reason"):
+                    patch["spec"]["reason"] = old_spec.get("reason")  # the vote keeps it
+                return
+        _record_who_set(old, body, "decision", patch, DECIDED_BY_ANNOTATION, userinfo)
 
     def approval_decision(self, body: kopf.Body, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
         old: Mapping[str, Any] = kwargs.get("old") or {}
@@ -268,8 +360,29 @@ class Admission:
         old_by, new_by = _annotations(old).get(DECIDED_BY_ANNOTATION), _annotations(body).get(DECIDED_BY_ANNOTATION)
         if before and before != after:
             raise kopf.AdmissionError("the decision of an Approval is final and cannot be changed", code=403)
+        approvers = _approvers(old_spec)
+        count = quorum(approvers)
+        old_votes, new_votes = list(old_spec.get("votes") or []), list(spec.get("votes") or [])
+        if old_votes != new_votes and (count == 1 or before or user == self.operator_user):
+            raise kopf.AdmissionError(
+                "spec.votes are written by the admission webhook from a person's decision on a pending quorum "
+                "Approval only",
+                code=403,
+            )
+        if count > 1 and user != self.operator_user:
+            refusal = vote_refusal(
+                old_votes=old_votes,
+                new_votes=new_votes,
+                decision=after,
+                count=count,
+                requested_by=old_spec.get("requestedBy") or "",
+                approvers=approvers,
+                user=user,
+                groups=groups,
+            )
+            if refusal:
+                raise kopf.AdmissionError(refusal, code=403)
         if not before and after:
-            approvers = Approvers.model_validate(old_spec["approvers"]) if old_spec.get("approvers") else None
             refusal = decision_refusal(
                 requested_by=old_spec.get("requestedBy") or "", approvers=approvers, user=user, groups=groups
             )
@@ -282,6 +395,42 @@ class Admission:
                 f"metadata.annotations[{DECIDED_BY_ANNOTATION}] is recorded from the API server's "
                 "authentication and cannot be changed",
                 code=403,
+            )
+
+    def policy_conditions(self, spec: kopf.Spec, **_: Any) -> None:
+        problems = policy_problems(spec)
+        if problems:
+            raise kopf.AdmissionError("; ".join(problems), code=422)
+
+    def breaker_reset(self, body: kopf.Body, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
+        """Only the operator records denials; anyone else (the approver role: RBAC) may only remove a
+        principal's entry, which closes its breakers, and is recorded in the audit trail as who did it."""
+        user, _groups = _user(userinfo)
+        if user == self.operator_user or kwargs.get("dryrun"):
+            return
+        old: Mapping[str, Any] = kwargs.get("old") or {}
+        if _ours((old.get("metadata") or {}).get("labels")) != _ours(body.metadata.get("labels")):
+            raise kopf.AdmissionError("the aifirst.dev/ labels of the operator's state cannot be changed", code=403)
+        before, after = dict(old.get("data") or {}), dict(body.get("data") or {})
+        if any(key not in before or before[key] != value for key, value in after.items()):
+            raise kopf.AdmissionError(
+                "circuit breakers are recorded by the operator; a person may only reset one "
+                "(airun policy reset PRINCIPAL removes its entry)",
+                code=403,
+            )
+        for key in sorted(set(before) - set(after)):
+            try:
+                entry = json.loads(before[key])
+            except ValueError:
+                entry = {}
+            self.runtime.audit.record(
+                AuditKind.BREAKER_RESET,
+                namespace="",
+                workflow="",
+                workflow_uid="",
+                principal=str(entry.get("principal") or key),
+                actor=user,
+                payload={"open": entry.get("open") or {}, "denials": len(entry.get("denials") or [])},
             )
 
     def capability_coherent(self, name: str, spec: kopf.Spec, **kwargs: Any) -> None:
@@ -319,6 +468,9 @@ class Webhook:
     operations: tuple[Operation, ...]  # in this order in the webhook configuration
     handler: str
     ignore_failures: bool = False
+    group: str = API_GROUP
+    version: str = API_VERSION
+    labels: tuple[tuple[str, str], ...] = ()  # only objects with these labels (objectSelector)
 
 
 WEBHOOKS = (
@@ -330,6 +482,21 @@ WEBHOOKS = (
     Webhook("approval-decider", True, "approvals", ("UPDATE",), "approval_decider"),
     Webhook("approval-decision", False, "approvals", ("UPDATE",), "approval_decision"),
     Webhook("capability-coherent", False, "capabilities", ("CREATE", "UPDATE"), "capability_coherent"),
+    Webhook("policy-conditions", False, "policies", ("CREATE", "UPDATE"), "policy_conditions"),
+    Webhook("clusterpolicy-conditions", False, "clusterpolicies", ("CREATE", "UPDATE"), "policy_conditions"),
+    Webhook(
+        "breaker-reset",
+        False,
+        "configmaps",
+        ("UPDATE",),
+        "breaker_reset",
+        group="",
+        version="v1",
+        labels=((policy_state.STATE_LABEL, "breakers"),),
+    ),
+    Webhook("transaction-principal", True, "transactions", ("CREATE",), "transaction_principal"),
+    Webhook("transaction-update", False, "transactions", ("UPDATE",), "transaction_update"),
+    Webhook("transaction-deletion", False, "transactions", ("DELETE",), "transaction_deletion"),
 )
 
 
@@ -343,9 +510,10 @@ def register(
     for hook in WEBHOOKS:
         on = kopf.on.mutate if hook.mutating else kopf.on.validate
         on(
-            API_GROUP,
-            API_VERSION,
+            hook.group,
+            hook.version,
             hook.plural,
+            labels=dict(hook.labels) or None,
             operations=list(hook.operations),
             registry=registry,
             persistent=True,

@@ -39,7 +39,7 @@ def manifest(ref: saga.WorkflowRef, request: saga.RequestApproval, requested_by:
             "capability": request.compensation.capability,
             "riskLevel": request.compensation.risk.value,
         }
-    if request.approvers and (request.approvers.users or request.approvers.groups):
+    if request.approvers and (request.approvers.users or request.approvers.groups or request.approvers.count > 1):
         spec["approvers"] = request.approvers.model_dump(exclude_defaults=True)
     annotations = {NOTIFY_ANNOTATION: request.notify_url} if request.notify_url else {}
     return {
@@ -154,9 +154,17 @@ async def expire(connection: Connection, namespace: str, name: str) -> dict[str,
 
 
 async def record_decision(
-    connection: Connection, namespace: str, name: str, phase: ApprovalPhase, decided_by: str | None, reason: str | None
+    connection: Connection,
+    namespace: str,
+    name: str,
+    phase: ApprovalPhase,
+    decided_by: str | None,
+    reason: str | None,
+    votes: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     status: dict[str, Any] = {"phase": phase.value, "decidedAt": saga.iso(datetime.now(UTC))}
+    if votes:
+        status["decisions"] = votes
     if decided_by:
         status["decidedBy"] = decided_by
     if reason:
@@ -207,6 +215,26 @@ def announce(notifier: Notifier | None, event: ApprovalNotice, approval: Mapping
     notifier.send(url, approval_message(event, approval), failed, namespace=namespace)
 
 
+def deciders(spec: Mapping[str, Any]) -> str | None:
+    """Who decided a quorum Approval: the people whose votes decided it ("alice, carol"), None before
+    that or without votes (the webhook recorded the single decider)."""
+    votes = spec.get("votes") or []
+    decision = spec.get("decision") or ""
+    if not votes or not decision:
+        return None
+    return ", ".join(dict.fromkeys(str(v.get("user")) for v in votes if v.get("decision") == decision)) or None
+
+
+def decisions(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The votes of a quorum Approval as status.decisions (user, decision, at, reason)."""
+    keys = ("user", "decision", "at", "reason")
+    return [{k: v[k] for k in keys if v.get(k)} for v in spec.get("votes") or [] if isinstance(v, Mapping)]
+
+
+async def record_decisions(connection: Connection, namespace: str, name: str, spec: Mapping[str, Any]) -> None:
+    await _set_status(connection, namespace, name, {"decisions": decisions(spec)})
+
+
 def owner_uid(body: Mapping[str, Any]) -> str:
     """The uid of the Workflow that owns this Approval ("" when none does)."""
     for owner in (body.get("metadata") or {}).get("ownerReferences") or []:
@@ -229,7 +257,8 @@ def state_of(body: Mapping[str, Any]) -> saga.ApprovalState:
         phase=phase,
         inputs_hash=spec.get("inputsHash"),
         expires_at=saga.parse_time(spec.get("expiresAt")),
-        decided_by=status.get("decidedBy")
+        decided_by=deciders(spec)
+        or status.get("decidedBy")
         or (body.get("metadata", {}).get("annotations") or {}).get(DECIDED_BY_ANNOTATION),
         requested_at=saga.parse_time(body.get("metadata", {}).get("creationTimestamp")),
         compensation=(spec.get("compensation") or {}).get("capability"),

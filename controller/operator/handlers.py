@@ -14,11 +14,12 @@ from controller import API_GROUP, API_VERSION
 from controller.api.approval import DECISIONS, ApprovalNotice, ApprovalPhase, approval_phase
 from controller.api.audit import AuditKind
 from controller.api.capability import CapabilitySpec
-from controller.api.policy import PolicyObject, PolicySpec
+from controller.api.policy import Approvers, PolicyObject, PolicySpec
 from controller.capabilities import custom
 from controller.engine import saga
 from controller.operator import approvals, capability_status
 from controller.operator.runtime import WorkflowRuntime
+from controller.policy.approvers import quorum, tally
 
 ALL = "all"
 log = logging.getLogger("airun.handlers")
@@ -117,10 +118,15 @@ async def record_approval_decision(
     the Approval still Pending on restart and records the decision again, so a decision is recorded at
     least once, never lost. A repeat is visible: it carries the same approvalUid and generation."""
     status = body.get("status") or {}
-    if spec.get("decision") not in DECISIONS or approval_phase(status.get("phase")) is not ApprovalPhase.PENDING:
+    metadata = body.get("metadata") or {}
+    votes = approvals.decisions(spec)
+    pending = approval_phase(status.get("phase")) is ApprovalPhase.PENDING
+    if not spec.get("decision") and votes and votes != (status.get("decisions") or []) and pending:
+        await record_votes(runtime, body, namespace, spec, votes, status.get("decisions") or [])
+        return
+    if spec.get("decision") not in DECISIONS or not pending:
         return
     decision = ApprovalPhase(spec["decision"])
-    metadata = body.get("metadata") or {}
     state = approvals.state_of(body)
     runtime.audit.record(
         AuditKind.APPROVAL_DECIDED,
@@ -138,6 +144,7 @@ async def record_approval_decision(
             "reason": spec.get("reason"),
             "inputsHash": spec.get("inputsHash"),
             "capability": spec.get("capability"),
+            **({"votes": votes} if votes else {}),
         },
     )
     await runtime.audit.durable()
@@ -147,10 +154,44 @@ async def record_approval_decision(
         metadata.get("name") or "",
         decision,
         state.decided_by,
-        spec.get("reason"),
+        spec.get("reason") or next((v.get("reason") for v in reversed(votes) if v.get("reason")), None),
+        votes,
     )
     approvals.announce(runtime.notifier, ApprovalNotice.DECIDED, decided)
     created = saga.parse_time(metadata.get("creationTimestamp"))
     if created is not None:
         waited = (datetime.now(UTC) - created).total_seconds()
         runtime.metrics.approval_wait.labels(decision.value).observe(waited)
+
+
+async def record_votes(
+    runtime: WorkflowRuntime,
+    body: Mapping[str, Any],
+    namespace: str,
+    spec: Mapping[str, Any],
+    votes: list[dict[str, Any]],
+    recorded: list[Any],
+) -> None:
+    """A vote on a quorum Approval that did not decide it yet: audited (each vote once; a repeat after a
+    crash carries the same approvalUid and voter), then shown in status.decisions ("1 of 2")."""
+    metadata = body.get("metadata") or {}
+    for vote in votes[len(recorded) :]:
+        runtime.audit.record(
+            AuditKind.APPROVAL_VOTE,
+            namespace=namespace,
+            workflow=spec.get("workflow") or "",
+            workflow_uid=approvals.owner_uid(body),
+            step=spec.get("step"),
+            principal=spec.get("requestedBy"),
+            actor=vote.get("user"),
+            payload={
+                "approval": metadata.get("name"),
+                "approvalUid": metadata.get("uid"),
+                "decision": vote.get("decision"),
+                "reason": vote.get("reason"),
+                "inputsHash": spec.get("inputsHash"),
+                "tally": tally(votes, quorum(Approvers.model_validate(spec.get("approvers") or {}))),
+            },
+        )
+    await runtime.audit.durable()
+    await approvals.record_decisions(runtime.connection, namespace, metadata.get("name") or "", spec)

@@ -29,7 +29,7 @@ from controller.capabilities import snapshots
 from controller.capabilities.egress import EgressRules
 from controller.engine import templating
 from controller.observability import logs
-from controller.operator import admission, attestation, controlplane, handlers, health, kube, webhooks
+from controller.operator import admission, attestation, controlplane, handlers, health, kube, transactions, webhooks
 from controller.operator.notify import Notifier, policy_urls
 from controller.operator.runtime import RuntimeSettings, WorkflowRuntime, workspaces_from_env
 from controller.operator.template_sandbox import TemplateSandbox
@@ -170,6 +170,8 @@ async def run(options: OperatorOptions) -> None:
     runtime = _runtime(options, connection, workspaces, notifier, audit)
     await sweep_snapshots(connection, workspaces)
     bind = handlers.register(registry, runtime)
+    agents = transactions.TransactionRuntime(runtime)
+    transactions.register(registry, agents)
     if options.webhook_port:
         admission.register(registry, runtime, operator_user=await whoami(connection), bind=bind)
     else:
@@ -218,6 +220,7 @@ async def run(options: OperatorOptions) -> None:
         learning.cancel()
         signals.cancel()
         await probes.cleanup()
+        await agents.shutdown()
         await runtime.shutdown()
         templating.install(None)
         sandbox.close()

@@ -28,7 +28,15 @@ from controller.api.audit import AuditKind
 from controller.api.capability import CapabilitySpec
 from controller.api.metadata import FINALIZER, ROLLBACK_BY_ANNOTATION
 from controller.api.policy import PolicyObject, Principal
-from controller.api.workflow import TERMINAL_PHASES, EventType, Reason, WorkflowPhase, WorkflowSpec, WorkflowStatus
+from controller.api.workflow import (
+    TERMINAL_PHASES,
+    Decision,
+    EventType,
+    Reason,
+    WorkflowPhase,
+    WorkflowSpec,
+    WorkflowStatus,
+)
 from controller.audit.writer import AuditWriter
 from controller.capabilities import secrets
 from controller.capabilities.base import CapabilityError, Handler, Invocation
@@ -38,8 +46,10 @@ from controller.engine.state import compensation_of
 from controller.observability.metrics import Metrics
 from controller.operator import approvals as approval_objects
 from controller.operator import attestation
+from controller.operator import limits as policy_state
 from controller.operator.kube import Connection
 from controller.operator.notify import Notifier
+from controller.policy import limits as policy_limits
 
 FLUSH_AFTER = 0.5  # seconds a deferred (side-effect-free) transition may wait for the next checkpoint
 log = logging.getLogger("airun.runtime")
@@ -63,6 +73,8 @@ class RunnerHost(Protocol):
     notifier: Notifier | None
     plan_threads: ThreadPoolExecutor  # where a plan that needs the isolated template renderer runs
     attestation_key: bytes
+    limiter: policy_state.Limiter  # rate-limit counts of the policies, kept in the API
+    breakers: policy_state.Breakers  # denials and circuit breakers of the policies, kept in the API
     draining: bool  # the operator is stopping: start nothing new
 
     @property
@@ -182,6 +194,7 @@ class Runner:
             approvals=self.host.approvals(self.ref.namespace, self.ref.uid),
             in_flight=frozenset(self.actions),
             compensating=frozenset(self.compensations),
+            labels=dict((self.body.get("metadata") or {}).get("labels") or {}),
         )
 
     # -- the loop ------------------------------------------------------------------------------------
@@ -251,7 +264,9 @@ class Runner:
                 continue
             before = self.status
             plan = await self._pure(saga.plan, self.world())
+            await self._rate_limit(plan)
             self._record_plan(before, plan)
+            await self._denials(before, plan)
             if self._must_checkpoint(plan):
                 await self._write(plan.status)
             else:
@@ -376,6 +391,47 @@ class Runner:
         except Exception:
             log.exception("could not record the failure; it is retried on the next event", extra=self._log_context())
 
+    async def _rate_limit(self, plan: saga.Plan) -> None:
+        """Counts each step about to start against the `limits:` of the policies (kept in the API: exact
+        under concurrency, across restarts); a step beyond a limit does not start: it is DENY, RateLimited."""
+        if not plan.actions:
+            return
+        policies = self.host.policies()
+        kept = []
+        for action in plan.actions:
+            applied = policy_limits.limits_for(policies, self.principal, self.ref.namespace, action.capability)
+            refused = await self.host.limiter.reserve(applied, action.idempotency_key) if applied else None
+            if refused is None:
+                kept.append(action)
+                continue
+            limit, retry_after = refused
+            message = f"rate limited by {limit.describe()}; the window frees in {retry_after:.0f} s"
+            world = dataclasses.replace(self.world(), status=plan.status)
+            plan.status = saga.record_rate_limited(world, action.step, message)
+            plan.events.append(
+                saga.Event(EventType.WARNING, Reason.RATE_LIMITED.value, f"step {action.step}: {message}")
+            )
+            self.wakeup.set()
+        plan.actions = kept
+
+    async def _denials(self, before: WorkflowStatus, plan: saga.Plan) -> None:
+        """Each newly denied step counts against the principal's circuit breakers (`breaker:`)."""
+        denied_before = {s.name for s in before.steps if s.decision is Decision.DENY}
+        denied = [s for s in plan.status.steps if s.decision is Decision.DENY and s.name not in denied_before]
+        policies = self.host.policies()
+        if not denied or not policy_limits.breakers_for(policies, self.ref.namespace):
+            return
+        for s in denied:
+            opened = await self.host.breakers.deny(self.principal.user, self.ref.namespace, policies)
+            for policy in opened:
+                self.host.metrics.breaker_opens.labels(policy).inc()
+                message = (
+                    f"the circuit breaker of {policy} opened for {self.principal.user}: its new workflows are "
+                    f"refused until an approver runs `airun policy reset {self.principal.user}`"
+                )
+                plan.events.append(saga.Event(EventType.WARNING, "BreakerOpened", message))
+                self._audit(AuditKind.BREAKER_OPENED, s.name, policy=policy, principalGroups=self.principal.groups)
+
     def _audit(self, kind: AuditKind, step: str | None = None, actor: str | None = None, **payload: Any) -> None:
         self.host.audit.record(
             kind,
@@ -423,7 +479,15 @@ class Runner:
         for s in after.steps:
             if s.decision is not None and s.name not in decided:
                 self.host.metrics.decisions.labels(s.decision.value).inc()
-                self._audit(AuditKind.STEP_DECISION, s.name, decision=s.decision.value, policy=s.policy, audit=s.audit)
+                condition = s.condition.model_dump(by_alias=True, exclude_none=True) if s.condition else None
+                self._audit(
+                    AuditKind.STEP_DECISION,
+                    s.name,
+                    decision=s.decision.value,
+                    policy=s.policy,
+                    audit=s.audit,
+                    condition=condition,
+                )
         undo_decided = {s.name for s in before.steps if s.compensation and s.compensation.decision is not None}
         for s in after.steps:
             undo = s.compensation

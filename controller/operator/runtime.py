@@ -32,6 +32,7 @@ from controller.capabilities.base import Handler
 from controller.capabilities.registry import Registry
 from controller.engine import saga
 from controller.observability.metrics import Metrics
+from controller.operator import limits as policy_state
 from controller.operator.kube import Connection
 from controller.operator.notify import Notifier
 from controller.operator.runner import LastWrite, Runner, now
@@ -104,6 +105,11 @@ class WorkflowRuntime:
         # With the context of the kopf handler that held each (kopf.event needs kopf's context variables).
         self.held: dict[str, tuple[kopf.Body, contextvars.Context]] = {}
         self.deleted_by: dict[str, str] = {}  # uid -> who deleted it (the DELETE webhook), for the audit
+        # Rate-limit counts and breakers of the policies: ConfigMaps of the operator's namespace
+        # (controller/operator/limits.py).
+        store = policy_state.Store(connection.api, custom.operator_namespace())
+        self.limiter = policy_state.Limiter(store)
+        self.breakers = policy_state.Breakers(store)
         # Not the default executor: handlers use that one, and a burst of hostile templates must not
         # starve them (nor they it).
         self.plan_threads = ThreadPoolExecutor(PLAN_THREADS, thread_name_prefix="airun-plan")

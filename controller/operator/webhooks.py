@@ -28,7 +28,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from controller import API_GROUP, API_VERSION
 from controller.api.metadata import FINALIZER, PREFIX
 
-PLURALS = ("workflows", "approvals", "capabilities")
+PLURALS = ("workflows", "approvals", "capabilities", "policies", "clusterpolicies", "transactions")
 CHECK_EVERY = 10.0  # seconds between two checks that the configurations are registered
 log = logging.getLogger("airun.webhooks")
 
@@ -46,6 +46,10 @@ def _ours_unchanged(field: str) -> str:
 def guarded_update(plural: str) -> str:
     """CEL, true when the request must reach the webhook: anything but an UPDATE, or an UPDATE that touches
     what the webhooks guard."""
+    if plural == "configmaps":  # the operator's state (circuit breakers): its data and our labels
+        data = "!has(object.data) || !has(oldObject.data) || object.data != oldObject.data"
+        parts = ["request.operation != 'UPDATE'", data, f"!({_ours_unchanged('labels')})"]
+        return " || ".join(f"({p})" for p in parts)
     parts = [
         "request.operation != 'UPDATE'",
         "!has(object.spec) || !has(oldObject.spec) || object.spec != oldObject.spec",
@@ -74,7 +78,7 @@ def configurations(
 ) -> dict[WebhookType, list[dict[str, Any]]]:
     """The webhooks of both configurations, as kopf builds them for REGISTRY's handlers, plus matchConditions."""
     handlers = registry._webhooks.get_all_handlers()
-    resources = [Resource(API_GROUP, API_VERSION, plural) for plural in PLURALS]
+    resources = [Resource(API_GROUP, API_VERSION, plural) for plural in PLURALS] + [Resource("", "v1", "configmaps")]
     result: dict[WebhookType, list[dict[str, Any]]] = {}
     for kind in (WebhookType.MUTATING, WebhookType.VALIDATING):
         webhooks = build_webhooks(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from controller.api.capability import RiskLevel
 from controller.api.policy import PolicyObject, PolicyTestCase, PolicyTestSuite
@@ -30,9 +31,11 @@ class CaseResult:
             deciding = self.result.deciding
             got = deciding.approvers if deciding and deciding.approvers else None
             got_users, got_groups = (sorted(got.users), sorted(got.groups)) if got else ([], [])
-            if (sorted(wanted.users), sorted(wanted.groups)) != (got_users, got_groups):
+            got_count = got.count if got else 1
+            if (sorted(wanted.users), sorted(wanted.groups), wanted.count) != (got_users, got_groups, got_count):
                 found.append(
-                    f"expected approvers users={wanted.users} groups={wanted.groups}, got {got_users} {got_groups}"
+                    f"expected approvers users={wanted.users} groups={wanted.groups} count={wanted.count}, "
+                    f"got {got_users} {got_groups} count={got_count}"
                 )
         return found
 
@@ -42,9 +45,14 @@ class CaseResult:
 
 
 def run_cases(
-    suite: PolicyTestSuite, policies: Sequence[PolicyObject], risks: Mapping[str, RiskLevel]
+    suite: PolicyTestSuite,
+    policies: Sequence[PolicyObject],
+    risks: Mapping[str, RiskLevel],
+    now: datetime | None = None,
 ) -> list[CaseResult]:
-    """Every case of SUITE against POLICIES; RISKS gives each known capability's risk level."""
+    """Every case of SUITE against POLICIES; RISKS gives each known capability's risk level; NOW is `now`
+    in conditions. A case without inputs asks about the capability in general: conditions that read
+    inputs leave their rules unmatched, as for a step whose inputs are not known yet."""
     results: list[CaseResult] = []
     for case in suite.cases:
         namespace = case.namespace or suite.namespace
@@ -53,7 +61,19 @@ def run_cases(
             error = f"unknown capability {case.capability!r} (give `risk:` to test a capability defined elsewhere)"
             results.append(CaseResult(case, namespace, None, error))
             continue
-        query = PolicyQuery(case.principal, namespace, case.capability, risk, irreversible=case.irreversible)
+        query = PolicyQuery(
+            case.principal,
+            namespace,
+            case.capability,
+            risk,
+            irreversible=case.irreversible,
+            workflow=case.workflow,
+            step=case.step,
+            inputs=case.inputs,
+            labels=case.labels,
+            params=case.params,
+            now=now,
+        )
         result = evaluate(policies, query)
         results.append(CaseResult(case, namespace, result))
     return results

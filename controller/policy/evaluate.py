@@ -5,18 +5,24 @@ that apply the most restrictive decision wins: DENY > REQUIRE_APPROVAL > ALLOW. 
 evaluated and recorded but never decide. With no policy at all the decision is DENY. Whatever the
 policies say, HIGH risk turns ALLOW into REQUIRE_APPROVAL, CRITICAL risk and irreversible steps always
 need approval.
+
+A rule with a `when:` CEL condition (controller/policy/conditions.py) matches only where the condition is
+true for the step; one that fails to evaluate makes that rule's verdict a DENY quoting the error. The
+variables are built once per decision, and only when a rule that matches otherwise has a condition.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from typing import Any
 
 from controller.api.capability import RiskLevel
 from controller.api.policy import Approvers, PolicyMode, PolicyObject, Principal, Rule
 from controller.api.workflow import Decision
+from controller.policy.conditions import ConditionError, Variables, activation, compile_condition
 
 SEVERITY = {Decision.ALLOW: 0, Decision.REQUIRE_APPROVAL: 1, Decision.DENY: 2}
 
@@ -37,6 +43,41 @@ class PolicyQuery:
     workflow: str | None = None
     step: str | None = None
     inputs: Mapping[str, Any] | None = None
+    labels: Mapping[str, str] | None = None  # the workflow's labels
+    params: Mapping[str, Any] | None = None  # the workflow's params
+    now: datetime | None = None  # the instant of the decision (`now` in conditions); None: the Unix epoch
+
+    def variables(self) -> Variables:
+        """What a `when:` condition sees of this query."""
+        return activation(
+            user=self.principal.user,
+            groups=list(self.principal.groups),
+            namespace=self.namespace,
+            workflow={"name": self.workflow or "", "labels": self.labels or {}, "params": self.params or {}},
+            step={
+                "name": self.step or "",
+                "capability": self.capability,
+                "risk": self.risk.value,
+                "inputs": self.inputs or {},
+            },
+            now=self.now or EPOCH,
+        )
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class _Lazy:
+    """The query's variables, built on first use: most decisions meet no condition at all."""
+
+    def __init__(self, query: PolicyQuery) -> None:
+        self.query = query
+        self._variables: Variables | None = None
+
+    def get(self) -> Variables:
+        if self._variables is None:
+            self._variables = self.query.variables()
+        return self._variables
 
 
 @dataclass(frozen=True)
@@ -49,11 +90,19 @@ class Verdict:
     mode: PolicyMode
     approvers: Approvers | None = None
     notify_url: str | None = None
+    when: str | None = None  # the condition of the deciding rule, when it has one
+    seen: Mapping[str, Any] | None = None  # the values that condition read (not redacted: see redaction)
+    error: str | None = None  # the condition failed to evaluate: this verdict is a DENY because of it
 
     @property
     def explanation(self) -> str:
         source = f"rule {self.rule}" if self.rule is not None else "default"
-        return f"{self.policy} {source}: {self.decision.value}"
+        text = f"{self.policy} {source}: {self.decision.value}"
+        if self.error:
+            text += f" (its condition failed: {self.error})"
+        elif self.when:
+            text += f" (when {self.when})"
+        return text
 
 
 @dataclass(frozen=True)
@@ -83,11 +132,60 @@ def rule_matches(rule: Rule, principal: Principal, capability: str, risk: RiskLe
     return rule.risk_levels is None or risk in rule.risk_levels
 
 
-def verdict_of(policy: PolicyObject, principal: Principal, capability: str, risk: RiskLevel) -> Verdict:
-    for index, rule in enumerate(policy.spec.rules):
-        if rule_matches(rule, principal, capability, risk):
-            notify = rule.notify.webhook_url if rule.notify else None
+MAX_MEMO = 4096  # (principal, capability, risk) keys remembered per policy
+
+
+def candidates(policy: PolicyObject, principal: Principal, capability: str, risk: RiskLevel) -> tuple[int, ...]:
+    """The indexes of POLICY's rules whose principal, capabilities and risk levels match, in order, up to
+    the first that has no condition (no later rule can decide). Remembered per policy."""
+    key = (principal.user, tuple(principal.groups), capability, risk)
+    memo: dict[tuple[Any, ...], tuple[int, ...]] = policy.__pydantic_private__["_candidates"]  # type: ignore[index]
+    found = memo.get(key)
+    if found is None:
+        matching: list[int] = []
+        for index, rule in enumerate(policy.spec.rules):
+            if rule_matches(rule, principal, capability, risk):
+                matching.append(index)
+                if rule.when is None:
+                    break
+        found = tuple(matching)
+        if len(memo) >= MAX_MEMO:
+            memo.clear()
+        memo[key] = found
+    return found
+
+
+def verdict_of(
+    policy: PolicyObject,
+    principal: Principal,
+    capability: str,
+    risk: RiskLevel,
+    variables: _Lazy | None = None,
+) -> Verdict:
+    """POLICY's answer. VARIABLES: the query's, for rules with a `when:` (without them such a rule does
+    not match). A condition that fails is that rule's DENY, except one that reads an input of a query
+    whose inputs are not known yet (None): the rule does not match, the decision is made again on the
+    inputs when they are (a compensation is decided again right before it runs)."""
+    rules = policy.spec.rules
+    for index in candidates(policy, principal, capability, risk):
+        rule = rules[index]
+        notify = rule.notify.webhook_url if rule.notify else None
+        if rule.when is None:
             return Verdict(policy.ref, rule.action, index, policy.spec.mode, rule.approvers, notify)
+        if variables is None:
+            continue
+        try:
+            condition = compile_condition(rule.when)
+            values = variables.get()
+            holds = condition.holds(values)
+        except ConditionError as error:
+            if error.missing and variables.query.inputs is None:
+                continue  # it reads inputs not known yet (a compensation checked before its step ran)
+            message = str(error)
+            return Verdict(policy.ref, Decision.DENY, index, policy.spec.mode, when=rule.when, error=message)
+        if holds:
+            seen = condition.seen(values)
+            return Verdict(policy.ref, rule.action, index, policy.spec.mode, rule.approvers, notify, rule.when, seen)
     return Verdict(policy.ref, policy.spec.default, None, policy.spec.mode)
 
 
@@ -98,7 +196,8 @@ def applicable(policies: Sequence[PolicyObject], namespace: str) -> list[PolicyO
 def evaluate(policies: Sequence[PolicyObject], query: PolicyQuery) -> PolicyResult:
     risk, irreversible = query.risk, query.irreversible
     relevant = sorted(applicable(policies, query.namespace), key=lambda p: (p.namespace is not None, p.name))
-    verdicts = tuple(verdict_of(p, query.principal, query.capability, risk) for p in relevant)
+    variables = _Lazy(query)
+    verdicts = tuple(verdict_of(p, query.principal, query.capability, risk, variables) for p in relevant)
     enforced = [v for v in verdicts if v.mode is PolicyMode.ENFORCE]
     if not verdicts:
         return PolicyResult(Decision.DENY, "no policy applies (the fail-safe default is DENY)", None, verdicts)

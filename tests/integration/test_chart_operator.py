@@ -225,7 +225,36 @@ def _approval(decision: str, decided_by: str | None = None) -> dict[str, Any]:
     return approval
 
 
+def _transaction(principal: str | None = None, rollback: bool = False) -> dict[str, Any]:
+    annotations = {"aifirst.dev/principal": principal} if principal else {}
+    return {
+        "apiVersion": "aifirst.dev/v1alpha1",
+        "kind": "Transaction",
+        "metadata": {"name": "tx", "namespace": "default", "annotations": annotations},
+        "spec": {"ttlSeconds": 60, **({"rollback": True} if rollback else {})},
+        "status": {"phase": "Open", "principal": "bob"},
+    }
+
+
 # One request per webhook that only its own handler answers as asserted.
+def _breakers(data: dict[str, str]) -> dict[str, Any]:
+    metadata = {"name": "airun-breakers", "labels": {"aifirst.dev/state": "breakers"}}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data}
+
+
+def _core_review(plural: str, kind: str, operation: str, user: str, new: Any, old: Any) -> dict[str, Any]:
+    review = _review(plural, kind, operation, user, new, old)
+    for key in ("kind", "requestKind"):
+        review["request"][key] = {"group": "", "version": "v1", "kind": kind}
+    for key in ("resource", "requestResource"):
+        review["request"][key] = {"group": "", "version": "v1", "resource": plural}
+    return review
+
+
+def _bad_condition() -> dict[str, Any]:
+    return {"rules": [{"capabilities": ["io.fs.delete"], "when": "step.inputs.path.startsWith(", "action": "DENY"}]}
+
+
 REVIEWS: dict[str, tuple[dict[str, Any], str]] = {
     # the principal is taken from authentication
     "workflow-principal": (_review("workflows", "Workflow", "CREATE", "bob", _workflow(principal="mallory")), "bob"),
@@ -252,6 +281,33 @@ REVIEWS: dict[str, tuple[dict[str, Any], str]] = {
     "capability-coherent": (
         _review("capabilities", "Capability", "CREATE", "bob", {"metadata": {"name": "io.fs.write_file"}, "spec": {}}),
         "io.fs.write_file",
+    ),
+    "breaker-reset": (
+        _core_review("configmaps", "ConfigMap", "UPDATE", "bob", _breakers({"p-x": "{}"}), _breakers({})),
+        "recorded by the operator",
+    ),
+    "policy-conditions": (
+        _review("policies", "Policy", "CREATE", "bob", {"metadata": {"name": "p"}, "spec": _bad_condition()}),
+        "line 1, column",
+    ),
+    "clusterpolicy-conditions": (
+        _review(
+            "clusterpolicies", "ClusterPolicy", "CREATE", "bob", {"metadata": {"name": "p"}, "spec": _bad_condition()}
+        ),
+        "line 1, column",
+    ),
+    # the creator of a transaction is taken from authentication; only they end it or delete it while it is open
+    "transaction-principal": (
+        _review("transactions", "Transaction", "CREATE", "bob", _transaction(principal="mallory")),
+        "bob",
+    ),
+    "transaction-update": (
+        _review("transactions", "Transaction", "UPDATE", "mallory", _transaction(rollback=True), _transaction()),
+        "was begun by bob: only that principal may commit it or roll it back",
+    ),
+    "transaction-deletion": (
+        _review("transactions", "Transaction", "DELETE", "mallory", None, _transaction()),
+        "only its principal may delete it",
     ),
 }
 

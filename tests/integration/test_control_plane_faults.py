@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from controller.api.workflow import TERMINAL_PHASES, WorkflowPhase
 from controller.localcluster import processes
 from controller.localcluster.devenv import DevEnvironment
 from tests.integration.test_saga import steps_of, wf, write
@@ -69,7 +70,9 @@ def _wait_all_terminal(kube: Kube, namespace: str, timeout: float) -> dict[str, 
         except AssertionError:  # the API server may still be coming back
             time.sleep(1)
             continue
-        if len(phases) == WORKFLOWS and all(p in ("Succeeded", "Failed", "Compensated") for p in phases.values()):
+        if len(phases) == WORKFLOWS and all(
+            p in TERMINAL_PHASES - {WorkflowPhase.COMPENSATION_FAILED} for p in phases.values()
+        ):
             return phases
         time.sleep(1)
     stuck = {name: phase for name, phase in phases.items() if phase != "Succeeded"}
@@ -85,7 +88,9 @@ def _restart(env: DevEnvironment, name: str, down_seconds: float) -> None:
 
 def _check_nothing_lost(kube: Kube, namespace: str, workspace: Path, prefix: str) -> None:
     phases = _wait_all_terminal(kube, namespace, timeout=180)
-    assert set(phases.values()) == {"Succeeded"}, {n: p for n, p in phases.items() if p != "Succeeded"}
+    assert set(phases.values()) == {WorkflowPhase.SUCCEEDED}, {
+        n: p for n, p in phases.items() if p != WorkflowPhase.SUCCEEDED
+    }
     for i in range(WORKFLOWS):
         assert (workspace / prefix / f"{i}-a.txt").read_text() == "a"
         assert (workspace / prefix / f"{i}-b.txt").read_text() == "b"

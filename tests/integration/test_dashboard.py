@@ -8,6 +8,7 @@ import io
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -265,3 +266,56 @@ def test_the_watch_reconnects_after_the_api_server_restarts(env: DevEnvironment,
         assert app.is_running and cell(app, f"{namespace}/hello", "phase") == WorkflowPhase.SUCCEEDED
 
     drive(app, scenario)
+
+
+def test_a_transaction_is_one_row_with_its_calls_beneath_and_R_rolls_it_back(
+    env: DevEnvironment, kube: Kube, namespace: str
+) -> None:
+    from tests.integration.test_governance import policy
+
+    kube.apply(policy("tx-open"), namespace=namespace)
+    app = dashboard(env, "bob", namespace)
+    transaction = {
+        "apiVersion": "aifirst.dev/v1alpha1",
+        "kind": "Transaction",
+        "metadata": {"name": "refactor"},
+        "spec": {"description": "rename the module", "ttlSeconds": 600},
+    }
+
+    def call(name: str, path: str) -> dict[str, Any]:
+        step = {"name": "w", "capability": "io.fs.write_file", "inputs": {"path": path, "content": name}}
+        return {
+            "apiVersion": "aifirst.dev/v1alpha1",
+            "kind": "Workflow",
+            "metadata": {"name": name, "labels": {"aifirst.dev/transaction": "refactor"}},
+            "spec": {"steps": [step]},
+        }
+
+    tx_key, first, second = f"tx:{namespace}/refactor", f"{namespace}/first", f"{namespace}/second"
+    workspace = env.workspaces / namespace
+
+    async def scenario(pilot: Pilot[None]) -> None:
+        await asyncio.to_thread(kube.apply, transaction, namespace=namespace, as_="bob")
+        for name, path in (("first", "one.py"), ("second", "two.py")):
+            await asyncio.to_thread(kube.apply, call(name, path), namespace=namespace, as_="bob")
+            await until(pilot, lambda n=name: cell(app, f"{namespace}/{n}", "phase") == "Succeeded", f"{name} done")
+        await until(pilot, lambda: cell(app, tx_key, "progress") == "2 calls", "the transaction's row")
+        assert list(rows(app)) == [tx_key, first, second]  # one row, its calls beneath, in call order
+        assert cell(app, first, "name") == "└ first" and "refactor" in cell(app, tx_key, "name")
+        assert cell(app, tx_key, "phase") == "Open" and cell(app, tx_key, "principal") == "bob"
+        app.table.move_cursor(row=0)
+        await until(pilot, lambda: app.selected == tx_key, "the transaction selected")
+        assert "transaction" in details(app) and "rename the module" in details(app)
+        await pilot.press("a")  # approvals belong to calls, not to the transaction
+        assert said(app, "select one of its calls", "warning")
+        await pilot.press("R")
+        assert isinstance(app.screen, Confirm)
+        await pilot.press("y")
+        await until(pilot, lambda: said(app, f"transaction {namespace}/refactor: rollback requested"), "the request")
+        await until(pilot, lambda: cell(app, tx_key, "phase") == "RolledBack", "RolledBack")
+        await until(pilot, lambda: cell(app, first, "phase") == "Compensated", "first compensated")
+        assert "undone, in this order: second, first" in details(app)
+        assert cell(app, tx_key, "progress") == "2 calls, 2 undone"
+
+    drive(app, scenario)
+    assert not (workspace / "one.py").exists() and not (workspace / "two.py").exists()

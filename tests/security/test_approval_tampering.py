@@ -29,6 +29,11 @@ def gated(kube: Kube, namespace: str, operator: DevEnvironment) -> str:
     time.sleep(0.5)  # the operator's policy index follows the watch
     kube.apply(wf("gated", write("a", "a.txt"), delete("rm", "a.txt", ("a",))), namespace=namespace, as_="bob")
     name: str = steps_of(wait_phase(kube, namespace, "gated", WorkflowPhase.AWAITING_APPROVAL))["rm"]["approval"]
+    # The status names the Approval in the checkpoint written just before the operator creates it.
+    deadline = time.monotonic() + 30
+    while kube.run("get", "approval", name, "-n", namespace, check=False).returncode != 0:
+        assert time.monotonic() < deadline, f"approval {name} was never created"
+        time.sleep(0.2)
     return name
 
 

@@ -30,7 +30,7 @@ def _rollback(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
         "wf",
         name,
         namespace,
-        lambda o: o["status"]["phase"] in ("Compensated", "CompensationFailed"),
+        lambda o: o["status"]["phase"] in (WorkflowPhase.COMPENSATED, WorkflowPhase.COMPENSATION_FAILED),
         what="compensation finished",
     )
 

@@ -102,6 +102,18 @@ def test_details_show_steps_approvals_compensation_conditions_and_events() -> No
     assert render.pending_approvals(obj) == [("review", "w-review")]
 
 
+def test_a_quorum_approval_shows_its_tally() -> None:
+    spec = {
+        "requestedBy": "bob",
+        "approvers": {"groups": ["sre"], "count": 2},
+        "votes": [{"user": "carol", "decision": "Approved", "at": "2026-01-02T11:59:00Z"}],
+    }
+    shown = text(render.approval_state("w-review", {"spec": spec, "status": {"phase": "Pending"}}))
+    assert "w-review Pending 1 of 2 approvals (carol)" in shown, shown
+    single = text(render.approval_state("w-review", {"spec": {"requestedBy": "bob"}, "status": {"phase": "Pending"}}))
+    assert "of" not in single.replace("w-review", "")
+
+
 def test_an_approval_of_an_earlier_workflow_of_the_same_name_is_not_this_ones() -> None:
     stale = {"metadata": {"name": "w-review", "ownerReferences": [{"uid": "older"}]}, "status": {"phase": "Approved"}}
     assert render.approval_of(workflow(), {"w-review": stale}, "w-review") is None
@@ -115,3 +127,34 @@ def test_the_command_line() -> None:
     assert shown.exit_code == 0 and "--all-namespaces" in shown.output and "--context" in shown.output
     both = runner.invoke(main, ["dashboard", "-n", "x", "-A"])
     assert both.exit_code == 2 and "give -n NAMESPACE or -A, not both" in both.output
+
+
+def test_a_transaction_row_counts_its_calls_and_its_details_list_them_in_call_order() -> None:
+    tx = {
+        "metadata": {"name": "tx-1", "namespace": "ns", "creationTimestamp": "2026-01-02T11:59:00Z"},
+        "spec": {"description": "rename", "ttlSeconds": 60},
+        "status": {
+            "phase": "RolledBack",
+            "reason": "Expired",
+            "principal": "bob",
+            "calls": [{"workflow": "a", "capability": "io.fs.write_file", "phase": "Undone", "undo": "io.fs.restore"}],
+            "undone": ["a"],
+        },
+    }
+
+    def call(name: str, joined: str) -> dict[str, Any]:
+        labels = {"aifirst.dev/transaction": "tx-1"}
+        annotations = {"aifirst.dev/transaction-joined-at": joined}
+        meta = {"name": name, "namespace": "ns", "labels": labels, "annotations": annotations}
+        return {"metadata": meta, "spec": {"steps": [{"name": "w", "capability": "io.fs.write_file"}]}}
+
+    late, early = call("b", "2026-01-02T11:59:02.000002Z"), call("a", "2026-01-02T11:59:02.000001Z")
+    assert render.transaction_of(late) == "ns/tx-1" and render.transaction_of(workflow()) is None
+    assert sorted([late, early], key=render.call_order) == [early, late]
+    cells = render.transaction_row(tx, 2, NOW)
+    assert text(cells["progress"]).strip() == "2 calls, 1 undone" and "rename" in text(cells["name"])
+    assert text(render.call_row(early, NOW)["name"]).strip() == "└ a"
+    shown = text(render.transaction_details(tx, [early, late]))
+    assert "transaction ns/tx-1 RolledBack (Expired)" in shown and "principal: bob" in shown
+    assert shown.index(" a ") < shown.index(" b ") and "io.fs.restore" in shown
+    assert "undone, in this order: a" in shown

@@ -43,3 +43,32 @@ def test_a_capability_whose_undo_only_a_step_knows_asks_a_person() -> None:
     manifest = tools.one_step_workflow(SPECS["net.http.request"], {"method": "POST", "url": "https://x.test/"})
     assert manifest["spec"]["steps"][0]["irreversible"] is True
     assert "approval" in (tools.capability_tool(SPECS["net.http.request"]).description or "")
+
+
+def test_the_exports_carry_every_tool_with_its_schema() -> None:
+    import re
+
+    offered = tools.all_tools(SPECS)
+    names = [t.name for t in offered]
+    assert {"undo", "begin_transaction", "commit_transaction", "rollback_transaction", "transaction_status"} <= set(
+        names
+    )
+    assert "io-fs-restore" not in names  # internal
+    mcp = tools.export_mcp(offered)["tools"]
+    write = next(t for t in mcp if t["name"] == "io-fs-write_file")
+    assert write["inputSchema"]["required"] == ["path", "content"]
+    assert write["inputSchema"]["properties"]["transaction"]["type"] == "string"
+    assert write["annotations"]["readOnlyHint"] is False
+    openai = tools.export_openai(offered)
+    assert [f["function"]["name"] for f in openai] == names
+    assert all(re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", f["function"]["name"]) for f in openai)  # OpenAI's rule
+    fn = next(f["function"] for f in openai if f["function"]["name"] == "io-fs-write_file")
+    assert fn["parameters"] == write["inputSchema"] and fn["description"].startswith("io.fs.write_file\n")
+
+
+def test_the_reserved_transaction_argument_never_reaches_the_capability() -> None:
+    inputs, transaction = tools.split_arguments({"path": "a", "content": "b", "transaction": "tx-abc"})
+    assert inputs == {"path": "a", "content": "b"} and transaction == "tx-abc"
+    manifest = tools.one_step_workflow(SPECS["io.fs.write_file"], inputs, transaction=transaction)
+    assert manifest["metadata"]["labels"]["aifirst.dev/transaction"] == "tx-abc"
+    assert "transaction" not in manifest["spec"]["steps"][0]["inputs"]

@@ -68,7 +68,7 @@ def test_an_unknown_capability_fails_with_a_hint_unless_its_risk_is_given() -> N
 def test_the_shipped_policy_tests_pass() -> None:
     result = CliRunner().invoke(main, ["policy", "test", str(REPO / "policies/tests/examples.test.yaml")])
     assert result.exit_code == 0, result.output
-    assert "7 passed, 0 failed" in result.output
+    assert "11 passed, 0 failed" in result.output
 
 
 def test_a_failing_case_exits_1_and_names_the_difference(tmp_path: Path) -> None:

@@ -88,7 +88,9 @@ that are not aifirst.dev/) never reach them. Generated from controller/operator/
 tests/integration/test_chart.py compares them.
 */ -}}
 {{- define "airun.matchCondition" -}}
-{{- if eq . "approvals" -}}
+{{- if eq . "configmaps" -}}
+"(request.operation != 'UPDATE') || (!has(object.data) || !has(oldObject.data) || object.data != oldObject.data) || (!((!has(object.metadata.labels) || object.metadata.labels.all(k, !k.startsWith('aifirst.dev/') || (has(oldObject.metadata.labels) && k in oldObject.metadata.labels && oldObject.metadata.labels[k] == object.metadata.labels[k]))) && (!has(oldObject.metadata.labels) || oldObject.metadata.labels.all(k, !k.startsWith('aifirst.dev/') || (has(object.metadata.labels) && k in object.metadata.labels)))))"
+{{- else if eq . "approvals" -}}
 "(request.operation != 'UPDATE') || (!has(object.spec) || !has(oldObject.spec) || object.spec != oldObject.spec) || (!((!has(object.metadata.annotations) || object.metadata.annotations.all(k, !k.startsWith('aifirst.dev/') || (has(oldObject.metadata.annotations) && k in oldObject.metadata.annotations && oldObject.metadata.annotations[k] == object.metadata.annotations[k]))) && (!has(oldObject.metadata.annotations) || oldObject.metadata.annotations.all(k, !k.startsWith('aifirst.dev/') || (has(object.metadata.annotations) && k in object.metadata.annotations))))) || (!((!has(object.metadata.labels) || object.metadata.labels.all(k, !k.startsWith('aifirst.dev/') || (has(oldObject.metadata.labels) && k in oldObject.metadata.labels && oldObject.metadata.labels[k] == object.metadata.labels[k]))) && (!has(oldObject.metadata.labels) || oldObject.metadata.labels.all(k, !k.startsWith('aifirst.dev/') || (has(object.metadata.labels) && k in object.metadata.labels))))) || ((has(oldObject.metadata.finalizers) && 'aifirst.dev/saga' in oldObject.metadata.finalizers && !(has(object.metadata.finalizers) && 'aifirst.dev/saga' in object.metadata.finalizers))) || (has(object.metadata.ownerReferences) != has(oldObject.metadata.ownerReferences) || (has(object.metadata.ownerReferences) && object.metadata.ownerReferences != oldObject.metadata.ownerReferences))"
 {{- else -}}
 "(request.operation != 'UPDATE') || (!has(object.spec) || !has(oldObject.spec) || object.spec != oldObject.spec) || (!((!has(object.metadata.annotations) || object.metadata.annotations.all(k, !k.startsWith('aifirst.dev/') || (has(oldObject.metadata.annotations) && k in oldObject.metadata.annotations && oldObject.metadata.annotations[k] == object.metadata.annotations[k]))) && (!has(oldObject.metadata.annotations) || oldObject.metadata.annotations.all(k, !k.startsWith('aifirst.dev/') || (has(object.metadata.annotations) && k in object.metadata.annotations))))) || (!((!has(object.metadata.labels) || object.metadata.labels.all(k, !k.startsWith('aifirst.dev/') || (has(oldObject.metadata.labels) && k in oldObject.metadata.labels && oldObject.metadata.labels[k] == object.metadata.labels[k]))) && (!has(oldObject.metadata.labels) || oldObject.metadata.labels.all(k, !k.startsWith('aifirst.dev/') || (has(object.metadata.labels) && k in object.metadata.labels))))) || ((has(oldObject.metadata.finalizers) && 'aifirst.dev/saga' in oldObject.metadata.finalizers && !(has(object.metadata.finalizers) && 'aifirst.dev/saga' in object.metadata.finalizers)))"
@@ -103,11 +105,15 @@ tests/integration/test_chart.py compares them.
   matchPolicy: Equivalent
   timeoutSeconds: {{ .root.Values.webhook.timeoutSeconds }}
   rules:
-    - apiGroups: [aifirst.dev]
-      apiVersions: [v1alpha1]
+    - apiGroups: [{{ ternary .apiGroup "aifirst.dev" (hasKey . "apiGroup") | quote }}]
+      apiVersions: [{{ .apiVersion | default "v1alpha1" }}]
       resources: [{{ .plural }}]
       operations: {{ toJson .operations }}
       scope: "*"
+  {{- with .objectSelector }}
+  objectSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
   {{- if has "UPDATE" .operations }}
   matchConditions:
     - name: not-metadata-only

@@ -51,7 +51,11 @@ KEYS = (
     ("↑ ↓", "select a workflow"),
     ("a", "approve the selected workflow's pending Approval (asks for an optional reason)"),
     ("r", "reject it (asks for an optional reason): the workflow fails and is compensated"),
-    ("R", "roll back the selected workflow (the panic button; asks for confirmation)"),
+    (
+        "R",
+        "roll back the selected workflow (the panic button; asks for confirmation); on a transaction's row, "
+        "all its calls, newest first",
+    ),
     ("m", "recent messages (notifications disappear after a few seconds)"),
     ("?", "this help"),
     ("q", "quit"),
@@ -166,6 +170,7 @@ class Dashboard(App[None]):
         self.kube, self.kubeconfig, self.context, self.namespace = kube, kubeconfig, context, namespace
         self.workflows: dict[str, dict[str, Any]] = {}  # by "namespace/name", as the watch last saw them
         self.approvals: dict[str, dict[str, Any]] = {}  # by "namespace/name"
+        self.transactions: dict[str, dict[str, Any]] = {}  # by "namespace/name"; rows keyed tx:namespace/name
         self.events: dict[str, list[render.EventLine]] = {}
         self.selected: str | None = None
         self.listed = False  # the first list of workflows arrived
@@ -203,6 +208,9 @@ class Dashboard(App[None]):
         self.run_worker(self._identify(), group="identity")
         self.run_worker(self._follow("workflows", self._apply_workflow, self._replace_workflows), group="watch")
         self.run_worker(self._follow("approvals", self._apply_approval, self._replace_approvals), group="watch")
+        self.run_worker(
+            self._follow("transactions", self._apply_transaction, self._replace_transactions), group="watch"
+        )
         self.set_interval(5, self._refresh_ages)
 
     async def on_unmount(self) -> None:
@@ -335,29 +343,75 @@ class Dashboard(App[None]):
 
     def _apply_workflow(self, kind: str, obj: dict[str, Any]) -> None:
         key = self._key(obj)
-        table = self.table
         if kind == "DELETED":
             if self.workflows.pop(key, None) is not None:
-                table.remove_row(key)
                 self.events.pop(key, None)
         else:
-            cells = render.row(obj, datetime.datetime.now(datetime.UTC))
-            if key in self.workflows:
-                for column in ("phase", "progress", "principal", "age"):
-                    table.update_cell(key, column, cells[column])
-            else:
-                table.add_row(*(cells[c] for c in self.columns), key=key)
             self.workflows[key] = obj
+        self._changed(key, follow_events=True)
+        transaction = render.transaction_of(obj)
+        if transaction and render.TRANSACTION_PREFIX + transaction == self.selected:
+            self._show_details()  # the selected transaction's calls
+
+    def _changed(self, key: str, *, follow_events: bool = False) -> None:
+        """The rows after a change of the object of row KEY."""
+        self._sync_rows()
         self._show_empty_state()
-        if self.selected is None and self.workflows:
-            self._select(self._key(next(iter(self.workflows.values()))))
+        table = self.table
+        if self.selected is None and table.row_count:
+            self._select(str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value))
         elif key == self.selected:
-            if key not in self.workflows:
+            if key not in table.rows:
                 self.selected = None
                 self._select_cursor_row()
             else:
                 self._show_details()
-                self._follow_events(key)
+                if follow_events:
+                    self._follow_events(key)
+
+    def _rows(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every row in order: the workflows that are no transaction's call, then each transaction followed by
+        its calls (in call order)."""
+        now = datetime.datetime.now(datetime.UTC)
+        calls: dict[str, list[str]] = {}
+        for key, obj in self.workflows.items():
+            owner = render.transaction_of(obj)
+            if owner is not None and owner in self.transactions:
+                calls.setdefault(owner, []).append(key)
+        grouped = {k for keys in calls.values() for k in keys}
+        rows = [(k, render.row(obj, now)) for k, obj in self.workflows.items() if k not in grouped]
+        for key, tx in self.transactions.items():
+            mine = sorted(calls.get(key, []), key=lambda k: render.call_order(self.workflows[k]))
+            rows.append((render.TRANSACTION_PREFIX + key, render.transaction_row(tx, len(mine), now)))
+            rows += [(k, render.call_row(self.workflows[k], now)) for k in mine]
+        return rows
+
+    def _sync_rows(self) -> None:
+        table = self.table
+        rows = self._rows()
+        keys = [k for k, _ in rows]
+        if keys == [str(k.value) for k in table.rows]:
+            for key, cells in rows:
+                for column in ("name", "phase", "progress", "principal", "age"):
+                    table.update_cell(key, column, cells[column])
+            return
+        table.clear()
+        for key, cells in rows:
+            table.add_row(*(cells[c] for c in self.columns), key=key)
+        if self.selected in keys:
+            table.move_cursor(row=keys.index(self.selected))
+
+    def _replace_transactions(self, items: list[dict[str, Any]]) -> None:
+        self.transactions = {self._key(obj): obj for obj in items}
+        self._changed(self.selected or "")
+
+    def _apply_transaction(self, kind: str, obj: dict[str, Any]) -> None:
+        key = self._key(obj)
+        if kind == "DELETED":
+            self.transactions.pop(key, None)
+        else:
+            self.transactions[key] = obj
+        self._changed(render.TRANSACTION_PREFIX + key)
 
     def _replace_approvals(self, items: list[dict[str, Any]]) -> None:
         self.approvals = {self._key(obj): obj for obj in items}
@@ -377,7 +431,7 @@ class Dashboard(App[None]):
 
     def _show_empty_state(self) -> None:
         empty = self.query_one("#empty", Static)
-        nothing = not self.workflows
+        nothing = not self.workflows and not self.transactions
         self.table.display = not nothing
         self.query_one("#details").display = not nothing
         empty.display = nothing
@@ -394,6 +448,13 @@ class Dashboard(App[None]):
 
     def _show_details(self) -> None:
         body = self.query_one("#details-body", Static)
+        transaction = self._selected_transaction_key()
+        if transaction is not None:
+            calls = sorted(
+                (w for w in self.workflows.values() if render.transaction_of(w) == transaction), key=render.call_order
+            )
+            body.update(render.transaction_details(self.transactions[transaction], calls))
+            return
         obj = self.workflows.get(self.selected or "")
         if obj is None:
             body.update("")
@@ -401,10 +462,17 @@ class Dashboard(App[None]):
         assert self.selected is not None
         body.update(render.details(obj, self._namespaced(self.selected), self.events.get(self.selected)))
 
+    def _selected_transaction_key(self) -> str | None:
+        key = (self.selected or "").removeprefix(render.TRANSACTION_PREFIX)
+        if self.selected and self.selected.startswith(render.TRANSACTION_PREFIX) and key in self.transactions:
+            return key
+        return None
+
     def _select(self, key: str) -> None:
         self.selected = key
         self._show_details()
-        self._follow_events(key)
+        if not key.startswith(render.TRANSACTION_PREFIX):
+            self._follow_events(key)
 
     def _select_cursor_row(self) -> None:
         table = self.table
@@ -420,9 +488,7 @@ class Dashboard(App[None]):
             self._select(str(event.row_key.value))
 
     def _refresh_ages(self) -> None:
-        now = datetime.datetime.now(datetime.UTC)
-        for key, obj in self.workflows.items():
-            self.table.update_cell(key, "age", render.age(obj["metadata"].get("creationTimestamp"), now))
+        self._sync_rows()
 
     def _report(self, message: str, severity: SeverityLevel = "information") -> None:
         """A notification, also kept for the messages screen (m)."""
@@ -440,7 +506,11 @@ class Dashboard(App[None]):
     def _selected_workflow(self) -> dict[str, Any] | None:
         obj = self.workflows.get(self.selected or "")
         if obj is None:
-            self._report("no workflow selected", "warning")
+            transaction = self._selected_transaction_key()
+            self._report(
+                f"transaction {transaction}: select one of its calls" if transaction else "no workflow selected",
+                "warning",
+            )
         return obj
 
     def _pending(self) -> tuple[dict[str, Any], str, str] | None:
@@ -482,7 +552,32 @@ class Dashboard(App[None]):
     def action_reject(self) -> None:
         self._decide(ApprovalPhase.REJECTED, "Reject (the workflow fails and is compensated)")
 
+    def _rollback_transaction(self, key: str) -> None:
+        obj = self.transactions[key]
+        phase = render.transaction_phase(obj)
+        if phase in render.TRANSACTION_OVER or (obj.get("spec") or {}).get("rollback"):
+            self._report(f"transaction {key} is {phase}: nothing to roll back", "warning")
+            return
+        calls = [w for w in self.workflows.values() if render.transaction_of(w) == key]
+        question = (
+            f"Roll back transaction {key}?\n\nIts {len(calls)} call(s) are undone, newest first, each through its "
+            "governed compensation; calls still running are stopped."
+        )
+        namespace, name = key.split("/", 1)
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                patch = {"spec": {"rollback": True}}
+                call = partial(self.kube.patch, "transactions", name, patch, namespace)
+                self._in_thread(call, f"transaction {key}: rollback requested")
+
+        self.push_screen(Confirm(question, "Roll back"), answered)
+
     def action_rollback(self) -> None:
+        transaction = self._selected_transaction_key()
+        if transaction is not None:
+            self._rollback_transaction(transaction)
+            return
         obj = self._selected_workflow()
         if obj is None:
             return

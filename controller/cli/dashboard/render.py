@@ -13,9 +13,11 @@ from rich.table import Table
 from rich.text import Text
 
 from controller.api.approval import ApprovalPhase
+from controller.api.transaction import JOINED_ANNOTATION, TRANSACTION_LABEL, CallPhase, TransactionPhase
 from controller.api.workflow import Decision, EventType, StepPhase, WorkflowPhase
 from controller.cli.progress import PHASE_STYLE
 from controller.client.workflows import step_label
+from controller.policy.approvers import quorum_text
 
 BAR_WIDTH = 12
 # Phases after which a workflow has nothing left to roll back.
@@ -129,6 +131,9 @@ def approval_state(name: str, approval: Mapping[str, Any] | None) -> Text:
     text.append(f" {phase}", style=APPROVAL_STYLE.get(phase, "magenta"))
     if status.get("decidedBy"):
         text.append(f" by {status['decidedBy']}")
+    tally = quorum_text(spec)
+    if tally and phase == "Pending":
+        text.append(f" {tally}", style="bold")
     reason = status.get("reason") or spec.get("reason")
     if reason:
         text.append(f": {reason}", style="italic")
@@ -229,4 +234,116 @@ def details(
             when = f"{event.when:%H:%M:%S}" if event.when else "--:--:--"
             style = "yellow" if event.type == EventType.WARNING else ""
             parts.append(Text.assemble(f"  {when} ", (f"{event.reason:<18}", style), f" {event.message}"))
+    return Group(*parts)
+
+
+# -- transactions (DESIGN section 6): one row each, their calls beneath -----------------------------------------
+
+TRANSACTION_PREFIX = "tx:"  # the table's row key of a transaction: tx:NAMESPACE/NAME (workflows: NAMESPACE/NAME)
+CALL_MARK = "└ "
+TRANSACTION_STYLE = {
+    TransactionPhase.OPEN: "cyan",
+    TransactionPhase.COMMITTED: "green",
+    TransactionPhase.ROLLING_BACK: "yellow",
+    TransactionPhase.ROLLED_BACK: "magenta",
+    TransactionPhase.ROLLBACK_FAILED: "bold red",
+    TransactionPhase.FAILED: "red",
+}
+CALL_STYLE = {
+    CallPhase.UNDONE: "magenta",
+    CallPhase.UNDOING: "yellow",
+    CallPhase.UNDO_FAILED: "bold red",
+    CallPhase.FAILED: "red",
+    CallPhase.SUCCEEDED: "green",
+}
+
+
+TRANSACTION_OVER = frozenset({TransactionPhase.ROLLING_BACK, TransactionPhase.ROLLED_BACK, TransactionPhase.FAILED})
+
+
+def call_order(workflow: Mapping[str, Any]) -> tuple[str, str]:
+    """When a call joined its transaction (the admission webhook's stamp), then its name."""
+    meta = workflow.get("metadata") or {}
+    joined = (meta.get("annotations") or {}).get(JOINED_ANNOTATION) or meta.get("creationTimestamp") or ""
+    return str(joined), str(meta.get("name") or "")
+
+
+def transaction_of(workflow: Mapping[str, Any]) -> str | None:
+    """The key of the transaction (NAMESPACE/NAME) the workflow is a call of, if any."""
+    name = ((workflow.get("metadata") or {}).get("labels") or {}).get(TRANSACTION_LABEL)
+    return f"{workflow['metadata']['namespace']}/{name}" if name else None
+
+
+def transaction_phase(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("status") or {}).get("phase") or TransactionPhase.OPEN)
+
+
+def transaction_row(obj: Mapping[str, Any], calls: int, now: datetime.datetime) -> dict[str, RenderableType]:
+    meta, status = obj["metadata"], obj.get("status") or {}
+    phase = transaction_phase(obj)
+    undone = len(status.get("undone") or [])
+    described = str((obj.get("spec") or {}).get("description") or "")
+    name = Text.assemble(("⛁ ", "bold"), (meta["name"], "bold"), (f"  {described}"[:40], "dim") if described else "")
+    counted = f"{calls} call{'s' if calls != 1 else ''}" + (f", {undone} undone" if undone else "")
+    return {
+        "namespace": meta["namespace"],
+        "name": name,
+        "phase": Text(phase, style=TRANSACTION_STYLE.get(TransactionPhase(phase), "white")),
+        "progress": Text(counted),
+        "principal": status.get("principal") or "",
+        "age": age(meta.get("creationTimestamp"), now),
+    }
+
+
+def call_row(obj: Mapping[str, Any], now: datetime.datetime) -> dict[str, RenderableType]:
+    """A call's row, beneath its transaction's."""
+    cells = row(obj, now)
+    cells["name"] = Text.assemble((CALL_MARK, "dim"), str(obj["metadata"]["name"]))
+    return cells
+
+
+def transaction_details(obj: Mapping[str, Any], calls: Sequence[Mapping[str, Any]]) -> RenderableType:
+    """The details pane of a transaction: what it is, who began it, until when, and each call."""
+    meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
+    phase = transaction_phase(obj)
+    title = Text.assemble(
+        ("transaction ", "bold"),
+        (f"{meta['namespace']}/{meta['name']}", "bold"),
+        " ",
+        Text(phase, style=TRANSACTION_STYLE.get(TransactionPhase(phase), "white")),
+    )
+    if status.get("reason"):
+        title.append(f" ({status['reason']})")
+    parts: list[RenderableType] = [title]
+    if spec.get("description"):
+        parts.append(Text(str(spec["description"]), style="dim"))
+    about = [f"principal: {status.get('principal') or '?'}", f"ttl {spec.get('ttlSeconds', '?')} s"]
+    if status.get("expiresAt") and phase == TransactionPhase.OPEN:
+        about.append(f"expires {_when(status['expiresAt'])}")
+    if status.get("rollbackRequestedBy"):
+        about.append(f"rollback requested by {status['rollbackRequestedBy']}")
+    parts.append(Text("  ·  ".join(about), style="dim"))
+    if status.get("message"):
+        parts.append(Text(str(status["message"])))
+    table = Table(box=None, padding=(0, 2), show_edge=False)
+    for column in ("#", "call", "capability", "phase", "undone by", "finished"):
+        table.add_column(column, style="bold" if column == "call" else "")
+    known = {c["workflow"]: c for c in status.get("calls") or []}
+    for i, workflow in enumerate(calls, 1):
+        name = str(workflow["metadata"]["name"])
+        recorded = known.get(name, {})
+        call_phase = recorded.get("phase") or phase_of(workflow)
+        style = CALL_STYLE.get(CallPhase(call_phase), "white") if call_phase in CallPhase.__members__.values() else ""
+        table.add_row(
+            str(i),
+            name,
+            recorded.get("capability")
+            or ", ".join(step_label(s) for s in (workflow.get("spec") or {}).get("steps") or []),
+            Text(str(call_phase), style=style),
+            recorded.get("undo") or "",
+            _when(recorded["finishedAt"]) if recorded.get("finishedAt") else "",
+        )
+    parts += [Text(""), table if calls else Text("no calls yet", style="dim")]
+    if status.get("undone"):
+        parts.append(Text("\nundone, in this order: " + ", ".join(status["undone"]), style="magenta"))
     return Group(*parts)
