@@ -6,14 +6,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export AIRUN_STATE_DIR ?= $(CURDIR)/.airun
 
-.PHONY: help venv binaries tools postgres inspector up down test test-unit test-integration kind-e2e demo bench bench-peers lint clean
+.PHONY: help venv binaries node-binaries tools postgres inspector node-packages up down test test-unit test-integration e2e e2e-down kind-e2e demo bench bench-peers lint clean
 help:
 	@echo "make demo    start everything and run the examples end to end"
 	@echo "make test    the whole test suite (starts a private control plane)"
 	@echo "make up      start the local control plane and the operator;  make down  stops them"
 	@echo "make lint    ruff, mypy, import-linter;  make bench  benchmarks"
 	@echo "make bench-peers  the same chain on this operator and on a Temporal dev server (builds it once)"
-	@echo "make kind-e2e  the chart and the operator image on a kind cluster (needs Docker and kind)"
+	@echo "make e2e     the operator image and the chart on a node of this machine (kubelet, containerd; root)"
+	@echo "make kind-e2e  the same on a kind cluster (needs Docker and kind)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +24,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# etcd, kube-apiserver and kubectl built from tools/k8s (cached in ~/.cache/airun/k8s, built once).
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubectl built from tools/k8s (cached in
+# ~/.cache/airun/k8s, built once); node-binaries adds kubelet and kube-proxy (make e2e).
 binaries:
 	@bash tools/k8s/build.sh
+
+node-binaries:
+	@bash tools/k8s/build.sh --node >/dev/null
 
 # Checking tools (helm, promtool, a Lua interpreter) built from the Go modules under tools/ (cached by go.sum).
 GO_TOOLS := helm promtool lua
@@ -35,6 +40,10 @@ tools:
 # Debian's PostgreSQL server, for the audit store's tests (installed when missing).
 postgres:
 	@bash tools/ensure-postgres.sh
+
+# Debian's containerd, runc, CNI plugins, iptables, conntrack, docker.io and mmdebstrap, for make e2e.
+node-packages:
+	@bash tools/e2e/ensure-packages.sh
 
 up: venv binaries
 	$(BIN)/airun up
@@ -59,12 +68,20 @@ test-unit: venv
 test-integration: venv binaries tools postgres inspector
 	$(BIN)/pytest tests/integration
 
-# On a machine with Docker and kind: a kind cluster, the operator image loaded into it, the chart installed,
-# the integration and e2e tests run against it (tools/kind-e2e.sh; fails at once without Docker or kind).
+# The operator image (Dockerfile) and the chart (helm install) on a cluster with a kubelet, the operator as a
+# Pod, tests/e2e against it (tools/e2e/run.sh). make e2e: a single node on this machine (state in .airun/e2e/,
+# removed afterwards, also on failure; KEEP_CLUSTER=1 keeps it, make e2e-down removes it).
+e2e: venv node-binaries tools node-packages
+	bash tools/e2e/run.sh node
+
+e2e-down: venv
+	$(BIN)/python tools/e2e/node.py down $(AIRUN_STATE_DIR)/e2e
+
+# The same on kind (users with Docker and kind; fails at once without them).
 kind-e2e:
-	@bash tools/kind-e2e.sh --check
+	@bash tools/e2e/run.sh kind --check
 	@$(MAKE) --no-print-directory venv binaries tools
-	bash tools/kind-e2e.sh
+	bash tools/e2e/run.sh kind
 
 demo: up
 	$(BIN)/python examples/demo.py
@@ -89,5 +106,5 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-clean: down
+clean: down e2e-down  # a node first: .airun/e2e holds its mounts while it runs
 	rm -rf .airun

@@ -88,15 +88,39 @@ def parse(name: str, spec: Mapping[str, Any]) -> CapabilitySpec:
     return parsed
 
 
-def problems_with(
-    spec: CapabilitySpec, known: Mapping[str, CapabilitySpec], builtin: Mapping[str, object]
-) -> list[str]:
-    """What keeps SPEC from joining the registry of KNOWN capabilities (built-in ones included)."""
+# Status conditions of a Capability (status.conditions, type Ready), written by the operator.
+READY = "Ready"
+COMPENSATION_UNKNOWN = "CompensationUnknown"
+
+
+def unknown_references(spec: CapabilitySpec, known: Mapping[str, object]) -> list[str]:
+    """The capabilities SPEC names that are not (yet) among KNOWN: its compensation. Not a reason to refuse
+    the Capability (GitOps tools apply in their own order); the Capability is not ready until they exist,
+    and workflows that use it are refused until then."""
+    if spec.compensation and spec.compensation.capability and spec.compensation.capability not in known:
+        return [spec.compensation.capability]
+    return []
+
+
+def readiness(spec: CapabilitySpec, known: Mapping[str, object]) -> tuple[bool, str, str]:
+    """(ready, reason, message) of the Ready condition of SPEC among the KNOWN capabilities."""
+    missing = unknown_references(spec, known)
+    if missing:
+        return (
+            False,
+            COMPENSATION_UNKNOWN,
+            f"compensation {missing[0]!r} is not a capability (yet): workflows that use {spec.id} are refused "
+            "until it exists",
+        )
+    return True, READY, "every capability it names exists"
+
+
+def problems_with(spec: CapabilitySpec, builtin: Mapping[str, object]) -> list[str]:
+    """What keeps SPEC from joining the registry at all (built-in names, a missing endpoint, ...). A
+    reference to a capability not applied yet is no problem here: see readiness()."""
     problems = []
     if spec.id in builtin:
         problems.append(f"{spec.id} is a built-in capability; choose another name")
-    if spec.compensation and spec.compensation.capability and spec.compensation.capability not in known:
-        problems.append(f"compensation {spec.compensation.capability!r} is not a capability")
     if spec.http is None:
         problems.append("spec.http is required")
     elif spec.http.auth is not None:

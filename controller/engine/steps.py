@@ -287,6 +287,12 @@ class CapabilityStep:
         errors = []
         if step.compensation and step.compensation.capability not in capabilities:
             errors.append(f"step {step.name!r}: unknown compensation capability {step.compensation.capability!r}")
+        undo = cap.compensation.capability if cap.compensation else None
+        if undo and undo not in capabilities:  # its Capability is Ready=False (CompensationUnknown)
+            errors.append(
+                f"step {step.name!r}: capability {cap.id} is not ready: its compensation {undo!r} is not a "
+                "capability (yet)"
+            )
         if cap.compensation and cap.compensation.from_step and not step.compensation and not step.irreversible:
             errors.append(
                 f"step {step.name!r}: {cap.id} is undone by the inverse the step declares: add "

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-REQUIRED = ("etcd", "kube-apiserver", "kubectl")
+REQUIRED = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "tools" / "k8s" / "build.sh"
 
@@ -23,12 +23,12 @@ def _complete(directory: Path) -> bool:
 
 @functools.cache
 def find_binaries() -> Path:
-    """The directory holding etcd, kube-apiserver and kubectl.
+    """The directory holding etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubectl.
 
-    Order: AIRUN_K8S_BIN, KUBEBUILDER_ASSETS (envtest's layout), then the project's own build
-    (tools/k8s/build.sh, cached outside the repository, built only when missing).
+    Order: AIRUN_K8S_BIN, then the project's own build (tools/k8s/build.sh, cached outside the repository,
+    built only when missing). envtest's KUBEBUILDER_ASSETS is not enough: it has no controller-manager.
     """
-    for variable in ("AIRUN_K8S_BIN", "KUBEBUILDER_ASSETS"):
+    for variable in ("AIRUN_K8S_BIN",):
         value = os.environ.get(variable)
         if value:
             directory = Path(value)
@@ -38,8 +38,7 @@ def find_binaries() -> Path:
             return directory
     if not BUILD_SCRIPT.exists():
         raise BinariesNotFound(
-            "no control plane binaries: set AIRUN_K8S_BIN to a directory holding "
-            "etcd, kube-apiserver and kubectl (or KUBEBUILDER_ASSETS)"
+            "no control plane binaries: set AIRUN_K8S_BIN to a directory holding " + ", ".join(REQUIRED)
         )
     if shutil.which("go") is None:
         raise BinariesNotFound("building the control plane needs Go; or set AIRUN_K8S_BIN")

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 VALIDITY = datetime.timedelta(days=3650)
+KUBERNETES_SERVICE_IP = "10.0.0.1"  # the first address of the service range (cluster.SERVICE_CIDR)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,20 @@ IDENTITIES: tuple[Identity, ...] = (
         ("system:serviceaccounts", "system:serviceaccounts:airun-system"),
     ),
 )
+
+# The control plane's own components, each with its own client certificate and kubeconfig (not contexts of
+# the users' kubeconfig): the API server's bootstrap RBAC already binds these users to their roles.
+CONTROLLER_MANAGER = Identity("kube-controller-manager", "system:kube-controller-manager", ())
+SCHEDULER = Identity("kube-scheduler", "system:kube-scheduler", ())
+COMPONENTS: tuple[Identity, ...] = (CONTROLLER_MANAGER, SCHEDULER)
+
+
+def node_identity(node: str) -> Identity:
+    """The kubelet of NODE: the Node authorizer lets it read what its own Pods need, nothing else."""
+    return Identity("kubelet", f"system:node:{node}", ("system:nodes",))
+
+
+KUBE_PROXY = Identity("kube-proxy", "system:kube-proxy", ())
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
@@ -75,10 +90,21 @@ def _builder(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurve
 
 
 class PKI:
-    """The files under DIR: ca.{crt,key}, apiserver.{crt,key}, sa.{key,pub}, users/CONTEXT.{crt,key}."""
+    """The files under DIR: ca.{crt,key}, apiserver.{crt,key}, sa.{key,pub}, users/CONTEXT.{crt,key}.
 
-    def __init__(self, directory: Path) -> None:
+    SERVER_ADDRESSES are more addresses the API server's certificate names (loopback always, and the
+    `kubernetes` Service's cluster IP): the node's address when Pods reach it (make e2e)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        server_addresses: tuple[str, ...] = (),
+        components: tuple[Identity, ...] = COMPONENTS,
+    ) -> None:
         self.dir = directory
+        self.server_addresses = server_addresses
+        self.components = components
         self.ca_cert = directory / "ca.crt"
         self.ca_key = directory / "ca.key"
         self.server_cert = directory / "apiserver.crt"
@@ -108,7 +134,7 @@ class PKI:
         if not self.webhook_cert.exists():
             # The operator's admission webhooks, called by the API server on 127.0.0.1.
             self._make_server(ca_key, ca_cert, "airun-webhooks", self.webhook_cert, self.webhook_key)
-        for identity in IDENTITIES:
+        for identity in (*IDENTITIES, *self.components):
             if not self.user_cert(identity.context).exists():
                 self._make_client(ca_key, ca_cert, identity)
         if not self.sa_key.exists():
@@ -119,6 +145,14 @@ class PKI:
                     serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
                 )
             )
+
+    def ensure_identity(self, identity: Identity) -> None:
+        """The client certificate of one more identity (a node's kubelet, kube-proxy), made once."""
+        self.ensure()
+        if not self.user_cert(identity.context).exists():
+            ca_key = serialization.load_pem_private_key(self.ca_key.read_bytes(), None)
+            assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+            self._make_client(ca_key, x509.load_pem_x509_certificate(self.ca_cert.read_bytes()), identity)
 
     def _make_ca(self) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
@@ -161,6 +195,8 @@ class PKI:
             x509.DNSName("kubernetes.default.svc"),
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
             x509.IPAddress(ipaddress.ip_address("::1")),
+            x509.IPAddress(ipaddress.ip_address(KUBERNETES_SERVICE_IP)),
+            *(x509.IPAddress(ipaddress.ip_address(a)) for a in self.server_addresses),
         ]
         signed = (
             _builder(name, ca_cert.subject, key.public_key())

@@ -439,12 +439,16 @@ class Admission:
             parsed = custom.parse(name, spec)
         except custom.InvalidCapability as error:
             raise kopf.AdmissionError(str(error), code=422) from error
-        problems = custom.problems_with(parsed, {**self.runtime.capabilities, name: parsed}, self.runtime.builtin)
+        problems = custom.problems_with(parsed, self.runtime.builtin)
         if problems:
             raise kopf.AdmissionError(f"capability {name}: " + "; ".join(problems), code=422)
-        if parsed.http and parsed.http.auth and isinstance(kwargs.get("warnings"), list):
+        warnings = kwargs.get("warnings")
+        ready, _, message = custom.readiness(parsed, {**self.runtime.capabilities, name: parsed})
+        if not ready and isinstance(warnings, list):  # accepted: it becomes ready when the other one appears
+            warnings.append(f"capability {name} is not ready: {message}")
+        if parsed.http and parsed.http.auth and isinstance(warnings, list):
             ref = parsed.http.auth.secret_ref  # read from the operator's namespace, whatever the author meant
-            kwargs["warnings"].append(
+            warnings.append(
                 f"spec.http.auth: the operator reads key {ref.key!r} of Secret {ref.name!r} in its own "
                 f"namespace {custom.CREDENTIALS.namespace!r}"
             )

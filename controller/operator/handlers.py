@@ -17,7 +17,7 @@ from controller.api.capability import CapabilitySpec
 from controller.api.policy import Approvers, PolicyObject, PolicySpec
 from controller.capabilities import custom
 from controller.engine import saga
-from controller.operator import approvals
+from controller.operator import approvals, capability_status
 from controller.operator.runtime import WorkflowRuntime
 from controller.policy.approvers import quorum, tally
 
@@ -39,8 +39,7 @@ def policy_index(name: str, namespace: str | None, spec: kopf.Spec, **_: Any) ->
 
 def approval_index(body: kopf.Body, namespace: str | None, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
     # Keyed by the owning workflow's uid, not its name: an Approval left by an earlier workflow of the
-    # same name (garbage collection is asynchronous, and absent without a controller-manager) must
-    # never decide for a new one.
+    # same name (garbage collection is asynchronous) must never decide for a new one.
     return {(namespace, approvals.owner_uid(body)): (spec.get("step"), approvals.state_of(body))}
 
 
@@ -94,6 +93,11 @@ def register(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime) -> Calla
             runtime.forget(body)
             return
         await runtime.observe(body)
+
+    @kopf.on.event(API_GROUP, API_VERSION, "capabilities", registry=registry, id="capability_event")
+    async def capability_event(type: str, name: str, body: kopf.Body, **kwargs: Any) -> None:
+        bind(kwargs)  # kopf updated the index before this handler: it already has (or lost) NAME
+        await capability_status.refresh(runtime, name, body, deleted=type == "DELETED")
 
     @kopf.on.event(API_GROUP, API_VERSION, "approvals", registry=registry, id="approval_event")
     async def approval_event(type: str, body: kopf.Body, namespace: str | None, spec: kopf.Spec, **_: Any) -> None:

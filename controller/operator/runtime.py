@@ -95,6 +95,8 @@ class WorkflowRuntime:
         self.finished: dict[str, LastWrite] = {}
         self.builtin = registry.specs()
         self.fetched: dict[str, tuple[CapabilitySpec, float]] = {}  # name -> (spec, monotonic time read)
+        # name -> the Ready condition last seen or written of each Capability (capability_status.py)
+        self.capability_conditions: dict[str, dict[str, Any]] = {}
         self.attestation_key = os.urandom(32)  # main sets the key of --attestation-key-file
         # Whether the admission webhook configurations are registered (controller/operator/webhooks.py):
         # while they are not, no new workflow starts; the ones waiting are kept here, by uid.
@@ -126,10 +128,17 @@ class WorkflowRuntime:
     async def fetch_missing_capabilities(self, spec: WorkflowSpec) -> dict[str, CapabilitySpec]:
         """Capability objects the index has not seen yet (created just before the workflow), read from
         the API server; the index takes over once it catches up."""
-        known = self.capabilities
         wanted = {s.capability for s in spec.steps if s.capability}
         wanted |= {s.compensation.capability for s in spec.steps if s.compensation}
-        for name in sorted(wanted - set(known)):
+        await self._fetch(wanted)
+        # and the compensations those name (applied together, the index may have neither yet)
+        known = self.capabilities
+        await self._fetch({u for n in wanted if n in known for u in custom.unknown_references(known[n], known)})
+        return self.capabilities
+
+    async def _fetch(self, names: set[str]) -> None:
+        known = self.capabilities
+        for name in sorted(names - set(known)):
             try:
                 body = await self.connection.custom.get_cluster_custom_object(
                     API_GROUP, API_VERSION, "capabilities", name
@@ -137,7 +146,6 @@ class WorkflowRuntime:
                 self.fetched[name] = (custom.parse(name, body.get("spec") or {}), time.monotonic())
             except (ApiException, custom.InvalidCapability):
                 continue
-        return self.capabilities
 
     @property
     def workspaces(self) -> Path:

@@ -96,10 +96,6 @@ def test_custom_http_capability_runs_and_is_compensated(
     [
         ({"risk": {"level": "LOW", "reason": "cheap"}}, "R3: network writes must be MEDIUM risk or above"),
         ({"idempotent": False, "sideEffects": []}, "R4: a capability without side effects must be idempotent"),
-        (
-            {"compensation": {"capability": "cloud.nothing.here"}},
-            "compensation 'cloud.nothing.here' is not a capability",
-        ),
     ],
 )
 def test_incoherent_capabilities_are_refused_at_apply(
@@ -109,6 +105,57 @@ def test_incoherent_capabilities_are_refused_at_apply(
     manifest["spec"].setdefault("compensation", {"capability": "net.http.request", "inputs": {}})
     result = kube.apply(manifest, check=False)
     assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def ready_condition(obj: dict[str, Any]) -> dict[str, Any]:
+    return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"), {})
+
+
+def wait_ready(kube: Kube, name: str, status: str) -> dict[str, Any]:
+    obj = kube.wait_for(
+        "capability", name, None, lambda o: ready_condition(o).get("status") == status, what=f"Ready={status}"
+    )
+    return ready_condition(obj)
+
+
+def test_a_capability_applied_before_its_compensation_is_ready_once_that_appears(
+    kube: Kube, namespace: str, operator: object, api: LoopbackAPI
+) -> None:
+    """GitOps order (Argo CD, Flux): accepted, Ready=False until its compensation exists; workflows that use
+    it are refused until then, and again once the compensation is deleted."""
+    suffix = namespace.replace("t-", "").replace("-", "")
+    create, undo = f"gitops{suffix}.item.create", f"gitops{suffix}.item.delete"
+    applied = kube.apply(capability(create, f"{api.url}/items", compensation={"capability": undo, "inputs": {}}))
+    assert f"capability {create} is not ready: compensation {undo!r} is not a capability (yet)" in applied.stderr
+    condition = wait_ready(kube, create, "False")
+    assert condition["reason"] == "CompensationUnknown" and undo in condition["message"], condition
+    printed = kube.run("get", "capability", create, "-o", "wide").stdout
+    assert "CompensationUnknown" in printed, printed
+
+    uses_it = wf(
+        "uses-it",
+        {"name": "item", "capability": create},
+        {"name": "boom", "capability": "test.fail", "dependsOn": ["item"], "retry": {"limit": 0}},
+    )
+    refused = kube.apply(uses_it, namespace=namespace, as_="bob", check=False)
+    assert refused.returncode != 0, refused.stdout
+    assert f"capability {create} is not ready: its compensation {undo!r} is not a capability (yet)" in refused.stderr
+
+    # The compensation arrives (its undo: DELETE of the first item of this toy API).
+    first = f"{api.url}/items/1"
+    kube.apply(capability(undo, first, internal=True, http={"method": "DELETE", "url": first}))
+    assert wait_ready(kube, undo, "True")["reason"] == "Ready"
+    assert wait_ready(kube, create, "True")["reason"] == "Ready"
+    kube.apply(uses_it, namespace=namespace, as_="bob")
+    obj = wait_terminal(kube, namespace, "uses-it")
+    assert obj["status"]["phase"] == "Compensated", obj["status"]
+    assert [(m, p) for m, p, _, _ in api.requests if m != "GET"] == [("POST", "/items"), ("DELETE", "/items/1")]
+
+    # Deleted again: not ready, and refused again.
+    kube.run("delete", "capability", undo)
+    assert wait_ready(kube, create, "False")["reason"] == "CompensationUnknown"
+    again = kube.apply(wf("again", {"name": "item", "capability": create}), namespace=namespace, as_="bob", check=False)
+    assert again.returncode != 0 and "is not ready" in again.stderr, again.stderr
 
 
 def test_builtin_names_and_bad_names_are_refused(kube: Kube, operator: object) -> None:

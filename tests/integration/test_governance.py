@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -287,9 +288,29 @@ def test_an_old_approval_never_decides_for_a_new_workflow_of_the_same_name(
     assert decide(kube, namespace, name, "Approved", "alice")[0] == 0
     wait_terminal(kube, namespace, "reused")
     kube.run("delete", "wf", "reused", "-n", namespace)
-    # Garbage collection may not have removed the approved Approval yet (here it never does).
+    # Garbage collection is asynchronous: the approved Approval may still be there (the operator then
+    # replaces it, an orphan) or already collected. Either way the new workflow gets a fresh one.
     kube.apply(gated, namespace=namespace, as_="bob")
     obj = wait_phase(kube, namespace, "reused", "AwaitingApproval")
     fresh = kube.get("approval", name, namespace)
     assert fresh["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
     assert fresh["spec"]["decision"] == "" and fresh["status"]["phase"] == "Pending"
+
+
+def test_a_deleted_workflows_approval_is_collected_and_its_namespace_finishes_deleting(
+    kube: Kube, operator: object
+) -> None:
+    """The controller-manager's garbage collector and namespace controller, as on any cluster."""
+    namespace = kube.create_namespace(f"gc-{uuid.uuid4().hex[:8]}")
+    kube.apply(wf("waits", {"name": "gate", "type": "Approval"}), namespace=namespace, as_="bob")
+    name = steps_of(wait_phase(kube, namespace, "waits", "AwaitingApproval"))["gate"]["approval"]
+    kube.run("delete", "wf", "waits", "-n", namespace, "--wait=true", "--timeout=60s", as_="bob")
+    deadline = time.monotonic() + 60
+    while kube.run("get", "approval", name, "-n", namespace, check=False).returncode == 0:
+        assert time.monotonic() < deadline, f"approval {name} of the deleted workflow was never collected"
+        time.sleep(0.3)
+    nap = {"name": "nap", "capability": "sys.sleep", "inputs": {"seconds": 0}}
+    kube.apply(wf("done", nap), namespace=namespace, as_="bob")
+    wait_terminal(kube, namespace, "done")
+    kube.run("delete", "namespace", namespace, "--wait=true", "--timeout=90s")
+    assert kube.run("get", "namespace", namespace, check=False).returncode != 0

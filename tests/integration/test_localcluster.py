@@ -20,6 +20,7 @@ def _pids(env: DevEnvironment) -> list[int | None]:
     return [
         processes.alive(env.cluster.run / "etcd.pid", "etcd"),
         processes.alive(env.cluster.run / "kube-apiserver.pid", "kube-apiserver"),
+        processes.alive(env.cluster.run / "kube-controller-manager.pid", "kube-controller-manager"),
         processes.alive(env.operator_pid, "controller"),
     ]
 
@@ -36,7 +37,7 @@ def test_cold_and_warm_start_keep_data_and_leave_nothing_behind(tmp_path: Path) 
         env.kubectl("create", "namespace", "kept")
         kubeconfig = env.kubeconfig.read_text()
         env.down()
-        assert _pids(env) == [None, None, None]
+        assert _pids(env) == [None, None, None, None]
 
         started = time.monotonic()
         warm = env.up()
@@ -54,20 +55,20 @@ def test_cold_and_warm_start_keep_data_and_leave_nothing_behind(tmp_path: Path) 
         )
     finally:
         env.down()
-    assert _pids(env) == [None, None, None]
+    assert _pids(env) == [None, None, None, None]
 
 
 def test_up_restarts_a_killed_operator(tmp_path: Path) -> None:
     env = DevEnvironment(tmp_path / "state", fast_etcd=True, die_with_parent=True)
     try:
         env.up()
-        pid = _pids(env)[2]
+        pid = _pids(env)[-1]
         assert pid
         os.kill(pid, 9)
         while processes.alive(env.operator_pid, "controller"):
             time.sleep(0.05)
         env.up()
-        new = _pids(env)[2]
+        new = _pids(env)[-1]
         assert new and new != pid
     finally:
         env.down()

@@ -83,3 +83,25 @@ def test_plugin_capabilities_from_an_entry_point(tmp_path: Path, monkeypatch: py
     assert loaded.get("demo.hello").risk.level.value == "LOW"
     assert loaded.handler("demo.hello")
     sys.modules.pop("airun_demo_plugin", None)
+
+
+def test_a_capability_whose_compensation_is_missing_is_not_ready_and_refuses_workflows() -> None:
+    """GitOps order: the Capability is accepted (no problem), not ready, and workflows using it are refused."""
+    from controller.api.workflow import WorkflowSpec
+    from controller.capabilities import custom
+    from controller.engine import saga
+
+    create = spec(id="cloud.db.create", http={"url": "https://x/dbs"}, compensation={"capability": "cloud.db.delete"})
+    assert custom.problems_with(create, builtin={}) == []
+    ready, reason, message = custom.readiness(create, {"cloud.db.create": create})
+    assert (ready, reason) == (False, "CompensationUnknown") and "'cloud.db.delete'" in message
+    workflow = WorkflowSpec.model_validate({"steps": [{"name": "db", "capability": "cloud.db.create"}]})
+    errors = saga.spec_errors(workflow, {"cloud.db.create": create})
+    assert errors == [
+        "step 'db': capability cloud.db.create is not ready: its compensation 'cloud.db.delete' is not a "
+        "capability (yet)"
+    ]
+    delete = spec(id="cloud.db.delete", http={"url": "https://x/dbs"}, compensation=None, sideEffects=[], internal=True)
+    known = {"cloud.db.create": create, "cloud.db.delete": delete}
+    assert custom.readiness(create, known)[:2] == (True, "Ready")
+    assert saga.spec_errors(workflow, known) == []

@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# Builds the local control plane binaries (etcd, kube-apiserver, kubectl) from the pinned modules in
-# go.mod, into a cache outside the repository keyed by version. Builds only what is missing, so a warm
-# machine returns at once. Prints the directory holding the binaries on stdout.
+# Builds the local control plane binaries (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+# kubectl) from the pinned modules in go.mod, into a cache outside the repository keyed by version; with
+# `--node`, also the node's binaries (kubelet, kube-proxy) that `make e2e` runs. Builds only what is missing,
+# so a warm machine returns at once. Prints the directory holding the binaries on stdout.
 #
 #   AIRUN_K8S_CACHE  cache root (default: ${XDG_CACHE_HOME:-~/.cache}/airun/k8s)
 set -euo pipefail
+node=0
+case "${1:-}" in
+  --node) node=1 ;;
+  "") ;;
+  *) echo "build.sh: unknown argument '$1' (only --node)" >&2; exit 2 ;;
+esac
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
 
@@ -39,4 +46,11 @@ build() {  # build NAME PACKAGE
 build etcd go.etcd.io/etcd/server/v3
 build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
 build kubectl k8s.io/kubernetes/cmd/kubectl
+# Garbage collection, namespace deletion, Deployments and ReplicaSets; the scheduler places Pods on a node.
+build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
+build kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
+if [ "$node" = 1 ]; then
+  build kubelet k8s.io/kubernetes/cmd/kubelet
+  build kube-proxy k8s.io/kubernetes/cmd/kube-proxy
+fi
 echo "$out"
