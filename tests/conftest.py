@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.httpserver import LoopbackAPI
 from tests.kube import Kube
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,3 +99,11 @@ def restartable(operator: object) -> Iterator[object]:
     test did, so that the next test has one."""
     yield operator
     operator.start_operator()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def api() -> Iterator[LoopbackAPI]:
+    """A real HTTP API on loopback (tests/httpserver.py), closed after the test."""
+    server = LoopbackAPI()
+    yield server
+    server.close()

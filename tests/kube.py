@@ -110,6 +110,20 @@ class Kube:
                 return text
             time.sleep(0.3)
 
+    def let_the_agent_author(self, namespace: str) -> None:
+        """Binds airun-author to the `agent` context's identity (ServiceAccount agents/planner) in NAMESPACE:
+        a second principal beside bob."""
+        self.apply(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": "planner-author"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "airun-author"},
+                "subjects": [{"kind": "ServiceAccount", "name": "planner", "namespace": "agents"}],
+            },
+            namespace=namespace,
+        )
+
     def create_namespace(self, name: str) -> str:
         self.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
         return name

@@ -30,16 +30,7 @@ def env(operator: DevEnvironment) -> DevEnvironment:
 def guarded(kube: Kube, namespace: str) -> str:
     kube.apply(GUARDS, namespace=namespace)
     # The agent context may author here too: a second principal beside bob.
-    kube.apply(
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": {"name": "planner-author"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "airun-author"},
-            "subjects": [{"kind": "ServiceAccount", "name": "planner", "namespace": "agents"}],
-        },
-        namespace=namespace,
-    )
+    kube.let_the_agent_author(namespace)
     return namespace
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,13 +11,6 @@ from controller.localcluster.devenv import DevEnvironment
 from tests.httpserver import LoopbackAPI
 from tests.integration.test_saga import _kill_operator, steps_of, wait_terminal, wf
 from tests.kube import Kube
-
-
-@pytest.fixture
-def api() -> Iterator[LoopbackAPI]:
-    server = LoopbackAPI()
-    yield server
-    server.close()
 
 
 def create_item(api: LoopbackAPI, name: str = "create") -> dict[str, Any]:

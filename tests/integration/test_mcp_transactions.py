@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import mcp_types as types
@@ -32,26 +31,10 @@ def env(operator: DevEnvironment) -> DevEnvironment:
 
 
 @pytest.fixture
-def api() -> Iterator[LoopbackAPI]:
-    server = LoopbackAPI()
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def agents(kube: Kube, namespace: str) -> str:
     """The namespace, where everything runs (default ALLOW) and two principals author: bob and the agent."""
     kube.apply(policy("tx-open"), namespace=namespace)
-    kube.apply(
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": {"name": "planner-author"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "airun-author"},
-            "subjects": [{"kind": "ServiceAccount", "name": "planner", "namespace": "agents"}],
-        },
-        namespace=namespace,
-    )
+    kube.let_the_agent_author(namespace)
     time.sleep(0.5)  # the operator's policy index follows the watch
     return namespace
 

@@ -7,10 +7,8 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
-
-import pytest
 
 from controller.api.workflow import WorkflowPhase
 from tests.httpserver import LoopbackAPI
@@ -29,13 +27,6 @@ def verify(headers: Mapping[str, str], body: bytes, key: bytes, max_age: int = 3
         return False
     expected = "sha256=" + hmac.new(key, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
     return hmac.compare_digest(expected, signature)
-
-
-@pytest.fixture
-def api() -> Iterator[LoopbackAPI]:
-    server = LoopbackAPI()
-    yield server
-    server.close()
 
 
 def _secret(kube: Kube, name: str, key: str, value: str) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,13 +86,6 @@ def test_a_rate_limit_is_exact_under_concurrency_and_counted_across_a_restart(
     # Others have budgets of their own.
     create(kube, namespace, wf("someone-else", write("a", "else.txt")), f"other-{namespace}")
     assert wait_terminal(kube, namespace, "someone-else")["status"]["phase"] == "Succeeded"
-
-
-@pytest.fixture
-def api() -> Iterator[LoopbackAPI]:
-    server = LoopbackAPI()
-    yield server
-    server.close()
 
 
 def test_the_http_budget_example_counts_per_agent(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,13 +16,6 @@ from tests.integration.test_saga import steps_of, wait_terminal, wf
 from tests.kube import Kube
 
 SECRET = "s3cr3t-Zq9-value"
-
-
-@pytest.fixture
-def api() -> Iterator[LoopbackAPI]:
-    server = LoopbackAPI()
-    yield server
-    server.close()
 
 
 @pytest.fixture
