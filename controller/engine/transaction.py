@@ -26,6 +26,7 @@ from controller.api.transaction import (
     TransactionStatus,
 )
 from controller.api.workflow import WorkflowPhase
+from controller.engine.state import iso, parse_time
 
 POLL = timedelta(seconds=0.5)  # how soon to look again while a call is being undone
 _UNFINISHED = frozenset(
@@ -75,16 +76,6 @@ class TransactionPlan:
     wake_at: datetime | None = None
     finished: bool = False  # nothing more happens until the spec changes
     ignored: list[str] = field(default_factory=list)  # labelled workflows of another principal
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def _joined(meta: Mapping[str, Any]) -> datetime:

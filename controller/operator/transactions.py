@@ -38,6 +38,7 @@ from controller.api.transaction import (
     TransactionStatus,
 )
 from controller.engine import transaction as core
+from controller.engine.state import parse_time
 from controller.operator import attestation
 from controller.operator.runner import principal_of
 from controller.operator.runtime import WorkflowRuntime
@@ -159,7 +160,7 @@ class TransactionRuntime:
             name=name,
             spec=TransactionSpec.model_validate(body.get("spec") or {}),
             status=before,
-            created_at=core.parse_time(body["metadata"].get("creationTimestamp")) or _now(),
+            created_at=parse_time(body["metadata"].get("creationTimestamp")) or _now(),
             principal=owner_of(key, body),
             calls=calls,
             now=_now(),
@@ -288,7 +289,7 @@ def join_refusal(
     if phase not in (None, TransactionPhase.OPEN) or spec.get("commit") or spec.get("rollback"):
         state = phase.value if phase else "closing"
         return f"transaction {name} is {state}: calls join open transactions only"
-    created = core.parse_time((tx.get("metadata") or {}).get("creationTimestamp"))
+    created = parse_time((tx.get("metadata") or {}).get("creationTimestamp"))
     ttl = TransactionSpec.model_validate(spec).ttl_seconds
     if created is not None and now >= created + timedelta(seconds=ttl):
         return f"transaction {name} expired (ttlSeconds {ttl}): the operator rolls it back"
