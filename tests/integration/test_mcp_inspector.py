@@ -16,7 +16,7 @@ import pytest
 
 from controller.localcluster.devenv import DevEnvironment
 from tests.httpserver import LoopbackAPI
-from tests.integration.test_mcp_transactions import AGENT, agents, api, remote_capabilities  # noqa: F401  (fixtures)
+from tests.integration.test_mcp_transactions import AGENT, agents, remote_capabilities  # noqa: F401  (fixtures)
 from tests.kube import Kube
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,7 +74,7 @@ def test_begin_calls_a_failing_call_and_rollback_through_the_inspector(
     inspect: Inspector,
     env: DevEnvironment,
     kube: Kube,
-    api: LoopbackAPI,  # noqa: F811
+    api: LoopbackAPI,
 ) -> None:
     namespace = inspect.namespace
     workspace = env.workspaces / namespace
