@@ -139,6 +139,30 @@ def down() -> None:
     help="On SIGTERM: start no new step, let attempts in flight finish for at most this long, checkpoint, "
     "exit (keep it below the Pod's terminationGracePeriodSeconds). A second signal stops at once.",
 )
+@click.option(
+    "--shards",
+    envvar="AIRUN_SHARDS",
+    type=click.IntRange(min=0, max=256),
+    default=0,
+    show_default=True,
+    help="Split the workflows into this many shards, each held by one replica at a time through a Lease of "
+    "the operator's namespace (every replica must be given the same number). 0: no Leases, this process "
+    "runs every workflow (one replica only).",
+)
+@click.option(
+    "--identity",
+    envvar="AIRUN_IDENTITY",
+    help="This replica's name in the Leases (default: the Pod's name, POD_NAME, else the host name and a "
+    "random suffix). Two processes must never share one.",
+)
+@click.option(
+    "--lease-seconds",
+    envvar="AIRUN_LEASE_SECONDS",
+    type=click.FloatRange(min=1, max=300),
+    default=15.0,
+    show_default=True,
+    help="With --shards: how long a Lease lasts unrenewed; a dead replica's workflows move after this.",
+)
 @click.option("-v", "--verbose", is_flag=True)
 def operator(**options: object) -> None:
     """Run the operator (kopf) against the cluster of KUBECONFIG."""

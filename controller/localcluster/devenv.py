@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller.localcluster import processes
@@ -24,6 +24,24 @@ CRD_DIR = REPO_ROOT / "crds"
 MANIFESTS = (REPO_ROOT / "rbac" / "roles.yaml", REPO_ROOT / "rbac" / "local-bindings.yaml")
 BASELINE_POLICIES = REPO_ROOT / "policies" / "baseline.yaml"
 WEBHOOK_CONFIGURATION = "airun.aifirst.dev"
+
+
+@dataclass
+class Replica:
+    """An operator replica started by DevEnvironment.start_replica (its pid file, log and endpoints)."""
+
+    identity: str
+    pid_file: Path
+    log_file: Path
+    endpoints: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int | None:
+        return processes.alive(self.pid_file, "controller")
+
+    def stop(self) -> bool:
+        """SIGTERM (a graceful stop), SIGKILL after 10 s."""
+        return processes.stop(self.pid_file, "controller")
 
 
 @dataclass
@@ -116,7 +134,33 @@ class DevEnvironment:
         """Starts the operator as CONTEXT of the kubeconfig (its own least-privilege identity by default)."""
         if self.operator_running():
             return
-        ports = self._operator_ports()
+        ports = self._operator_ports(self.endpoints())
+        endpoints = self._start_process(ports, self.operator_pid, "operator.log", context, [])
+        self.endpoints_file.write_text(json.dumps(endpoints, indent=2) + "\n")
+        self._wait_healthy(endpoints["ready"], timeout, self.operator_pid)
+        self._wait_webhooks(ports["webhook"], timeout)
+
+    def start_replica(
+        self, identity: str, *, shards: int, lease_seconds: float, manage_webhooks: bool, timeout: float = 60.0
+    ) -> Replica:
+        """One of several operator replicas sharing the workflows through shard Leases (--shards): the one
+        with MANAGE_WEBHOOKS points the webhook configurations at itself, the others only serve them."""
+        replica = Replica(
+            identity, self.dir / f"operator-{identity}.pid", self.dir / "logs" / f"operator-{identity}.log"
+        )
+        ports = self._operator_ports({})
+        extra = [f"--shards={shards}", f"--identity={identity}", f"--lease-seconds={lease_seconds}"]
+        if not manage_webhooks:
+            extra.append("--no-webhook-managed")
+        replica.endpoints = self._start_process(ports, replica.pid_file, replica.log_file.name, "operator", extra)
+        self._wait_healthy(replica.endpoints["ready"], timeout, replica.pid_file)
+        if manage_webhooks:
+            self._wait_webhooks(ports["webhook"], timeout)
+        return replica
+
+    def _start_process(
+        self, ports: dict[str, int], pid_file: Path, log_name: str, context: str, extra: list[str]
+    ) -> dict[str, str]:
         self.workspaces.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env["AIRUN_STATE_DIR"] = str(self.dir)
@@ -145,27 +189,24 @@ class DevEnvironment:
             f"--snapshot-key-file={self.snapshot_key()}",
             f"--metrics-port={ports['metrics']}",
             f"--audit-url={self.audit_url}",
+            *extra,
         ]
         processes.start(
             argv,
-            pid_file=self.operator_pid,
-            log_file=self.dir / "logs" / "operator.log",
+            pid_file=pid_file,
+            log_file=self.dir / "logs" / log_name,
             env=env,
             die_with_parent=self.die_with_parent,
             cwd=self.dir,
         )
-        endpoints = {
+        return {
             "health": f"http://127.0.0.1:{ports['health']}/healthz",
             "ready": f"http://127.0.0.1:{ports['health']}/readyz",
             "webhook": f"https://127.0.0.1:{ports['webhook']}",
             "metrics": f"http://127.0.0.1:{ports['metrics']}/metrics",
         }
-        self.endpoints_file.write_text(json.dumps(endpoints, indent=2) + "\n")
-        self._wait_healthy(endpoints["ready"], timeout)
-        self._wait_webhooks(ports["webhook"], timeout)
 
-    def _operator_ports(self) -> dict[str, int]:
-        previous = self.endpoints()
+    def _operator_ports(self, previous: dict[str, str]) -> dict[str, int]:
         ports: dict[str, int] = {}
         for name in ("health", "webhook", "metrics"):
             url = previous.get(name, "")
@@ -173,11 +214,11 @@ class DevEnvironment:
             ports[name] = port if port and port_free(port) else free_port()
         return ports
 
-    def _wait_healthy(self, url: str, timeout: float) -> None:
+    def _wait_healthy(self, url: str, timeout: float, pid_file: Path) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self.operator_running():
-                raise StartError(f"the operator exited; see {self.dir / 'logs' / 'operator.log'}")
+            if processes.alive(pid_file, "controller") is None:
+                raise StartError(f"the operator exited; see its log in {self.dir / 'logs'}")
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:
                     if response.status == 200:

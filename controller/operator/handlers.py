@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 from collections.abc import Callable, Mapping
@@ -58,6 +59,7 @@ def bind_indexes(runtime: WorkflowRuntime, kwargs: Mapping[str, Any]) -> None:
     approval_states: kopf.Index[Any, Any] = kwargs["approval_index"]
     capabilities: kopf.Index[str, CapabilitySpec] = kwargs["capability_index"]
     runtime.indexes.policies = lambda: [*cluster_policies.get(ALL, []), *policies.get(ALL, [])]
+    runtime.indexes.bound = True
 
     def approvals_of(namespace: str, workflow_uid: str) -> dict[str, saga.ApprovalState]:
         return dict(approval_states.get((namespace, workflow_uid), []))
@@ -89,6 +91,7 @@ def register(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime) -> Calla
     @kopf.on.event(API_GROUP, API_VERSION, "workflows", registry=registry, id="workflow_event")
     async def workflow_event(type: str, body: kopf.Body, **kwargs: Any) -> None:
         bind(kwargs)
+        runtime.kopf_context = contextvars.copy_context()
         if type == "DELETED":
             runtime.forget(body)
             return
@@ -103,6 +106,8 @@ def register(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime) -> Calla
     async def approval_event(type: str, body: kopf.Body, namespace: str | None, spec: kopf.Spec, **_: Any) -> None:
         if type == "DELETED" or namespace is None:
             return
+        if not runtime.shards.owns(approvals.owner_uid(body)):
+            return  # the replica that runs the workflow records the decision (once, not once per replica)
         await record_approval_decision(runtime, body, namespace, spec)
         runtime.wake(namespace, spec.get("workflow") or "")
 

@@ -19,6 +19,9 @@ from controller.capabilities.handlers.k8s import KubeGateway
 class Connection:
     api: client.ApiClient
     configuration: client.Configuration
+    # The field manager of the operator's writes to its objects: each replica's identity when there are
+    # several (kubectl get --show-managed-fields then says which replica wrote a status last).
+    field_manager: str | None = None
 
     async def bearer_token(self) -> str | None:
         """The current bearer token, if the credentials are a token: in a Pod the projected ServiceAccount
@@ -56,6 +59,7 @@ class Connection:
         method = (
             self.custom.patch_namespaced_custom_object_status if status else self.custom.patch_namespaced_custom_object
         )
+        manager: dict[str, Any] = {"field_manager": self.field_manager} if self.field_manager else {}
         return await method(
             API_GROUP,
             API_VERSION,
@@ -64,6 +68,7 @@ class Connection:
             name,
             patch,
             _content_type="application/merge-patch+json",  # type: ignore[call-arg]  # not in its stubs
+            **manager,
         )
 
     async def patch_workflow_status(self, namespace: str, name: str, patch: dict[str, Any]) -> Any:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import secrets
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,17 @@ from controller.capabilities import snapshots
 from controller.capabilities.egress import EgressRules
 from controller.engine import templating
 from controller.observability import logs
-from controller.operator import admission, attestation, controlplane, handlers, health, kube, transactions, webhooks
+from controller.operator import (
+    admission,
+    attestation,
+    controlplane,
+    handlers,
+    health,
+    kube,
+    shards,
+    transactions,
+    webhooks,
+)
 from controller.operator.notify import Notifier, policy_urls
 from controller.operator.runtime import RuntimeSettings, WorkflowRuntime, workspaces_from_env
 from controller.operator.template_sandbox import TemplateSandbox
@@ -64,6 +76,9 @@ class OperatorOptions:
     # Where the credentials of custom Capability endpoints live (default: the Pod's namespace, or airun-system)
     operator_namespace: str | None = None
     shutdown_grace_seconds: float = 25.0
+    shards: int = 0  # 0: no Leases, this process runs every workflow
+    identity: str | None = None
+    lease_seconds: float = 15.0
 
 
 def _configure(
@@ -181,6 +196,8 @@ async def run(options: OperatorOptions) -> None:
         await webhooks.write(connection.api, registry, options.webhook_configuration, client_config)
         await runtime.set_webhooks_registered(True)  # now, not at the next periodic check
 
+    leases = _shard_leases(options, connection, runtime, agents)
+
     @kopf.on.startup(registry=registry)
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         _configure(settings, options, register_webhooks)
@@ -203,8 +220,9 @@ async def run(options: OperatorOptions) -> None:
     stop = asyncio.Event()
     ready = asyncio.Event()
     signals = asyncio.create_task(
-        _stop_gracefully_on_signals(runtime, ready, stop, options.shutdown_grace_seconds), name="signals"
+        _stop_gracefully_on_signals(runtime, leases, ready, stop, options.shutdown_grace_seconds), name="signals"
     )
+    holding = asyncio.create_task(_hold_leases(leases, ready), name="shard leases") if leases else None
     probes = await health.serve(options.bind, options.health_port, ready)
     learning = asyncio.create_task(controlplane.learn(connection), name="the API server's addresses")
     try:
@@ -216,6 +234,8 @@ async def run(options: OperatorOptions) -> None:
             ready_flag=ready,
         )
     finally:
+        if holding is not None:
+            holding.cancel()
         watcher.cancel()
         learning.cancel()
         signals.cancel()
@@ -229,8 +249,63 @@ async def run(options: OperatorOptions) -> None:
         await connection.close()
 
 
+def identity_of(options: OperatorOptions) -> str:
+    """This replica's name in the Leases: --identity, else the Pod's name, else host name and a suffix
+    (a process restarted in the same Pod keeps its shards at once; a new Pod waits for them to expire)."""
+    chosen = options.identity or os.environ.get("POD_NAME")
+    if not chosen:
+        chosen = f"{socket.gethostname().lower()}-{secrets.token_hex(3)}"
+    return shards.check_identity(chosen)
+
+
+def _shard_leases(
+    options: OperatorOptions,
+    connection: kube.Connection,
+    runtime: WorkflowRuntime,
+    agents: transactions.TransactionRuntime,
+) -> shards.ShardLeases | None:
+    """With --shards: the Lease loop of this replica, wired to the runtimes (which then run only the
+    workflows and Transactions of the shards it holds)."""
+    if not options.shards:
+        return None
+
+    async def acquired(shard: int) -> None:
+        await runtime.adopt_shard(shard)
+        await agents.adopt_shard(shard)
+
+    async def lost(shard: int) -> None:
+        await runtime.drop_shard(shard)
+        await agents.drop_shard(shard)
+
+    async def release(shard: int) -> None:
+        await runtime.park_shard(shard, options.shutdown_grace_seconds)
+
+    leases = shards.ShardLeases(
+        connection.api,
+        custom_capabilities.operator_namespace(),
+        identity_of(options),
+        options.shards,
+        options.lease_seconds,
+        shards.ShardHooks(acquired=acquired, lost=lost, release=release),
+    )
+    runtime.shards = leases
+    connection.field_manager = leases.identity
+    log.info("replica %s: %d shards, Leases of %.0f s", leases.identity, leases.count, leases.duration)
+    return leases
+
+
+async def _hold_leases(leases: shards.ShardLeases, ready: asyncio.Event) -> None:
+    """Takes shards only once kopf runs (its handlers bind the indexes every decision needs)."""
+    await ready.wait()
+    await leases.run()
+
+
 async def _stop_gracefully_on_signals(
-    runtime: WorkflowRuntime, ready: asyncio.Event, stop: asyncio.Event, grace: float
+    runtime: WorkflowRuntime,
+    leases: shards.ShardLeases | None,
+    ready: asyncio.Event,
+    stop: asyncio.Event,
+    grace: float,
 ) -> None:
     """SIGTERM or SIGINT: drain (no new step starts, attempts in flight finish within GRACE seconds and
     are checkpointed) while kopf still watches and serves the webhooks, then stop kopf. A second signal
@@ -244,6 +319,8 @@ async def _stop_gracefully_on_signals(
     async def drain_then_stop() -> None:
         try:
             await runtime.drain(grace)
+            if leases is not None:
+                await leases.stop()  # the others take the shards at once, not a lease duration later
         finally:
             stop.set()
 

@@ -23,6 +23,7 @@ import aiohttp
 import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from controller import API_GROUP, API_VERSION
 from controller.api.approval import ApprovalNotice
 from controller.api.audit import AuditKind
 from controller.api.capability import CapabilitySpec
@@ -59,6 +60,15 @@ class CoreFault(Exception):
     """The pure core raised something unexpected while planning a workflow (a bug, not a decision)."""
 
 
+class Fenced(Exception):
+    """Someone else wrote the workflow's status since this runner last did (another replica holds, or
+    held, its shard): this runner must not write again. FRESH is the workflow as it is now."""
+
+    def __init__(self, fresh: Mapping[str, Any]) -> None:
+        super().__init__("the workflow's status was written by another replica")
+        self.fresh = fresh
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 
@@ -75,7 +85,14 @@ class RunnerHost(Protocol):
     attestation_key: bytes
     limiter: policy_state.Limiter  # rate-limit counts of the policies, kept in the API
     breakers: policy_state.Breakers  # denials and circuit breakers of the policies, kept in the API
-    draining: bool  # the operator is stopping: start nothing new
+
+    def stopping(self, workflow_uid: str) -> bool:
+        """Start nothing new for the workflow and park (the operator stops, or gives its shard back)."""
+        ...
+
+    def fenced(self, workflow_uid: str, fresh: Mapping[str, Any]) -> None:
+        """The runner stopped because another writer moved the status on (Fenced)."""
+        ...
 
     @property
     def capabilities(self) -> dict[str, CapabilitySpec]: ...
@@ -95,8 +112,9 @@ class RunnerHost(Protocol):
         """Who deleted the workflow (the DELETE webhook recorded it), if it is being deleted."""
         ...
 
-    def runner_ended(self, workflow_uid: str, last: LastWrite) -> None:
-        """The runner's task is over: forget it, and know its last write (later watch events are stale)."""
+    def runner_ended(self, workflow_uid: str, last: LastWrite | None) -> None:
+        """The runner's task is over: forget it, and know its last write (later watch events are stale;
+        None: fenced, its writes are not the last ones)."""
         ...
 
 
@@ -151,6 +169,11 @@ class Runner:
         self.rollback_by = _annotation(body, ROLLBACK_BY_ANNOTATION)
         self.finalizers = list(meta.get("finalizers") or [])  # as the watch last showed them
         self.finalizer_set = FINALIZER in self.finalizers  # ours: changed only by our own writes
+        # The fencing token: the resourceVersion of the workflow as this runner last wrote (or first read)
+        # it. Every write carries it as a precondition; it moves only with this runner's own writes, never
+        # with the watch, so a write after anyone else's status write fails (409) instead of undoing it.
+        self.version: str | None = meta.get("resourceVersion")
+        self.fenced_by: Mapping[str, Any] | None = None
         self.actions: dict[str, asyncio.Task[None]] = {}
         self.compensations: dict[str, asyncio.Task[None]] = {}
         self.outcomes: list[saga.ActionResult | saga.CompensationResult] = []
@@ -230,6 +253,9 @@ class Runner:
             for task in [*self.actions.values(), *self.compensations.values()]:
                 task.cancel()
             raise
+        except Fenced as fenced:
+            log.warning("%s: this runner stops", fenced, extra=self._log_context())
+            self.fenced_by = fenced.fresh
         except CoreFault as fault:
             self.host.metrics.reconcile_errors.inc()
             log.error("planning failed: %s", fault.__cause__, exc_info=fault.__cause__, extra=self._log_context())
@@ -238,7 +264,11 @@ class Runner:
             self.host.metrics.reconcile_errors.inc()
             log.exception("the runner failed; it resumes from status on the next event", extra=self._log_context())
         finally:
-            self.host.runner_ended(self.ref.uid, LastWrite(self.written, self.finalizer_set))
+            if self.fenced_by is not None:
+                self.host.runner_ended(self.ref.uid, None)
+                self.host.fenced(self.ref.uid, self.fenced_by)
+            else:
+                self.host.runner_ended(self.ref.uid, LastWrite(self.written, self.finalizer_set))
 
     async def _run(self) -> None:
         while True:
@@ -258,7 +288,7 @@ class Runner:
         operator stops (False: parked)."""
         while True:
             await self._fold_outcomes()
-            if self.host.draining:
+            if self.host.stopping(self.ref.uid):
                 if await self._park():
                     return False
                 continue
@@ -568,7 +598,7 @@ class Runner:
             patch: dict[str, Any] = dict(after)
             for key in self.written:
                 patch.setdefault(key, None)  # a merge patch removes a field only when told to
-            await self.host.connection.patch_workflow_status(self.ref.namespace, self.ref.name, {"status": patch})
+            await self._patch({"status": patch}, status=True)
             self.host.metrics.status_writes.inc()
             self.written = after
             self.unwritten_since = None
@@ -578,9 +608,7 @@ class Runner:
         if self.finalizer_set:
             return
         others = [f for f in self.finalizers if f != FINALIZER]
-        await self.host.connection.patch_workflow(
-            self.ref.namespace, self.ref.name, {"metadata": {"finalizers": [*others, FINALIZER]}}
-        )
+        await self._patch({"metadata": {"finalizers": [*others, FINALIZER]}})
         self.finalizer_set = True
 
     async def _remove_finalizer(self) -> None:
@@ -589,13 +617,35 @@ class Runner:
         # Echoes of earlier writes may still show our finalizer in self.finalizers: keep the others only.
         others = [f for f in self.finalizers if f != FINALIZER]
         try:
-            await self.host.connection.patch_workflow(
-                self.ref.namespace, self.ref.name, {"metadata": {"finalizers": others or None}}
-            )
+            await self._patch({"metadata": {"finalizers": others or None}})
         except ApiException as error:
             if error.status != 404:
                 raise
         self.finalizer_set = False
+
+    async def _patch(self, patch: dict[str, Any], status: bool = False) -> None:
+        """One merge PATCH of the workflow (of its status with STATUS), fenced by self.version. A conflict
+        that someone else's change of spec or metadata caused (a rollback asked for, a label) is retried
+        on the new version; one where the status moved on is another writer's, and raises Fenced."""
+        connection = self.host.connection
+        write = connection.patch_workflow_status if status else connection.patch_workflow
+        while True:
+            metadata = {**patch.get("metadata", {}), "resourceVersion": self.version}
+            try:
+                written = await write(self.ref.namespace, self.ref.name, {**patch, "metadata": metadata})
+            except ApiException as error:
+                if error.status != 409 or self.version is None:
+                    raise
+                fresh = await connection.custom.get_namespaced_custom_object(
+                    API_GROUP, API_VERSION, self.ref.namespace, "workflows", self.ref.name
+                )
+                if dict(fresh.get("status") or {}) != self.written:
+                    raise Fenced(fresh) from error
+                self.version = (fresh.get("metadata") or {}).get("resourceVersion")
+                self.update(kopf.Body(fresh))
+                continue
+            self.version = ((written or {}).get("metadata") or {}).get("resourceVersion") or self.version
+            return
 
     # -- carrying out --------------------------------------------------------------------------------
 

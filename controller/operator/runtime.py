@@ -31,11 +31,13 @@ from controller.capabilities import custom, snapshots
 from controller.capabilities.base import Handler
 from controller.capabilities.registry import Registry
 from controller.engine import saga
+from controller.engine.shards import shard_of
 from controller.observability.metrics import Metrics
 from controller.operator import limits as policy_state
 from controller.operator.kube import Connection
 from controller.operator.notify import Notifier
 from controller.operator.runner import LastWrite, Runner, now
+from controller.operator.shards import Ownership, Standalone
 
 FLUSH_AFTER = 0.5  # seconds a deferred (side-effect-free) transition may wait for the next checkpoint
 FETCHED_TTL = 60.0  # seconds a Capability read ahead of the index is trusted without the index
@@ -60,6 +62,9 @@ class Indexes:
         self.custom_capabilities: Callable[[], dict[str, CapabilitySpec]] = dict
         # (namespace, requested at) of every undecided Approval, for the metrics
         self.pending_approvals: Callable[[], list[tuple[str, datetime | None]]] = list
+        # Set at the first kopf handler call (kopf calls none before its indexes are loaded): until then the
+        # views above are empty, and no workflow may be judged by them.
+        self.bound = False
 
 
 def needs_work(body: Mapping[str, Any]) -> bool:
@@ -102,6 +107,11 @@ class WorkflowRuntime:
         # while they are not, no new workflow starts; the ones waiting are kept here, by uid.
         self.webhooks_registered = True
         self.draining = False  # stopping: runners start nothing new, park once their attempts ended
+        # Which workflows this replica runs (controller/operator/shards.py): all of them unless --shards.
+        self.shards: Ownership = Standalone()
+        # The context of the latest kopf handler: runners started outside one (a shard taken over) need
+        # kopf's context variables to post Events.
+        self.kopf_context: contextvars.Context | None = None
         # With the context of the kopf handler that held each (kopf.event needs kopf's context variables).
         self.held: dict[str, tuple[kopf.Body, contextvars.Context]] = {}
         self.deleted_by: dict[str, str] = {}  # uid -> who deleted it (the DELETE webhook), for the audit
@@ -160,17 +170,25 @@ class WorkflowRuntime:
     def deleter_of(self, workflow_uid: str) -> str | None:
         return self.deleted_by.get(workflow_uid)
 
-    def runner_ended(self, workflow_uid: str, last: LastWrite) -> None:
+    def runner_ended(self, workflow_uid: str, last: LastWrite | None) -> None:
         self.runners.pop(workflow_uid, None)
-        self.finished[workflow_uid] = last
+        if last is not None:
+            self.finished[workflow_uid] = last
 
     def handler(self, capability: str) -> Handler:
         if capability in self.builtin:
             return self.registry.handler(capability)
         return custom.http_handler(self.capabilities[capability])
 
+    def stopping(self, workflow_uid: str) -> bool:
+        """Whether the runner of WORKFLOW_UID must start nothing new and park: the operator is stopping,
+        or this replica is giving the workflow's shard back."""
+        return self.draining or self.shards.releasing(workflow_uid)
+
     async def observe(self, body: kopf.Body) -> None:
         uid = body.metadata.uid or ""
+        if not self.shards.owns(uid) and uid not in self.runners:
+            return  # another replica's (a shard this one takes over is listed again: adopt_shard)
         self.phases[uid] = (
             body.metadata.namespace or "",
             (body.get("status") or {}).get("phase") or WorkflowPhase.PENDING,
@@ -251,6 +269,61 @@ class WorkflowRuntime:
         runner = self.runners.pop(body.metadata.uid or "", None)
         if runner is not None and runner.task is not None:
             runner.task.cancel()
+
+    # -- shards (controller/operator/shards.py calls these) -------------------------------------------
+
+    def _of_shard(self, shard: int) -> list[str]:
+        count = self.shards.count
+        return [uid for uid in [*self.runners, *self.finished, *self.phases] if shard_of(uid, count) == shard]
+
+    async def adopt_shard(self, shard: int) -> None:
+        """This replica took SHARD: its workflows are read again (the watch does not repeat them) and
+        those with work left start here, resuming from their status as after a restart."""
+        if not self.indexes.bound:
+            return  # kopf has not listed the workflows yet: it will, and observe() now takes this shard's
+        listed = await self.connection.custom.list_cluster_custom_object(API_GROUP, API_VERSION, "workflows")
+        count = self.shards.count
+        mine = [item for item in listed.get("items") or [] if shard_of(item["metadata"]["uid"], count) == shard]
+        log.info("shard %d: %d workflows", shard, len(mine))
+        for item in mine:
+            body = kopf.Body(item)
+            if self.kopf_context is not None:
+                await self.kopf_context.run(asyncio.ensure_future, self.observe(body))
+            else:
+                await self.observe(body)
+
+    async def drop_shard(self, shard: int) -> None:
+        """This replica lost SHARD (or gives it back): what still runs of it stops now, and nothing it
+        remembers of those workflows is trusted any more (another replica moves them on)."""
+        uids = self._of_shard(shard)
+        tasks = [r.task for uid in uids if (r := self.runners.get(uid)) is not None and r.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for uid in uids:
+            self.runners.pop(uid, None)
+            self.finished.pop(uid, None)
+            self.phases.pop(uid, None)
+
+    async def park_shard(self, shard: int, grace: float) -> None:
+        """Before SHARD is given back: its runners start nothing new, finish their attempts, checkpoint
+        and park (GRACE seconds at most; the rest is cut off by drop_shard)."""
+        runners = [r for uid in self._of_shard(shard) if (r := self.runners.get(uid)) is not None]
+        for runner in runners:
+            runner.wakeup.set()
+        tasks = [r.task for r in runners if r.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+
+    def fenced(self, workflow_uid: str, fresh: Mapping[str, Any]) -> None:
+        """Another writer moved the workflow's status on (a replica that held its shard before): the
+        runner stopped without writing. If this replica still owns the workflow it starts over from the
+        status as it is now."""
+        if self.shards.owns(workflow_uid):
+            raw: Any = dict(fresh)
+            body = kopf.Body(raw)
+            context = self.kopf_context or contextvars.copy_context()
+            context.run(asyncio.ensure_future, self.observe(body))
 
     def wake(self, namespace: str, workflow: str) -> None:
         for runner in self.runners.values():

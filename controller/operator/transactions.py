@@ -38,6 +38,7 @@ from controller.api.transaction import (
     TransactionStatus,
 )
 from controller.engine import transaction as core
+from controller.engine.shards import shard_of
 from controller.engine.state import parse_time
 from controller.operator import attestation
 from controller.operator.runner import principal_of
@@ -84,6 +85,8 @@ class TransactionRuntime:
         spec = body.get("spec") or {}
         if phase in FINISHED_PHASES or (phase is TransactionPhase.COMMITTED and not spec.get("rollback")):
             return
+        if not self.rt.shards.owns(uid):
+            return  # another replica's (controller/operator/shards.py)
         self.names[(namespace, name)] = uid
         event = self.wakeups.setdefault(uid, asyncio.Event())
         event.set()
@@ -92,6 +95,25 @@ class TransactionRuntime:
             self.tasks[uid] = asyncio.create_task(
                 self._drive(namespace, name, uid), name=f"transaction {namespace}/{name}"
             )
+
+    async def adopt_shard(self, shard: int) -> None:
+        """This replica took SHARD: its unfinished Transactions are read again and driven here."""
+        listed = await self.rt.connection.custom.list_cluster_custom_object(API_GROUP, API_VERSION, PLURAL)
+        for item in listed.get("items") or []:
+            if shard_of(str(item["metadata"]["uid"]), self.rt.shards.count) == shard:
+                self.observe(item)
+
+    async def drop_shard(self, shard: int) -> None:
+        """This replica lost SHARD: its Transactions' tasks stop (another replica carries on from status)."""
+        uids = [uid for uid in self.tasks if shard_of(uid, self.rt.shards.count) == shard]
+        tasks = [self.tasks.pop(uid) for uid in uids]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for key in [k for k, uid in self.names.items() if uid in uids]:
+            del self.names[key]
+        for uid in uids:
+            self.wakeups.pop(uid, None)
 
     def forget(self, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
@@ -127,6 +149,8 @@ class TransactionRuntime:
                 except ApiException as error:
                     if error.status == 404:
                         return
+                    if error.status == 409:  # changed since it was read: plan again from what is there now
+                        continue
                     log.warning("transaction %s/%s: API error %s (%s)", namespace, name, error.status, error.reason)
                     wake_at = _now() + timedelta(seconds=delay)
                     delay = min(delay * 2, 30.0)
@@ -173,7 +197,7 @@ class TransactionRuntime:
                 name,
                 ", ".join(result.ignored),
             )
-        await self._write(namespace, name, body.get("status") or {}, result.status)
+        await self._write(namespace, name, body, result.status)
         self._record(body, before, result)
         for workflow in result.rollback:
             try:
@@ -185,7 +209,11 @@ class TransactionRuntime:
             return None
         return result.wake_at or (_now() + timedelta(seconds=30))
 
-    async def _write(self, namespace: str, name: str, written: Mapping[str, Any], status: TransactionStatus) -> None:
+    async def _write(self, namespace: str, name: str, body: Mapping[str, Any], status: TransactionStatus) -> None:
+        """The status as planned from BODY, fenced by BODY's resourceVersion: if anything changed since it
+        was read (another replica's write among others) the PATCH fails with 409 and the step is planned
+        again from what is there now."""
+        written = body.get("status") or {}
         after = status.dump()
         if after == dict(written):
             return
@@ -193,7 +221,9 @@ class TransactionRuntime:
         for key in written:
             patch.setdefault(key, None)  # a merge patch removes a field only when told to
         await self.rt.audit.durable()  # write-ahead, as for workflows
-        await self.rt.connection.merge_patch(PLURAL, namespace, name, {"status": patch}, status=True)
+        version = (body.get("metadata") or {}).get("resourceVersion")
+        fenced = {"metadata": {"resourceVersion": version}, "status": patch}
+        await self.rt.connection.merge_patch(PLURAL, namespace, name, fenced, status=True)
 
     def _record(self, body: Mapping[str, Any], before: TransactionStatus, result: core.TransactionPlan) -> None:
         meta = body.get("metadata") or {}

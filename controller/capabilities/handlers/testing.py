@@ -36,7 +36,8 @@ async def fail(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:
 def _ledger_handler(idempotent: bool) -> Handler:
     async def handler(inputs: dict[str, Any], inv: Invocation) -> dict[str, Any]:
         ledger = _ledger(inv, inputs["ledger"])
-        _append_line(_ledger(inv, inputs["ledger"], "starts"), f"{inv.idempotency_key} {inv.attempt}")
+        # which process ran the attempt: the shard tests check that a workflow never runs in two at once
+        _append_line(_ledger(inv, inputs["ledger"], "starts"), f"{inv.idempotency_key} {inv.attempt} {os.getpid()}")
         await asyncio.sleep(float(inputs.get("seconds", 0)))
         if (
             idempotent
