@@ -84,11 +84,14 @@ def decide(
     shards: Mapping[int, LeaseView],
     replicas: Iterable[str],
     duration: float,
+    held: frozenset[int] = frozenset(),
 ) -> ShardDecisions:
     """What replica ME does with each of COUNT shards, given the shard Leases it sees (a shard whose Lease
     does not exist yet is free, and fresh) and the live REPLICAS: it takes the free or stale shards
     assigned to it, and any shard left free or stale for ABANDONED_AFTER durations; it gives back the
-    shards assigned to another live replica (that one takes them at once)."""
+    shards assigned to another live replica (that one takes them at once). HELD: the shards this process
+    holds; a Lease in ME's name that it does not hold is an earlier process's of the same identity (a
+    container restarted in its Pod), taken back at once."""
     owners = assignment(count, set(replicas) | {me})
     acquire: list[int] = []
     release: list[int] = []
@@ -96,7 +99,9 @@ def decide(
         lease = shards.get(shard, LeaseView(holder=None, unchanged_for=0.0))
         preferred = owners[shard]
         if lease.holder == me:
-            if preferred != me:
+            if shard not in held:
+                acquire.append(shard)
+            elif preferred != me:
                 release.append(shard)
             continue
         stale = lease.unchanged_for >= duration

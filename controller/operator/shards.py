@@ -175,7 +175,7 @@ class ShardLeases:
         }
         replicas = pure.live_replicas(self.identity, members, self.duration)
         views = {s: self._view(SHARD_LEASE.format(s), leases.get(SHARD_LEASE.format(s))) for s in range(self.count)}
-        decisions = pure.decide(self.identity, self.count, views, replicas, self.duration)
+        decisions = pure.decide(self.identity, self.count, views, replicas, self.duration, frozenset(self.held))
         for shard in decisions.release:
             self._start_release(shard)
         for shard in decisions.acquire:

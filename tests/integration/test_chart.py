@@ -170,7 +170,9 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     "unknown key": ({"replicas": 2}, "additional properties 'replicas' not allowed"),
     "unknown nested key": ({"audit": {"sqlite": {"path": "/x"}}}, "additional properties 'path' not allowed"),
     "audit store": ({"audit": {"store": "mysql"}}, "/audit/store"),
-    "two replicas": ({"replicaCount": 2}, "/replicaCount"),
+    "negative replicas": ({"replicaCount": -1}, "/replicaCount"),
+    "too many shards": ({"sharding": {"shards": 1000}}, "/sharding/shards"),
+    "lease of no time": ({"sharding": {"leaseSeconds": 0}}, "/sharding/leaseSeconds"),
     "postgresql without its secret": ({"audit": {"store": "postgresql"}}, "/audit/postgresql/existingSecret"),
     "pull policy": ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
     "port": ({"operator": {"ports": {"webhook": 70000}}}, "/operator/ports/webhook"),
@@ -209,6 +211,43 @@ def test_the_schema_refuses_bad_values(helm: Path, tmp_path: Path, values: dict[
         output = result.stdout + result.stderr
         assert "values don't meet the specifications of the schema" in output, output
         assert message in output, output
+
+
+SHARED_STORAGE = {"audit": {"store": "none"}, "workspaces": {"persistence": {"accessModes": ["ReadWriteMany"]}}}
+BAD_REPLICAS: dict[str, tuple[dict[str, Any], str]] = {
+    "fewer shards": ({**SHARED_STORAGE, "replicaCount": 3, "sharding": {"shards": 2}}, "needs sharding.shards >= 3"),
+    "no leases": ({**SHARED_STORAGE, "replicaCount": 2, "sharding": {"shards": 0}}, "needs sharding.shards >= 2"),
+    "one sqlite file": ({"replicaCount": 2, "workspaces": SHARED_STORAGE["workspaces"]}, "audit.store=postgresql"),
+    "workspaces once": ({"replicaCount": 2, "audit": {"store": "none"}}, "ReadWriteMany"),
+}
+
+
+@pytest.mark.parametrize(("values", "message"), BAD_REPLICAS.values(), ids=BAD_REPLICAS.keys())
+def test_several_replicas_are_refused_without_shards_or_shared_storage(
+    helm: Path, tmp_path: Path, values: dict[str, Any], message: str
+) -> None:
+    result = _template(helm, _values_file(tmp_path, values), "airun-system", "--kube-version", KUBE_VERSION)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_several_replicas_share_the_shards_and_roll(helm: Path, tmp_path: Path) -> None:
+    docs = objects(render(helm, tmp_path, {**SHARED_STORAGE, "replicaCount": 3}))
+    deployment = find(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    container = _container(docs)
+    assert "--shards=6" in container["args"] and "--lease-seconds=15" in container["args"]
+    identity = next(e for e in container["env"] if e["name"] == "POD_NAME")
+    assert identity["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    rules = find(docs, "Role", "airun-operator-state")["rules"]
+    assert {
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "verbs": ["get", "list", "watch", "create", "update", "delete"],
+    } in rules
 
 
 # --- one source of truth: crds/ and rbac/roles.yaml -------------------------------------------------------------

@@ -75,7 +75,7 @@ def test_a_shard_still_renewed_is_not_stale_even_if_its_holder_is_not_seen_live(
 
 def test_a_replica_gives_back_what_hashes_to_another_live_one() -> None:
     shards = {s: held("a") for s in range(6)}
-    decisions = decide("a", 6, shards, ["a", "b"], DURATION)
+    decisions = decide("a", 6, shards, ["a", "b"], DURATION, frozenset(range(6)))
     assert set(decisions.release) == {s for s, owner in assignment(6, ["a", "b"]).items() if owner == "b"}
     assert len(decisions.release) == 3
     assert decisions.acquire == ()
@@ -92,3 +92,9 @@ def test_a_free_shard_nobody_took_is_anyones_after_a_while() -> None:
 def test_live_replicas_are_those_renewed_within_a_duration() -> None:
     members = {"b": held("b", 2.0), "c": held("c", DURATION + 1), "d": held(None, 1.0)}
     assert live_replicas("a", members, DURATION) == ["a", "b"]
+
+
+def test_a_restarted_process_takes_back_the_shards_of_its_identity_at_once() -> None:
+    shards = {s: held("a", unchanged_for=0.5) for s in range(3)}
+    assert decide("a", 3, shards, ["a"], DURATION, held=frozenset()).acquire == (0, 1, 2)
+    assert decide("a", 3, shards, ["a"], DURATION, held=frozenset({0, 1, 2})).acquire == ()
