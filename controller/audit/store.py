@@ -28,7 +28,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Integer, String, Text, create_engine, insert, or_, select, text
+from sqlalchemy import Integer, String, Text, create_engine, event, insert, or_, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -168,16 +168,40 @@ class Problem:
     message: str
 
 
+# Every append holds this PostgreSQL advisory lock (for its transaction): each needs the previous hash, and
+# replicas of the operator (--shards) append from several processes.
+APPEND_LOCK = 0x61697275_6E617564  # "airunaud"
+
+
+def _serialise_sqlite_writers(engine: Engine) -> None:
+    """SQLite: every transaction starts with BEGIN IMMEDIATE, which takes the file's write lock at once
+    (other processes wait for it, up to the connection timeout), instead of pysqlite's deferred BEGIN, with
+    which two processes could both read the same last hash before either writes."""
+
+    @event.listens_for(engine, "connect")
+    def no_implicit_begin(dbapi_connection: Any, _: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 class AuditStore:
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: Engine = create_engine(url, future=True)
+        sqlite = url.startswith("sqlite")
+        self.engine: Engine = create_engine(url, future=True, **({"connect_args": {"timeout": 30}} if sqlite else {}))
+        if sqlite:
+            _serialise_sqlite_writers(self.engine)
         self._lock = threading.Lock()  # appends are serialised: each needs the previous hash
 
     def migrate(self) -> None:
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":  # replicas starting together migrate one at a time
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": APPEND_LOCK})
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 
@@ -209,6 +233,8 @@ class AuditStore:
         """Appends ENTRIES (the keyword arguments of append) in order, in one transaction; their ids."""
         table = AuditRecord.__table__
         with self._lock, self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":  # other processes too (SQLite: BEGIN IMMEDIATE)
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": APPEND_LOCK})
             last = connection.execute(select(table.c.id, table.c.hash).order_by(table.c.id.desc()).limit(1)).first()
             prev_hash, next_id = (last.hash, last.id + 1) if last else (GENESIS, 1)
             rows: list[dict[str, Any]] = []

@@ -97,6 +97,32 @@ def fill(store: AuditStore, count: int = 5) -> None:
         )
 
 
+APPENDER = """
+import sys
+from controller.audit.store import AuditStore
+store = AuditStore(sys.argv[1])
+for i in range(int(sys.argv[3])):
+    store.append_many([{"kind": "step.finished", "namespace": "ns", "workflow": sys.argv[2], "workflow_uid": "u",
+                        "step": f"s{i}", "payload": {"i": i}} for _ in range(2)])
+"""
+
+
+def test_replicas_appending_at_once_keep_one_unbroken_chain(store: AuditStore) -> None:
+    """Several operator replicas (--shards) append to one store: each append reads the last hash and
+    writes after it, so appends must be serialised across processes, not only threads."""
+    writers = [
+        subprocess.Popen([sys.executable, "-c", APPENDER, store.url, f"r{n}", "60"], stderr=subprocess.PIPE)
+        for n in range(3)
+    ]
+    for writer in writers:
+        _, errors = writer.communicate(timeout=120)
+        assert writer.returncode == 0, errors.decode()[-2000:]
+    records = list(store.records())
+    assert len(records) == 3 * 60 * 2
+    assert store.verify() == []
+    assert not [r for r in records if "not storable" in r.payload]
+
+
 def test_chain_verifies_and_exports(store: AuditStore) -> None:
     fill(store)
     assert store.verify() == []
