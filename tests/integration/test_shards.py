@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from controller.api.workflow import TERMINAL_PHASES, WorkflowPhase
+from controller.audit.store import AuditStore
 from controller.engine.shards import assignment
 from controller.localcluster.devenv import DevEnvironment, Replica
 from tests.integration.test_saga import _lines, ledger, wf
@@ -141,6 +142,7 @@ def test_a_killed_replicas_workflows_finish_on_the_others_and_none_runs_on_two_a
     for name in moved:  # finished on a survivor
         assert pids(workspace, name)[-1] in survivors, (name, pids(workspace, name))
     assert "r1" not in shard_holders(kube).values()
+    assert AuditStore(restartable.audit_url).verify() == []  # three processes appended to one chain
 
 
 def test_a_replica_paused_past_its_lease_cannot_write_status(
