@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -21,6 +23,7 @@ from controller.api.workflow import TERMINAL_PHASES, WorkflowPhase
 from controller.audit.store import AuditStore
 from controller.engine.shards import assignment
 from controller.localcluster.devenv import DevEnvironment, Replica
+from tests.integration.test_chart_operator import _review, _workflow
 from tests.integration.test_saga import _lines, ledger, wf
 from tests.kube import Kube
 
@@ -215,3 +218,21 @@ def test_replicas_that_join_or_leave_hand_shards_over_without_rolling_anything_b
     moved = [n for n in names if len(set(pids(workspace, n))) > 1]
     assert moved, "no workflow changed replica: the test did not test a handover"
     print(f"\nr1 stopped and its shard was taken over in {handed_over:.1f} s")
+
+
+def test_every_replica_serves_the_webhooks(kube: Kube, restartable: DevEnvironment, replicas: StartReplica) -> None:
+    """The webhook configurations point at one replica here (at the Service in a cluster); each replica
+    answers them: the same refusal from the ones that do not manage the configurations."""
+    replicas("r0", shards=2, manage_webhooks=True)
+    others = [replicas("r1", shards=2), replicas("r2", shards=2)]
+    config = json.loads(kube.run("get", "validatingwebhookconfiguration", "airun.aifirst.dev", "-o", "json").stdout)
+    url = next(w["clientConfig"]["url"] for w in config["webhooks"] if w["name"].startswith("workflow-runnable."))
+    path = "/" + url.split("/", 3)[3]
+    review = _review("workflows", "Workflow", "CREATE", "bob", _workflow("no.such.cap"))
+    context = ssl.create_default_context(cafile=str(restartable.cluster.pki.ca_cert))
+    for replica in others:
+        with httpx.Client(verify=context, timeout=30) as http:
+            reply = http.post(replica.endpoints["webhook"] + path, json=review)
+        assert reply.status_code == 200, reply.text
+        response = reply.json()["response"]
+        assert not response["allowed"] and "no.such.cap" in response["status"]["message"], (replica.identity, response)
