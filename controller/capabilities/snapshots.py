@@ -78,9 +78,11 @@ def collect(workspace: Path, uid: str) -> None:
         shutil.rmtree(_root(workspace, family, uid), ignore_errors=True)
 
 
-def sweep(workspaces: Path, live: Iterable[str]) -> int:
+def sweep(workspaces: Path, live: Iterable[str], listed_at: float | None = None) -> int:
     """Removes the snapshots of every workflow uid not in LIVE (across all namespaces' workspaces);
-    returns how many workflows' snapshots were removed."""
+    returns how many workflows' snapshots were removed. LISTED_AT: when LIVE was listed (time.time()); a
+    folder changed since then is kept, since another replica may be writing it for a workflow created after
+    the list."""
     alive = {safe(uid) for uid in live}
     removed = 0
     if not workspaces.is_dir():
@@ -92,7 +94,9 @@ def sweep(workspaces: Path, live: Iterable[str]) -> int:
                 continue
             for folder in base.iterdir():
                 # A folder named like a uid holds one workflow's snapshots; anything else is older layout.
-                if folder.is_dir() and _looks_like_uid(folder.name) and folder.name not in alive:
+                if not (folder.is_dir() and _looks_like_uid(folder.name) and folder.name not in alive):
+                    continue
+                if listed_at is None or folder.stat().st_mtime < listed_at:
                     shutil.rmtree(folder, ignore_errors=True)
                     removed += 1
     if removed:

@@ -9,6 +9,7 @@ import os
 import secrets
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,15 +128,17 @@ def snapshot_cipher(secret: bytes) -> Fernet:
 
 
 async def sweep_snapshots(connection: kube.Connection, workspaces: Path) -> None:
-    """Removes the snapshots of workflows deleted while the operator was down (before any runner
-    starts, so none of them can be writing one)."""
+    """Removes the snapshots of workflows deleted while the operator was down (before any runner of
+    this replica starts; other replicas' runners may be writing snapshots: sweep keeps what changed since
+    the list)."""
+    listed_at = time.time()
     try:
         listed = await connection.custom.list_cluster_custom_object(API_GROUP, API_VERSION, "workflows")
     except ApiException as error:
         log.warning("could not list workflows (%s): snapshots of deleted workflows are kept for now", error.reason)
         return
     live = [item["metadata"]["uid"] for item in listed.get("items") or []]
-    await asyncio.to_thread(snapshots.sweep, workspaces, live)
+    await asyncio.to_thread(snapshots.sweep, workspaces, live, listed_at)
 
 
 def _notifier(options: OperatorOptions) -> Notifier:
