@@ -31,6 +31,7 @@ from controller.engine import shards as pure
 
 LABEL = "aifirst.dev/lease"  # shard | replica
 SHARD = "shard"
+COUNT_ANNOTATION = "aifirst.dev/shards"  # the writer's --shards: every replica must use the same
 REPLICA = "replica"
 SHARD_LEASE = "airun-shard-{}"
 REPLICA_LEASE = "airun-replica-{}"
@@ -115,6 +116,7 @@ class ShardLeases:
     writes: int = 0  # Lease writes so far (the benchmark reports them per step)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one Lease write at a time
     _releases: set[asyncio.Task[None]] = field(default_factory=set)
+    _warned: list[str] = field(default_factory=list)
 
     @property
     def renew_every(self) -> float:
@@ -174,12 +176,34 @@ class ShardLeases:
             if (lease.metadata.labels or {}).get(LABEL) == REPLICA
         }
         replicas = pure.live_replicas(self.identity, members, self.duration)
+        if self._other_counts(leases, replicas):
+            return  # keep what it holds (renewed above), take nothing: the shards mean different things
         views = {s: self._view(SHARD_LEASE.format(s), leases.get(SHARD_LEASE.format(s))) for s in range(self.count)}
         decisions = pure.decide(self.identity, self.count, views, replicas, self.duration, frozenset(self.held))
         for shard in decisions.release:
             self._start_release(shard)
         for shard in decisions.acquire:
             await self._acquire(shard, leases.get(SHARD_LEASE.format(shard)))
+
+    def _other_counts(self, leases: dict[str, Any], replicas: list[str]) -> bool:
+        """Whether a live replica splits the workflows into another number of shards (a rollout that changed
+        --shards without scaling to 0 first): a workflow would be in one shard for it and another for this
+        one, and both would run it. Until it is gone this replica takes no shard."""
+        counts = {
+            lease.spec.holder_identity: (lease.metadata.annotations or {}).get(COUNT_ANNOTATION)
+            for lease in leases.values()
+            if (lease.metadata.labels or {}).get(LABEL) == REPLICA
+        }
+        others = sorted(r for r in replicas if r != self.identity and counts.get(r) not in (None, str(self.count)))
+        if others and others != self._warned:
+            log.error(
+                "replicas %s split the workflows into other numbers of shards than this one (%d): this replica "
+                "takes no shard until they are gone (scale to 0 to change --shards)",
+                ", ".join(f"{r} ({counts[r]})" for r in others),
+                self.count,
+            )
+        self._warned = others
+        return bool(others)
 
     def _view(self, name: str, lease: Any) -> pure.LeaseView:
         if lease is None:
@@ -196,7 +220,12 @@ class ShardLeases:
             "renewTime": moment,
             "leaseTransitions": transitions,
         }
-        metadata: dict[str, Any] = {"name": name, "namespace": self.namespace, "labels": {LABEL: kind}}
+        metadata: dict[str, Any] = {
+            "name": name,
+            "namespace": self.namespace,
+            "labels": {LABEL: kind},
+            "annotations": {COUNT_ANNOTATION: str(self.count)},
+        }
         if version:
             metadata["resourceVersion"] = version
         return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.integration.test_governance import decide, wait_phase
 from tests.integration.test_saga import steps_of, wait_terminal, wf, write
@@ -172,3 +174,69 @@ def test_the_workflow_finishes_after_its_operator_pod_is_replaced(kube: Kube, al
     kinds = [r["kind"] for r in audit_records(kube, allowed) if r.get("workflow") == "survives"]
     assert kinds.count("workflow.started") >= 1 and "workflow.finished" in kinds, kinds
     assert in_operator(kube, "airun", "audit", "verify") is not None
+
+
+# Last: it changes the release (three replicas, no audit store, workspaces on each Pod's emptyDir).
+def test_three_replicas_share_the_workflows_and_hand_them_over(kube: Kube, allowed: str) -> None:
+    """helm upgrade to replicaCount=3: the chart's shard Leases spread the workflows over three operator Pods
+    (all serving the webhooks through the Service); a Pod deleted mid-run hands its shards over (SIGTERM: its
+    running steps finish first) and its workflows finish on the others. sys.sleep steps only: each Pod has
+    its own emptyDir workspace here (a ReadWriteMany volume in production)."""
+    helm = os.environ.get("AIRUN_TEST_HELM")
+    if not helm:
+        pytest.skip("needs AIRUN_TEST_HELM (tools/e2e/run.sh sets it)")
+    upgrade = [
+        helm, "upgrade", RELEASE_NAME, "charts/airun", "--kubeconfig", str(kube.kubeconfig),
+        "--namespace", RELEASE_NAMESPACE, "--reuse-values", "--wait", "--timeout", "5m",
+        "--set", "replicaCount=3", "--set", "audit.store=none", "--set", "workspaces.persistence.enabled=false",
+    ]  # fmt: skip
+    result = subprocess.run(upgrade, capture_output=True, text=True, timeout=400, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    kube.run("-n", RELEASE_NAMESPACE, "rollout", "status", OPERATOR, "--timeout=300s")
+    pods = {p["metadata"]["name"] for p in operator_pods(kube)}
+    assert len(pods) == 3, pods
+    wait_holders(kube, pods)
+
+    naps = [{"name": f"n{i}", "capability": "sys.sleep", "inputs": {"seconds": 4}} for i in range(3)]
+    for i, nap in enumerate(naps[1:], 1):
+        nap["dependsOn"] = [f"n{i - 1}"]
+    names = [f"spread-{i}" for i in range(12)]
+    kube.apply(yaml.safe_dump_all([{**wf(n, *naps)} for n in names]), namespace=allowed, as_="bob")
+    time.sleep(3)
+    holders = lease_holders(kube)
+    victim = sorted(pods)[0]
+    assert victim in holders.values(), holders
+    kube.run("-n", RELEASE_NAMESPACE, "delete", "pod", victim, "--wait=false")
+    for name in names:
+        done = wait_terminal(kube, allowed, name, timeout=180)
+        # Nothing was in doubt: the deleted Pod let its running steps finish before it handed them over.
+        assert done["status"]["phase"] == "Succeeded", (name, done["status"])
+    # Each replica names itself as the field manager of the status it writes: the work was spread.
+    listed = kube.run("get", "wf", "-n", allowed, "-o", "json", "--show-managed-fields").stdout
+    writers = {
+        field["manager"]
+        for item in json.loads(listed)["items"]
+        if item["metadata"]["name"] in names
+        for field in item["metadata"].get("managedFields") or []
+        if field.get("subresource") == "status"
+    }
+    assert len(writers & pods) >= 2, (writers, pods)
+    kube.run("-n", RELEASE_NAMESPACE, "rollout", "status", OPERATOR, "--timeout=300s")
+    wait_holders(kube, {p["metadata"]["name"] for p in operator_pods(kube)})
+    assert victim not in lease_holders(kube).values()
+
+
+def lease_holders(kube: Kube) -> dict[str, str | None]:
+    listed = kube.run("-n", RELEASE_NAMESPACE, "get", "leases", "-l", "aifirst.dev/lease=shard", "-o", "json").stdout
+    return {item["metadata"]["name"]: item["spec"].get("holderIdentity") for item in json.loads(listed)["items"]}
+
+
+def wait_holders(kube: Kube, pods: set[str], timeout: float = 120) -> None:
+    """Until the chart's 6 shards are all held, each by one of PODS, and every Pod holds some."""
+    deadline = time.monotonic() + timeout
+    while True:
+        holders = lease_holders(kube)
+        if len(holders) == 6 and set(holders.values()) == pods:
+            return
+        assert time.monotonic() < deadline, f"shards not spread over {sorted(pods)} after {timeout} s: {holders}"
+        time.sleep(1)

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import mcp_types as types
@@ -210,8 +211,10 @@ def test_a_transaction_left_open_is_rolled_back_even_across_an_operator_restart(
     namespace = agents
     workspace = env.workspaces / namespace
 
+    ttl = 15  # long enough for the calls below on a loaded machine: the operator must stop before it passes
+
     async def body(session: ClientSession) -> tuple[types.CallToolResult, ...]:
-        begun = await session.call_tool("begin_transaction", {"name": "forgotten", "ttlSeconds": 8})
+        begun = await session.call_tool("begin_transaction", {"name": "forgotten", "ttlSeconds": ttl})
         tx = data(begun)["transaction"]
         one = await session.call_tool("io-fs-write_file", {"path": "left/one.txt", "content": "1", "transaction": tx})
         two = await session.call_tool("io-fs-write_file", {"path": "left/two.txt", "content": "2", "transaction": tx})
@@ -222,7 +225,10 @@ def test_a_transaction_left_open_is_rolled_back_even_across_an_operator_restart(
     assert not one.is_error and not two.is_error
     env.stop_operator()
     try:
-        time.sleep(9)  # the TTL passes while no operator runs
+        opened = kube.get("tx", tx, namespace)
+        assert opened["status"]["phase"] == "Open"
+        created = datetime.fromisoformat(opened["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
+        time.sleep(max(0.0, (created - datetime.now(UTC)).total_seconds() + ttl + 1))  # the TTL passes, no operator
         assert kube.get("tx", tx, namespace)["status"]["phase"] == "Open"
         assert (workspace / "left" / "two.txt").exists()
     finally:

@@ -236,3 +236,14 @@ def test_every_replica_serves_the_webhooks(kube: Kube, restartable: DevEnvironme
         assert reply.status_code == 200, reply.text
         response = reply.json()["response"]
         assert not response["allowed"] and "no.such.cap" in response["status"]["message"], (replica.identity, response)
+
+
+def test_a_replica_with_another_number_of_shards_takes_none(kube: Kube, replicas: StartReplica) -> None:
+    """A rollout that changed --shards without scaling to 0: the shards would mean different things to the
+    two replicas, so that a workflow could be run by both. The newcomer takes nothing until the other is gone."""
+    replicas("r0", shards=2, manage_webhooks=True)
+    wait_spread(kube, 2, ["r0"])
+    other = replicas("r1", shards=3)
+    wait_until(lambda: "other numbers of shards" in other.log_file.read_text(), 20, "r1 refusing the shards")
+    time.sleep(3)
+    assert set(shard_holders(kube).values()) == {"r0"}

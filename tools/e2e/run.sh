@@ -114,6 +114,6 @@ log "helm install $release ($image) ..."
 "$kubectl" --kubeconfig "$kubeconfig" -n "$release_namespace" rollout status "deployment/$release-operator" --timeout=120s
 log "operator Pod ready; running the tests ..."
 read -r -a tests <<<"${E2E_TESTS:-tests/e2e}"
-AIRUN_TEST_KUBECONFIG="$kubeconfig" AIRUN_TEST_RELEASE="$release_namespace/$release" \
+AIRUN_TEST_KUBECONFIG="$kubeconfig" AIRUN_TEST_RELEASE="$release_namespace/$release" AIRUN_TEST_HELM="$helm" \
   .venv/bin/pytest -p no:cacheprovider "${tests[@]}"
 log "passed"

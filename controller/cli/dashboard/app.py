@@ -7,6 +7,7 @@ what that identity may do, and their refusals are shown as notifications."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 from collections import deque
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Footer, Header, Input, Static
@@ -320,7 +322,10 @@ class Dashboard(App[None]):
         lines.sort(key=lambda e: e.when or datetime.datetime.min.replace(tzinfo=datetime.UTC))
         self.events[key] = lines[-RECENT_EVENTS:]
         if key == self.selected:
-            self._show_details()
+            # The listing may end while the app shuts down and its widgets are gone (seen on a loaded machine:
+            # NoMatches failed the app at exit).
+            with contextlib.suppress(NoMatches):
+                self._show_details()
 
     # -- what the watches saw -----------------------------------------------------------------------------
 
