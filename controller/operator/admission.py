@@ -4,7 +4,8 @@ authentication of the request, never from its body.
 Workflow CREATE   records the creator as the principal (annotations, groups as a JSON list, signed with the
                   operator's attestation key; whatever the body claims is overwritten), names a workflow
                   created with generateName (the signature covers the name), adds the saga finalizer,
-                  refuses cycles and unknown capabilities, and a call joining a Transaction (label
+                  refuses cycles, unknown capabilities and ones that are not ready (a compensation or a
+                  Secret not applied yet: GitOps order), and a call joining a Transaction (label
                   aifirst.dev/transaction) that is not open or not the creator's own.
 Workflow UPDATE   records who set spec.rollback; refuses changes to the recorded identities and to the
                   transaction label, and removal of the saga finalizer by anyone but the operator while the
@@ -293,7 +294,7 @@ class Admission:
         except ValidationError as error:
             raise kopf.AdmissionError(f"spec: {error}", code=422) from error
         known = await self.runtime.fetch_missing_capabilities(parsed)
-        errors = spec_errors(parsed, known)
+        errors = spec_errors(parsed, known) + custom.credential_refusals(parsed, known, custom.CREDENTIALS.known())
         if errors:
             raise kopf.AdmissionError("; ".join(errors), code=422)
 
@@ -443,7 +444,8 @@ class Admission:
         if problems:
             raise kopf.AdmissionError(f"capability {name}: " + "; ".join(problems), code=422)
         warnings = kwargs.get("warnings")
-        ready, _, message = custom.readiness(parsed, {**self.runtime.capabilities, name: parsed})
+        known = {**self.runtime.capabilities, name: parsed}
+        ready, _, message = custom.readiness(parsed, known, custom.CREDENTIALS.known())
         if not ready and isinstance(warnings, list):  # accepted: it becomes ready when the other one appears
             warnings.append(f"capability {name} is not ready: {message}")
         if parsed.http and parsed.http.auth and isinstance(warnings, list):

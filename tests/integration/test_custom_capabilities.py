@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 import pytest
 
 from controller.api.workflow import WorkflowPhase
+from controller.localcluster.devenv import DevEnvironment
 from tests.httpserver import LoopbackAPI
 from tests.integration.test_saga import steps_of, wait_terminal, wf
 from tests.kube import Kube
@@ -148,6 +150,77 @@ def test_a_capability_applied_before_its_compensation_is_ready_once_that_appears
     assert wait_ready(kube, create, "False")["reason"] == "CompensationUnknown"
     again = kube.apply(wf("again", {"name": "item", "capability": create}), namespace=namespace, as_="bob", check=False)
     assert again.returncode != 0 and "is not ready" in again.stderr, again.stderr
+
+
+OPERATOR_NAMESPACE = "airun-system"  # the local environment's operator: where endpoint credentials live
+
+
+def secret(name: str, **data: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data}
+
+
+def test_a_capability_applied_before_its_secret_is_ready_once_that_appears(
+    kube: Kube, namespace: str, operator: DevEnvironment, api: LoopbackAPI
+) -> None:
+    """GitOps order for spec.http.auth.secretRef: accepted, Ready=False (SecretMissing, naming the Secret and
+    the namespace, never a value) until the Secret and its key are in the operator's namespace; workflows
+    that use it are refused until then, and again once the Secret is deleted."""
+    suffix = namespace.replace("t-", "").replace("-", "")
+    name, credential = f"gitops{suffix}.secret.echo", f"endpoint-{suffix}"
+    token, other = f"token-{suffix}-Zq9", f"password-{suffix}-Wv4"
+    auth = {"type": "Bearer", "secretRef": {"name": credential, "key": "token"}}
+    url = f"{api.url}/echo-headers"
+    reader = capability(
+        name,
+        url,
+        sideEffects=[],
+        risk={"level": "LOW", "reason": "reads"},
+        http={"method": "GET", "url": url, "auth": auth},
+    )
+    applied = kube.apply(reader)
+    absent = f"Secret {credential!r} is not in the operator's namespace {OPERATOR_NAMESPACE!r} (yet)"
+    assert f"capability {name} is not ready: {absent}" in applied.stderr, applied.stderr
+    condition = wait_ready(kube, name, "False")
+    assert condition["reason"] == "SecretMissing" and absent in condition["message"], condition
+    assert "SecretMissing" in kube.run("get", "capability", name, "-o", "wide").stdout
+
+    # A Secret of that name in another namespace changes nothing: only the operator's own is ever read.
+    kube.apply(secret(credential, token=token), namespace=namespace)
+    uses_it = wf("uses-it", {"name": "echo", "capability": name, "retry": {"limit": 0}})
+    time.sleep(1)
+    refused = kube.apply(uses_it, namespace=namespace, as_="bob", check=False)
+    assert refused.returncode != 0, refused.stdout
+    assert f"step 'echo': capability {name} is not ready: {absent}" in refused.stderr, refused.stderr
+    assert wait_ready(kube, name, "False")["message"] == condition["message"]
+
+    # The Secret arrives without the key the Capability names: still not ready, and says which key.
+    kube.apply(secret(credential, password=other), namespace=OPERATOR_NAMESPACE)
+    no_key = "has no key 'token'"
+    obj = kube.wait_for(
+        "capability", name, None, lambda o: no_key in ready_condition(o).get("message", ""), what="no key"
+    )
+    assert ready_condition(obj)["status"] == "False" and ready_condition(obj)["reason"] == "SecretMissing"
+    assert "password" not in ready_condition(obj)["message"]  # the Secret's other keys are not told
+
+    # And with it: ready, and the workflow runs with the token.
+    kube.apply(secret(credential, password=other, token=token), namespace=OPERATOR_NAMESPACE)
+    assert wait_ready(kube, name, "True")["reason"] == "Ready"
+    kube.apply(uses_it, namespace=namespace, as_="bob")
+    obj = wait_terminal(kube, namespace, "uses-it")
+    assert obj["status"]["phase"] == WorkflowPhase.SUCCEEDED, obj["status"]
+    assert next(r for r in api.requests if r[1] == "/echo-headers")[2]["Authorization"] == f"Bearer {token}"
+
+    # Deleted: not ready again, and refused again.
+    kube.run("delete", "secret", credential, "-n", OPERATOR_NAMESPACE)
+    assert wait_ready(kube, name, "False")["reason"] == "SecretMissing"
+    again = kube.apply(wf("again", {"name": "echo", "capability": name}), namespace=namespace, as_="bob", check=False)
+    assert again.returncode != 0 and absent in again.stderr, again.stderr
+
+    # No value of the Secret in what anybody sees: conditions, events, the operator's log.
+    seen = kube.run("get", "capability", name, "-o", "json").stdout
+    seen += kube.run("get", "events", "-A", "-o", "json").stdout
+    seen += (operator.dir / "logs" / "operator.log").read_text()
+    assert token not in json.dumps(obj["status"]) and token not in seen and other not in seen
 
 
 def test_builtin_names_and_bad_names_are_refused(kube: Kube, operator: object) -> None:
