@@ -126,6 +126,12 @@ def unknown_references(spec: CapabilitySpec, known: Mapping[str, object]) -> lis
     return []
 
 
+def authenticates_with(spec: CapabilitySpec) -> str | None:
+    """The name of the Secret of the operator's namespace that SPEC's endpoint authenticates with, if any."""
+    auth = spec.http.auth if spec.http else None
+    return auth.secret_ref.name if auth else None
+
+
 def missing_credentials(spec: CapabilitySpec, secrets: SecretKeys | None) -> str | None:
     """Why the Secret that SPEC authenticates with (spec.http.auth.secretRef) is not there (yet), or None.
     SECRETS holds the Secrets of the operator's namespace only: whether a Secret of the same name exists
@@ -155,6 +161,11 @@ def readiness(
             "until it exists",
         )
     absent = missing_credentials(spec, secrets)
+    undo = spec.compensation.capability if spec.compensation else None
+    compensation = known.get(undo) if undo else None
+    if not absent and isinstance(compensation, CapabilitySpec):  # what undoes it must be able to run too
+        why = missing_credentials(compensation, secrets)
+        absent = f"its compensation {undo!r} is not ready: {why}" if why else None
     if absent:
         return False, SECRET_MISSING, f"{absent}: workflows that use {spec.id} are refused until it is there"
     return True, READY, "every capability and Secret it names exists"

@@ -106,14 +106,16 @@ async def _refresh(runtime: WorkflowRuntime, name: str, body: Mapping[str, Any],
 
 async def secret_changed(runtime: WorkflowRuntime, secret: str) -> None:
     """After Secret SECRET of the operator's namespace appeared, changed or went: the condition of every
-    Capability whose endpoint authenticates with it."""
-
-    def names_it(_: str, spec: CapabilitySpec) -> bool:
-        auth = spec.http.auth if spec.http else None
-        return auth is not None and auth.secret_ref.name == secret
+    Capability whose endpoint (or whose compensation's endpoint) authenticates with it."""
 
     async with _writing:
-        await _reevaluate(runtime, runtime.capabilities, names_it)
+        known = runtime.capabilities
+
+        def names_it(_: str, spec: CapabilitySpec) -> bool:  # itself, or the capability that undoes it
+            undo = known.get(spec.compensation.capability or "") if spec.compensation else None
+            return secret in (custom.authenticates_with(spec), undo and custom.authenticates_with(undo))
+
+        await _reevaluate(runtime, known, names_it)
 
 
 async def _reevaluate(

@@ -138,8 +138,8 @@ def test_a_capability_applied_before_its_compensation_is_ready_once_that_appears
     # The compensation arrives (its undo: DELETE of the first item of this toy API).
     first = f"{api.url}/items/1"
     kube.apply(capability(undo, first, internal=True, http={"method": "DELETE", "url": first}))
-    assert wait_ready(kube, undo, "True")["reason"] == "Ready"
     assert wait_ready(kube, create, "True")["reason"] == "Ready"
+    assert wait_ready(kube, undo, "False")["reason"] == "CompensationUnknown"
     kube.apply(uses_it, namespace=namespace, as_="bob")
     obj = wait_terminal(kube, namespace, "uses-it")
     assert obj["status"]["phase"] == "Compensated", obj["status"]
@@ -233,6 +233,37 @@ def test_a_capability_applied_before_its_secret_is_ready_once_that_appears(
     seen += (operator.dir / "logs" / "operator.log").read_text()
     assert token not in json.dumps(obj["status"])
     assert not [v for v in (token, rotated, other) if v in seen]
+
+
+def test_a_capability_whose_compensation_lacks_its_secret_is_not_ready_until_that_appears(
+    kube: Kube, namespace: str, operator: object, api: LoopbackAPI
+) -> None:
+    """What undoes a step must be able to run: a Capability whose compensation's endpoint has no Secret yet is
+    not ready either, and turns ready when that Secret appears: the Secret's event re-evaluates both, even when
+    the compensation's own condition does not change (it stays not ready for a reason of its own)."""
+    suffix = namespace.replace("t-", "").replace("-", "")
+    create, undo, credential = f"pair{suffix}.item.create", f"pair{suffix}.item.delete", f"undo-{suffix}"
+    first = f"{api.url}/items/1"
+    auth = {"type": "HMAC", "secretRef": {"name": credential, "key": "key"}}
+    never = {"capability": f"pair{suffix}.never", "inputs": {}}  # what would undo the undo: never applied
+    kube.apply(capability(undo, first, http={"method": "DELETE", "url": first, "auth": auth}, compensation=never))
+    kube.apply(capability(create, f"{api.url}/items", compensation={"capability": undo, "inputs": {}}))
+    condition = wait_ready(kube, create, "False")
+    assert condition["reason"] == "SecretMissing", condition
+    assert condition["message"].startswith(f"its compensation {undo!r} is not ready: Secret {credential!r}")
+    assert wait_ready(kube, undo, "False")["reason"] == "CompensationUnknown"
+    refused = kube.apply(
+        wf("pair", {"name": "item", "capability": create}), namespace=namespace, as_="bob", check=False
+    )
+    assert refused.returncode != 0, refused.stdout
+    assert f"step 'item': capability {undo} is not ready: Secret {credential!r}" in refused.stderr, refused.stderr
+
+    kube.apply(secret(credential, key=f"hmac-{suffix}"), namespace=OPERATOR_NAMESPACE)
+    assert wait_ready(kube, create, "True")["reason"] == "Ready"
+    assert wait_ready(kube, undo, "False")["reason"] == "CompensationUnknown"
+    kube.apply(wf("pair", {"name": "item", "capability": create}), namespace=namespace, as_="bob")
+    kube.run("delete", "secret", credential, "-n", OPERATOR_NAMESPACE)
+    assert wait_ready(kube, create, "False")["reason"] == "SecretMissing"
 
 
 def test_builtin_names_and_bad_names_are_refused(kube: Kube, operator: object) -> None:

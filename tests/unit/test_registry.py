@@ -153,3 +153,12 @@ def test_a_capability_whose_secret_is_missing_is_not_ready_and_refuses_workflows
         assert refusals == [
             f"step 'db': capability cloud.db.delete is not ready: {custom.missing_credentials(undo, nothing)}"
         ]
+
+    # The capability that undoes it needs the missing Secret: not ready either (its compensation could not run).
+    assert custom.readiness(plain, known, nothing) == (
+        False,
+        "SecretMissing",
+        f"its compensation 'cloud.db.delete' is not ready: {custom.missing_credentials(undo, nothing)}: workflows "
+        "that use cloud.db.make are refused until it is there",
+    )
+    assert custom.readiness(plain, known, there)[:2] == (True, "Ready")
