@@ -26,11 +26,6 @@ AGENT = "system:serviceaccount:agents:planner"
 
 
 @pytest.fixture
-def env(operator: DevEnvironment) -> DevEnvironment:
-    return operator
-
-
-@pytest.fixture
 def agents(kube: Kube, namespace: str) -> str:
     """The namespace, where everything runs (default ALLOW) and two principals author: bob and the agent."""
     kube.apply(policy("tx-open"), namespace=namespace)
