@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+import yaml
 
 from controller.capabilities.custom import Credentials
 from controller.operator import kube as operator_kube
@@ -19,11 +20,11 @@ from tests.integration.test_custom_capabilities import secret
 from tests.kube import Kube
 
 
-async def _until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
+async def _until(check: Callable[[], bool], what: str, within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
     while not check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} after {timeout} s")
+            raise AssertionError(f"no {what} after {within} s")
         await asyncio.sleep(0.1)
 
 
@@ -49,7 +50,8 @@ def test_the_watch_follows_the_secrets_and_logs_no_value_even_at_debug_level(
             assert told == ["endpoint"]
             await asyncio.to_thread(kube.apply, secret("later", key=second), namespace=namespace)
             await _until(lambda: (credentials.keys or {}).get("later") == frozenset({"key"}), "Secret later")
-            await asyncio.to_thread(kube.apply, secret("endpoint", token=second), namespace=namespace)
+            replaced = yaml.safe_dump(secret("endpoint", token=second))  # apply would keep the other key
+            await asyncio.to_thread(kube.run, "replace", "-n", namespace, "-f", "-", stdin=replaced)
             await _until(lambda: (credentials.keys or {}).get("endpoint") == frozenset({"token"}), "one key less")
             await asyncio.to_thread(kube.run, "delete", "secret", "later", "-n", namespace)
             await _until(lambda: "later" not in (credentials.keys or {}), "Secret later gone")
