@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -36,9 +37,13 @@ log = logging.getLogger("airun.credentials")
 Changed = Callable[[str], Awaitable[None]]
 
 
-def key_names(secret: Any) -> frozenset[str]:
-    """The key names of a V1Secret (data and stringData, which the API server merges into data)."""
-    return frozenset((secret.data or {}).keys())
+def key_names(secret: Mapping[str, Any]) -> frozenset[str]:
+    """The key names of a Secret as the API serves it (stringData is merged into data by the API server)."""
+    return frozenset((secret.get("data") or {}).keys())
+
+
+def name_of(secret: Mapping[str, Any]) -> str:
+    return str((secret.get("metadata") or {}).get("name") or "")
 
 
 def changes(before: Mapping[str, frozenset[str]] | None, after: Mapping[str, frozenset[str]]) -> list[str]:
@@ -78,13 +83,21 @@ class CredentialWatch:
                 log.exception("re-evaluating the capabilities that name Secret %s", name)
 
     async def _list(self) -> str:
-        namespace = self.credentials.namespace
-        listed = await self.core.list_namespaced_secret(namespace)
-        keys = {s.metadata.name: key_names(s) for s in listed.items}
+        # Not preloaded: kubernetes_asyncio logs every preloaded response body at debug level, which here
+        # holds every Secret's values (and kubectl's last-applied annotation, their stringData in clear).
+        # The watch itself never preloads.
+        response: Any = await self.core.list_namespaced_secret(self.credentials.namespace, _preload_content=False)
+        try:
+            if response.status != 200:
+                raise ApiException(status=response.status, reason=response.reason)
+            listed = json.loads(await response.read())
+        finally:
+            response.release()
+        keys = {name_of(s): key_names(s) for s in listed.get("items") or []}
         before, self.credentials.keys = self.credentials.keys, keys
         self.listed.set()
         await self._tell(changes(before, keys))
-        return str(listed.metadata.resource_version)
+        return str((listed.get("metadata") or {}).get("resourceVersion") or "")
 
     async def run(self) -> None:
         namespace = self.credentials.namespace
@@ -131,8 +144,8 @@ class CredentialWatch:
                 await asyncio.sleep(RETRY_SECONDS)
 
     async def _apply(self, event: Mapping[str, Any]) -> None:
-        secret = event.get("object")
-        name = getattr(getattr(secret, "metadata", None), "name", None)
+        secret = event.get("raw_object") or {}
+        name = name_of(secret)
         keys = self.credentials.keys
         if not name or keys is None or event.get("type") not in ("ADDED", "MODIFIED", "DELETED"):
             return
