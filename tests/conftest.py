@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
 
 from tests.httpserver import LoopbackAPI
 from tests.kube import Kube
+
+if TYPE_CHECKING:
+    from controller.localcluster.devenv import DevEnvironment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,6 +96,38 @@ def operator(devenv: object, kube: Kube) -> Iterator[object]:
         yield devenv
     finally:
         devenv.stop_operator()
+
+
+@pytest.fixture
+def env(operator: DevEnvironment) -> DevEnvironment:
+    """The session's local environment, its operator running: for what runs as a user does (airun, MCP)."""
+    return operator
+
+
+# One namespace Policy for the calls of the front doors' tests (airun execute, MCP): deletions need an
+# approver, moves are denied, the rest runs.
+GUARDS: dict[str, Any] = {
+    "apiVersion": "aifirst.dev/v1alpha1",
+    "kind": "Policy",
+    "metadata": {"name": "guards"},
+    "spec": {
+        "default": "ALLOW",
+        "rules": [
+            {"capabilities": ["io.fs.delete"], "action": "REQUIRE_APPROVAL", "approvers": {"groups": ["approvers"]}},
+            {"capabilities": ["io.fs.move"], "action": "DENY"},
+        ],
+    },
+}
+
+
+@pytest.fixture
+def guarded(kube: Kube, namespace: str) -> str:
+    """NAMESPACE with the GUARDS policy, where the `agent` context may author too (a second principal beside
+    bob)."""
+    kube.apply(GUARDS, namespace=namespace)
+    kube.let_the_agent_author(namespace)
+    time.sleep(0.5)  # the operator's policy index follows the watch
+    return namespace
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import base64
 import os
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 from pydantic import ValidationError
 
 from controller.api.capability import CapabilitySpec, HttpAuth, HttpAuthType
+from controller.api.workflow import WorkflowSpec
 from controller.capabilities import secrets
 from controller.capabilities.base import CapabilityError, Handler, Invocation
 from controller.capabilities.handlers.http import call_endpoint
@@ -44,14 +46,35 @@ def operator_namespace() -> str:
         return LOCAL_NAMESPACE
 
 
+@dataclass(frozen=True)
+class SecretKeys:
+    """What the operator knows of the Secrets of its namespace: the key names of each, never a value."""
+
+    namespace: str
+    keys: Mapping[str, frozenset[str]]
+
+
 class Credentials:
     """Endpoint credentials read with the operator's own identity from its namespace, cached briefly.
-    Values are kept in memory only and never appear in errors or logs (only the Secret's name and key)."""
+    Values are kept in memory only and never appear in errors or logs (only the Secret's name and key).
+
+    `keys` is what the operator's watch of that namespace (controller/operator/credentials.py) last saw: the
+    key names of each Secret, for the Ready condition of the Capabilities that name one. None until the
+    watch has listed them (or when the operator may not list Secrets): then nothing is claimed about them."""
 
     def __init__(self, namespace: str | None = None, ttl: float = CREDENTIAL_TTL) -> None:
         self.namespace = namespace or operator_namespace()
         self.ttl = ttl
         self._cache: dict[tuple[str, str], tuple[bytes, float]] = {}
+        self.keys: dict[str, frozenset[str]] | None = None
+
+    def known(self) -> SecretKeys | None:
+        return None if self.keys is None else SecretKeys(self.namespace, dict(self.keys))
+
+    def forget(self, name: str) -> None:
+        """Secret NAME changed or went: its cached values are not reused (a rotation takes effect at once)."""
+        for ref in [r for r in self._cache if r[0] == name]:
+            del self._cache[ref]
 
     async def value(self, auth: HttpAuth, inv: Invocation) -> bytes:
         ref = (auth.secret_ref.name, auth.secret_ref.key)
@@ -91,6 +114,7 @@ def parse(name: str, spec: Mapping[str, Any]) -> CapabilitySpec:
 # Status conditions of a Capability (status.conditions, type Ready), written by the operator.
 READY = "Ready"
 COMPENSATION_UNKNOWN = "CompensationUnknown"
+SECRET_MISSING = "SecretMissing"
 
 
 def unknown_references(spec: CapabilitySpec, known: Mapping[str, object]) -> list[str]:
@@ -102,8 +126,32 @@ def unknown_references(spec: CapabilitySpec, known: Mapping[str, object]) -> lis
     return []
 
 
-def readiness(spec: CapabilitySpec, known: Mapping[str, object]) -> tuple[bool, str, str]:
-    """(ready, reason, message) of the Ready condition of SPEC among the KNOWN capabilities."""
+def authenticates_with(spec: CapabilitySpec) -> str | None:
+    """The name of the Secret of the operator's namespace that SPEC's endpoint authenticates with, if any."""
+    auth = spec.http.auth if spec.http else None
+    return auth.secret_ref.name if auth else None
+
+
+def missing_credentials(spec: CapabilitySpec, secrets: SecretKeys | None) -> str | None:
+    """Why the Secret that SPEC authenticates with (spec.http.auth.secretRef) is not there (yet), or None.
+    SECRETS holds the Secrets of the operator's namespace only: whether a Secret of the same name exists
+    anywhere else is never looked at, so a Capability's author cannot probe other namespaces with it. The
+    answer names the Secret, its namespace and the key the spec names, never a value nor any other key."""
+    auth = spec.http.auth if spec.http else None
+    if auth is None or secrets is None:
+        return None
+    name, key = auth.secret_ref.name, auth.secret_ref.key
+    if name not in secrets.keys:
+        return f"Secret {name!r} is not in the operator's namespace {secrets.namespace!r} (yet)"
+    if key not in secrets.keys[name]:
+        return f"Secret {name!r} of the operator's namespace {secrets.namespace!r} has no key {key!r} (yet)"
+    return None
+
+
+def readiness(
+    spec: CapabilitySpec, known: Mapping[str, object], secrets: SecretKeys | None = None
+) -> tuple[bool, str, str]:
+    """(ready, reason, message) of the Ready condition of SPEC among the KNOWN capabilities and SECRETS."""
     missing = unknown_references(spec, known)
     if missing:
         return (
@@ -112,7 +160,35 @@ def readiness(spec: CapabilitySpec, known: Mapping[str, object]) -> tuple[bool, 
             f"compensation {missing[0]!r} is not a capability (yet): workflows that use {spec.id} are refused "
             "until it exists",
         )
-    return True, READY, "every capability it names exists"
+    absent = missing_credentials(spec, secrets)
+    undo = spec.compensation.capability if spec.compensation else None
+    compensation = known.get(undo) if undo else None
+    if not absent and isinstance(compensation, CapabilitySpec):  # what undoes it must be able to run too
+        why = missing_credentials(compensation, secrets)
+        absent = f"its compensation {undo!r} is not ready: {why}" if why else None
+    if absent:
+        return False, SECRET_MISSING, f"{absent}: workflows that use {spec.id} are refused until it is there"
+    return True, READY, "every capability and Secret it names exists"
+
+
+def credential_refusals(
+    spec: WorkflowSpec, capabilities: Mapping[str, CapabilitySpec], secrets: SecretKeys | None
+) -> list[str]:
+    """The steps of SPEC that would run a capability (forward or compensating) whose Secret is not there
+    (yet): refused at admission, as a Capability that is not ready (its Ready condition: SecretMissing)."""
+    errors = []
+    for step in spec.steps:
+        cap = capabilities.get(step.capability or "")
+        if cap is None:
+            continue  # an unknown capability: spec_errors says so
+        undo = step.compensation or cap.compensation  # a step's compensation overrides the capability's
+        names = [cap.id, *([undo.capability] if undo and undo.capability else [])]
+        for name in dict.fromkeys(names):
+            used = capabilities.get(name)
+            absent = missing_credentials(used, secrets) if used is not None else None
+            if absent:
+                errors.append(f"step {step.name!r}: capability {name} is not ready: {absent}")
+    return errors
 
 
 def problems_with(spec: CapabilitySpec, builtin: Mapping[str, object]) -> list[str]:

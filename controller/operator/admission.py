@@ -4,7 +4,8 @@ authentication of the request, never from its body.
 Workflow CREATE   records the creator as the principal (annotations, groups as a JSON list, signed with the
                   operator's attestation key; whatever the body claims is overwritten), names a workflow
                   created with generateName (the signature covers the name), adds the saga finalizer,
-                  refuses cycles and unknown capabilities, and a call joining a Transaction (label
+                  refuses cycles, unknown capabilities and ones that are not ready (a compensation or a
+                  Secret not applied yet: GitOps order), and a call joining a Transaction (label
                   aifirst.dev/transaction) that is not open or not the creator's own.
 Workflow UPDATE   records who set spec.rollback; refuses changes to the recorded identities and to the
                   transaction label, and removal of the saga finalizer by anyone but the operator while the
@@ -50,7 +51,6 @@ from controller.api.audit import AuditKind
 from controller.api.metadata import (
     DECIDED_BY_ANNOTATION,
     FINALIZER,
-    IDENTITY_ANNOTATIONS,
     PREFIX,
     PRINCIPAL_ANNOTATION,
     ROLLBACK_BY_ANNOTATION,
@@ -61,6 +61,7 @@ from controller.capabilities import custom
 from controller.engine.validation import spec_errors
 from controller.operator import attestation, transactions
 from controller.operator import limits as policy_state
+from controller.operator.identities import identity_change, user_of
 from controller.operator.runtime import WorkflowRuntime
 from controller.policy.approvers import decision_refusal, outcome, quorum, vote_refusal
 from controller.policy.conditions import ConditionError, compile_condition
@@ -88,7 +89,7 @@ def _record_who_set(
     before = ((old or {}).get("spec") or {}).get(field)
     after = (body.get("spec") or {}).get(field)
     if after and not before:
-        user, _groups = _user(userinfo)
+        user, _groups = user_of(userinfo)
         patch.setdefault("metadata", {}).setdefault("annotations", {})[annotation] = user
 
 
@@ -98,10 +99,6 @@ def _annotations(body: Mapping[str, Any] | None) -> Mapping[str, str]:
 
 def _ours(values: Mapping[str, str] | None) -> dict[str, str]:
     return {k: v for k, v in (values or {}).items() if k.startswith(PREFIX)}
-
-
-def _user(userinfo: Mapping[str, Any]) -> tuple[str, list[str]]:
-    return str(userinfo.get("username", "")), [str(g) for g in userinfo.get("groups") or []]
 
 
 def _approvers(spec: Mapping[str, Any]) -> Approvers | None:
@@ -145,18 +142,6 @@ def approval_tampering(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | 
     for key in sorted((set(old_notes) | set(new_notes)) - {DECIDED_BY_ANNOTATION}):
         if old_notes.get(key) != new_notes.get(key):
             return f"metadata.annotations[{key}]"
-    return None
-
-
-def _identity_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> kopf.AdmissionError | None:
-    before, after = _annotations(old), _annotations(new)
-    for key in IDENTITY_ANNOTATIONS:
-        if before.get(key) != after.get(key):
-            return kopf.AdmissionError(
-                f"metadata.annotations[{key}] is recorded from the API server's authentication "
-                "when the workflow is created and cannot be changed",
-                code=403,
-            )
     return None
 
 
@@ -213,7 +198,7 @@ class Admission:
     def workflow_principal(
         self, body: kopf.Body, patch: kopf.Patch, userinfo: Mapping[str, Any], namespace: str | None, **_: Any
     ) -> None:
-        user, groups = _user(userinfo)
+        user, groups = user_of(userinfo)
         name = body.metadata.name
         if not name:
             # Named here, not by the API server after admission: the attestation must cover the exact
@@ -243,7 +228,7 @@ class Admission:
     def workflow_deletion(self, body: kopf.Body, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
         if kwargs.get("dryrun"):
             return
-        user, _groups = _user(userinfo)
+        user, _groups = user_of(userinfo)
         uid = body.metadata.uid or ""
         self.runtime.deleted_by[uid] = user
         self.runtime.audit.record(
@@ -260,10 +245,10 @@ class Admission:
         self, spec: kopf.Spec, body: kopf.Body, userinfo: Mapping[str, Any], namespace: str | None, **kwargs: Any
     ) -> None:
         self.bind(kwargs)  # the custom capabilities of the cluster count too
-        await self.check_breakers(_user(userinfo)[0], namespace or "")
+        await self.check_breakers(user_of(userinfo)[0], namespace or "")
         await self.check_runnable(spec)
         if not kwargs.get("dryrun"):  # a call joining a transaction: open, and the caller's own
-            await transactions.check_call(self.runtime, namespace or "", body, _user(userinfo)[0])
+            await transactions.check_call(self.runtime, namespace or "", body, user_of(userinfo)[0])
 
     async def check_breakers(self, user: str, namespace: str) -> None:
         """A principal whose denials opened the circuit breaker of a policy that applies here starts nothing
@@ -293,7 +278,7 @@ class Admission:
         except ValidationError as error:
             raise kopf.AdmissionError(f"spec: {error}", code=422) from error
         known = await self.runtime.fetch_missing_capabilities(parsed)
-        errors = spec_errors(parsed, known)
+        errors = spec_errors(parsed, known) + custom.credential_refusals(parsed, known, custom.CREDENTIALS.known())
         if errors:
             raise kopf.AdmissionError("; ".join(errors), code=422)
 
@@ -304,9 +289,9 @@ class Admission:
         started (except rollback) and runnable while it may still change."""
         self.bind(kwargs)
         old: Mapping[str, Any] = kwargs.get("old") or {}
-        user, _groups = _user(userinfo)
+        user, _groups = user_of(userinfo)
         refusal = (
-            _identity_change(old, body)
+            identity_change(old, body, "the workflow is created")
             or _transaction_change(old, body)
             or _rollback_actor_change(old, body, user)
             or _finalizer_removal(old, body, user, self.operator_user)
@@ -329,7 +314,7 @@ class Admission:
         old: Mapping[str, Any] = kwargs.get("old") or {}
         old_spec, spec = old.get("spec") or {}, body.get("spec") or {}
         count = quorum(_approvers(old_spec))
-        user, _groups = _user(userinfo)
+        user, _groups = user_of(userinfo)
         if count > 1 and user != self.operator_user and not old_spec.get("decision") and spec.get("decision"):
             vote = {"user": user, "decision": spec["decision"], "at": datetime.now(UTC).isoformat(timespec="seconds")}
             if spec.get("reason"):
@@ -345,7 +330,7 @@ class Admission:
 
     def approval_decision(self, body: kopf.Body, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
         old: Mapping[str, Any] = kwargs.get("old") or {}
-        user, groups = _user(userinfo)
+        user, groups = user_of(userinfo)
         tampered = approval_tampering(old, body) if user != self.operator_user else None
         if tampered:
             raise kopf.AdmissionError(
@@ -405,7 +390,7 @@ class Admission:
     def breaker_reset(self, body: kopf.Body, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
         """Only the operator records denials; anyone else (the approver role: RBAC) may only remove a
         principal's entry, which closes its breakers, and is recorded in the audit trail as who did it."""
-        user, _groups = _user(userinfo)
+        user, _groups = user_of(userinfo)
         if user == self.operator_user or kwargs.get("dryrun"):
             return
         old: Mapping[str, Any] = kwargs.get("old") or {}
@@ -443,7 +428,8 @@ class Admission:
         if problems:
             raise kopf.AdmissionError(f"capability {name}: " + "; ".join(problems), code=422)
         warnings = kwargs.get("warnings")
-        ready, _, message = custom.readiness(parsed, {**self.runtime.capabilities, name: parsed})
+        known = {**self.runtime.capabilities, name: parsed}
+        ready, _, message = custom.readiness(parsed, known, custom.CREDENTIALS.known())
         if not ready and isinstance(warnings, list):  # accepted: it becomes ready when the other one appears
             warnings.append(f"capability {name} is not ready: {message}")
         if parsed.http and parsed.http.auth and isinstance(warnings, list):

@@ -18,7 +18,7 @@ from controller.api.capability import CapabilitySpec
 from controller.api.policy import Approvers, PolicyObject, PolicySpec
 from controller.capabilities import custom
 from controller.engine import saga
-from controller.operator import approvals, capability_status
+from controller.operator import approvals, capability_status, credentials
 from controller.operator.runtime import WorkflowRuntime
 from controller.policy.approvers import quorum, tally
 
@@ -101,6 +101,11 @@ def register(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime) -> Calla
     async def capability_event(type: str, name: str, body: kopf.Body, **kwargs: Any) -> None:
         bind(kwargs)  # kopf updated the index before this handler: it already has (or lost) NAME
         await capability_status.refresh(runtime, name, body, deleted=type == "DELETED")
+
+    async def secret_changed(secret: str) -> None:
+        await capability_status.secret_changed(runtime, secret)
+
+    credentials.register(registry, runtime.connection.api, custom.CREDENTIALS, secret_changed)
 
     @kopf.on.event(API_GROUP, API_VERSION, "approvals", registry=registry, id="approval_event")
     async def approval_event(type: str, body: kopf.Body, namespace: str | None, spec: kopf.Spec, **_: Any) -> None:

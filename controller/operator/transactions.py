@@ -27,7 +27,6 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from controller import API_GROUP, API_VERSION
 from controller.api.audit import AuditKind
-from controller.api.metadata import IDENTITY_ANNOTATIONS
 from controller.api.transaction import (
     FINISHED_PHASES,
     JOINED_ANNOTATION,
@@ -41,6 +40,7 @@ from controller.engine import transaction as core
 from controller.engine.shards import shard_of
 from controller.engine.state import parse_time
 from controller.operator import attestation
+from controller.operator.identities import identity_change, user_of
 from controller.operator.runner import principal_of
 from controller.operator.runtime import WorkflowRuntime
 
@@ -268,10 +268,6 @@ class TransactionRuntime:
 # -- admission -------------------------------------------------------------------------------------------------
 
 
-def _user(userinfo: Mapping[str, Any]) -> tuple[str, list[str]]:
-    return str(userinfo.get("username", "")), [str(g) for g in userinfo.get("groups") or []]
-
-
 def _labels(body: Mapping[str, Any] | None) -> Mapping[str, str]:
     return ((body or {}).get("metadata") or {}).get("labels") or {}
 
@@ -387,7 +383,7 @@ class TransactionAdmission:
         self, body: kopf.Body, patch: kopf.Patch, userinfo: Mapping[str, Any], namespace: str | None, **_: Any
     ) -> None:
         """CREATE: the creator, recorded and signed like a Workflow's principal (whatever the body claims)."""
-        user, groups = _user(userinfo)
+        user, groups = user_of(userinfo)
         name = body.metadata.name
         if not name:  # named here: the signature covers the exact name
             prefix = str(body.metadata.get("generateName") or "tx-")
@@ -399,16 +395,10 @@ class TransactionAdmission:
     def update(self, body: kopf.Body, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
         """UPDATE: identities frozen; only the principal (or the operator) commits or rolls it back."""
         old: Mapping[str, Any] = kwargs.get("old") or {}
-        user, _groups = _user(userinfo)
-        before = ((old.get("metadata") or {}).get("annotations")) or {}
-        after = body.metadata.annotations or {}
-        for key in IDENTITY_ANNOTATIONS:
-            if before.get(key) != after.get(key):
-                raise kopf.AdmissionError(
-                    f"metadata.annotations[{key}] is recorded from the API server's authentication when the "
-                    "transaction is begun and cannot be changed",
-                    code=403,
-                )
+        user, _groups = user_of(userinfo)
+        refusal = identity_change(old, body, "the transaction is begun")
+        if refusal is not None:
+            raise refusal
         if dict(old.get("spec") or {}) == dict(body.get("spec") or {}) or user == self.operator_user:
             return
         owner = owner_of(self.runtime.attestation_key, old)
@@ -421,7 +411,7 @@ class TransactionAdmission:
 
     def deletion(self, body: kopf.Body, userinfo: Mapping[str, Any], **_: Any) -> None:
         """DELETE: while it is open or rolling back, only its principal (or the operator, or an admin)."""
-        user, groups = _user(userinfo)
+        user, groups = user_of(userinfo)
         phase = _phase(body)
         if phase in FINISHED_PHASES or phase is TransactionPhase.COMMITTED:
             return

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from controller.localcluster.devenv import DevEnvironment
@@ -32,11 +31,6 @@ def airun(env: DevEnvironment, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=120,
         env={**os.environ, "KUBECONFIG": str(env.kubeconfig)},
     )
-
-
-@pytest.fixture
-def env(operator: DevEnvironment) -> DevEnvironment:
-    return operator
 
 
 def test_run_follows_and_the_exit_code_says_how_it_ended(env: DevEnvironment, namespace: str) -> None:

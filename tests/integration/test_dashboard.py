@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from rich.console import Console
 from textual.pilot import Pilot
 from textual.widgets import Static
@@ -24,11 +23,6 @@ from tests.kube import Kube
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = (140, 44)
-
-
-@pytest.fixture
-def env(operator: DevEnvironment) -> DevEnvironment:
-    return operator
 
 
 def dashboard(env: DevEnvironment, context: str, namespace: str | None) -> Dashboard:

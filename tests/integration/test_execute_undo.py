@@ -6,32 +6,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pytest
-
 from controller.localcluster.devenv import DevEnvironment
 from tests.integration.test_cli import airun
-from tests.integration.test_governance import policy
 from tests.kube import Kube
 
 AGENT = "system:serviceaccount:agents:planner"
-GUARDS = policy(
-    "call-guards",
-    {"capabilities": ["io.fs.delete"], "action": "REQUIRE_APPROVAL", "approvers": {"groups": ["approvers"]}},
-    {"capabilities": ["io.fs.move"], "action": "DENY"},
-)
-
-
-@pytest.fixture
-def env(operator: DevEnvironment) -> DevEnvironment:
-    return operator
-
-
-@pytest.fixture
-def guarded(kube: Kube, namespace: str) -> str:
-    kube.apply(GUARDS, namespace=namespace)
-    # The agent context may author here too: a second principal beside bob.
-    kube.let_the_agent_author(namespace)
-    return namespace
 
 
 def execute(env: DevEnvironment, who: str, namespace: str, capability: str, params: dict[str, Any], *more: str) -> Any:
@@ -55,7 +34,7 @@ def test_execute_prints_the_outputs_and_the_exit_code_says_how_it_ended(
 
     denied = execute(env, "bob", namespace, "io.fs.move", {"source": "a.txt", "destination": "b.txt"})
     assert denied.returncode == 1
-    assert f"Policy {namespace}/call-guards rule 1: DENY" in denied.stderr
+    assert f"Policy {namespace}/guards rule 1: DENY" in denied.stderr
     assert (env.workspaces / namespace / "a.txt").exists()
 
     gated = execute(env, "bob", namespace, "io.fs.delete", {"path": "a.txt"}, "--timeout", "20")

@@ -23,17 +23,11 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 from controller.localcluster.devenv import DevEnvironment
-from tests.integration.test_governance import decide, policy, wait_phase
+from tests.integration.test_governance import decide, wait_phase
 from tests.kube import Kube
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
-# One namespace Policy for the calls below: deletions need an approver, moves are denied, the rest runs.
-GUARDS = policy(
-    "mcp-guards",
-    {"capabilities": ["io.fs.delete"], "action": "REQUIRE_APPROVAL", "approvers": {"groups": ["approvers"]}},
-    {"capabilities": ["io.fs.move"], "action": "DENY"},
-)
 
 
 def _server_argv(env: DevEnvironment, *args: str) -> list[str]:
@@ -61,18 +55,6 @@ def run(context: str, env: DevEnvironment, namespace: str, body: Callable[[Clien
 
 def text_of(result: types.CallToolResult) -> str:
     return "\n".join(c.text for c in result.content if isinstance(c, types.TextContent))
-
-
-@pytest.fixture
-def env(operator: DevEnvironment) -> DevEnvironment:
-    return operator
-
-
-@pytest.fixture
-def guarded(kube: Kube, namespace: str) -> str:
-    kube.apply(GUARDS, namespace=namespace)
-    time.sleep(0.5)  # the operator's policy index follows the watch
-    return namespace
 
 
 def test_tools_carry_the_capabilities_schemas_and_annotations(env: DevEnvironment, namespace: str) -> None:
@@ -140,7 +122,7 @@ def test_a_denied_call_is_refused_with_the_policy_reason(env: DevEnvironment, ku
     result = run("bob", env, namespace, lambda s: s.call_tool("io-fs-move", {"source": "keep.txt", "destination": "x"}))
     assert result.is_error
     assert result.structured_content is not None and result.structured_content["decision"] == "DENY"
-    assert f"Policy {namespace}/mcp-guards rule 1: DENY" in text_of(result)
+    assert f"Policy {namespace}/guards rule 1: DENY" in text_of(result)
     assert result.structured_content["reason"] == "PolicyDenied"
     assert (env.workspaces / namespace / "keep.txt").read_text() == "precious"
 

@@ -31,11 +31,6 @@ def inspector() -> Path:
     return INSPECTOR
 
 
-@pytest.fixture
-def env(operator: DevEnvironment) -> DevEnvironment:
-    return operator
-
-
 class Inspector:
     def __init__(self, binary: Path, env: DevEnvironment, namespace: str) -> None:
         self.binary, self.env, self.namespace = binary, env, namespace

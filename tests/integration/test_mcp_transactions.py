@@ -27,11 +27,6 @@ AGENT = "system:serviceaccount:agents:planner"
 
 
 @pytest.fixture
-def env(operator: DevEnvironment) -> DevEnvironment:
-    return operator
-
-
-@pytest.fixture
 def agents(kube: Kube, namespace: str) -> str:
     """The namespace, where everything runs (default ALLOW) and two principals author: bob and the agent."""
     kube.apply(policy("tx-open"), namespace=namespace)
@@ -195,6 +190,12 @@ def test_another_identity_can_neither_join_nor_end_the_transaction(
         },
     }
     assert kube.apply(forged, namespace=namespace, as_="agent", check=False).returncode != 0
+    # Not even its principal rewrites who began it (controller/operator/identities.py, shared with Workflows).
+    claimed = kube.run(
+        "annotate", "tx", tx, "-n", namespace, "--overwrite", "aifirst.dev/principal=alice", as_="bob", check=False
+    )
+    assert claimed.returncode != 0, claimed.stdout
+    assert "when the transaction is begun and cannot be changed" in claimed.stderr, claimed.stderr
     obj = kube.get("tx", tx, namespace)
     assert obj["status"]["phase"] == "Open" and obj["status"]["principal"] == "bob"
     assert [c["workflow"] for c in obj["status"].get("calls", [])] in ([], [data(mine)["workflow"]])

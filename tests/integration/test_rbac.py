@@ -88,5 +88,8 @@ def test_the_operator_reads_the_api_servers_addresses_and_its_own_secrets_only(k
     assert can("get", "endpointslices.discovery.k8s.io/kubernetes", "default")
     assert can("get", "endpoints/kubernetes", "default")
     assert not can("get", "endpointslices.discovery.k8s.io/other", "default")
-    assert can("get", "secrets", "airun-system")  # credentials of custom Capability endpoints
-    assert not can("get", "secrets", namespace) and not can("list", "secrets", "airun-system")
+    # credentials of custom Capability endpoints, watched for the Ready condition (SecretMissing)
+    assert can("get", "secrets", "airun-system") and can("watch", "secrets", "airun-system")
+    assert can("list", "secrets", "airun-system")
+    assert not can("get", "secrets", namespace) and not can("list", "secrets", namespace)
+    assert not can("watch", "secrets", namespace)

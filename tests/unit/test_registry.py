@@ -105,3 +105,60 @@ def test_a_capability_whose_compensation_is_missing_is_not_ready_and_refuses_wor
     known = {"cloud.db.create": create, "cloud.db.delete": delete}
     assert custom.readiness(create, known)[:2] == (True, "Ready")
     assert saga.spec_errors(workflow, known) == []
+
+
+def test_a_capability_whose_secret_is_missing_is_not_ready_and_refuses_workflows() -> None:
+    """GitOps order: the Secret of spec.http.auth may come after the Capability; only the operator's namespace
+    counts, and what is said names the Secret and the key the spec names, nothing else of the Secret."""
+    from controller.api.workflow import WorkflowSpec
+    from controller.capabilities import custom
+
+    auth = {"type": "Bearer", "secretRef": {"name": "db-endpoint", "key": "token"}}
+    create = spec(
+        id="cloud.db.create",
+        http={"url": "https://x/dbs", "auth": auth},
+        compensation={"capability": "net.http.request", "inputs": {}},
+    )
+    known = {"cloud.db.create": create, "net.http.request": spec(id="net.http.request")}
+    workflow = WorkflowSpec.model_validate({"steps": [{"name": "db", "capability": "cloud.db.create"}]})
+
+    nothing = custom.SecretKeys("airun-system", {"other": frozenset({"token"})})
+    ready, reason, message = custom.readiness(create, known, nothing)
+    assert (ready, reason) == (False, "SecretMissing")
+    assert "Secret 'db-endpoint' is not in the operator's namespace 'airun-system' (yet)" in message
+    assert custom.credential_refusals(workflow, known, nothing) == [
+        "step 'db': capability cloud.db.create is not ready: Secret 'db-endpoint' is not in the operator's "
+        "namespace 'airun-system' (yet)"
+    ]
+    other_key = custom.SecretKeys("airun-system", {"db-endpoint": frozenset({"password"})})
+    ready, reason, message = custom.readiness(create, known, other_key)
+    assert (ready, reason) == (False, "SecretMissing") and "has no key 'token'" in message
+    assert "password" not in message  # the Secret's other keys are not told
+    there = custom.SecretKeys("airun-system", {"db-endpoint": frozenset({"token", "password"})})
+    assert custom.readiness(create, known, there)[:2] == (True, "Ready")
+    assert custom.credential_refusals(workflow, known, there) == []
+    # Not known (the operator may not list Secrets): nothing claimed, the call itself says what is wrong.
+    assert custom.readiness(create, known, None)[:2] == (True, "Ready")
+
+    # A step whose compensation (the capability's own, or the step's override) needs the missing Secret.
+    undo = spec(id="cloud.db.delete", http={"url": "https://x/dbs", "auth": auth}, sideEffects=[], internal=True)
+    plain = spec(id="cloud.db.make", http={"url": "https://x/dbs"}, compensation={"capability": "cloud.db.delete"})
+    known = {**known, "cloud.db.delete": undo, "cloud.db.make": plain}
+    overriding = WorkflowSpec.model_validate(
+        {"steps": [{"name": "db", "capability": "net.http.request", "compensation": {"capability": "cloud.db.delete"}}]}
+    )
+    own = WorkflowSpec.model_validate({"steps": [{"name": "db", "capability": "cloud.db.make"}]})
+    for workflow in (overriding, own):
+        refusals = custom.credential_refusals(workflow, known, nothing)
+        assert refusals == [
+            f"step 'db': capability cloud.db.delete is not ready: {custom.missing_credentials(undo, nothing)}"
+        ]
+
+    # The capability that undoes it needs the missing Secret: not ready either (its compensation could not run).
+    assert custom.readiness(plain, known, nothing) == (
+        False,
+        "SecretMissing",
+        f"its compensation 'cloud.db.delete' is not ready: {custom.missing_credentials(undo, nothing)}: workflows "
+        "that use cloud.db.make are refused until it is there",
+    )
+    assert custom.readiness(plain, known, there)[:2] == (True, "Ready")
