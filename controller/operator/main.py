@@ -7,7 +7,7 @@ import base64
 import logging
 import secrets
 import signal
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,8 @@ import kopf
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from kopf._cogs.structs.bodies import BodyEssence
+from kopf._cogs.structs.dicts import FieldSpec
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -66,12 +68,37 @@ class OperatorOptions:
     shutdown_grace_seconds: float = 25.0
 
 
+class NoEssence(kopf.DiffBaseStorage):
+    """kopf computes the "essence" of every body at every watch event (a deep copy of the whole object,
+    status included, and then some) for its change-detecting handlers (on.create/update/field, daemons),
+    which diff it against the last handled one. The operator has none of those (on.event, indexes and
+    webhooks only): with them absent the essence is never read, and an empty one costs nothing."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Iterable[FieldSpec] | None = None) -> BodyEssence:
+        return {}
+
+    def fetch(self, *, body: kopf.Body) -> BodyEssence | None:
+        return {}
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: BodyEssence) -> None:
+        return None
+
+
+def change_detecting(registry: kopf.OperatorRegistry) -> bool:
+    """Whether REGISTRY has a handler that reads kopf's diff base (a changing or spawning one)."""
+    return bool(registry._changing.get_all_handlers() or registry._spawning.get_all_handlers())
+
+
 def _configure(
     settings: kopf.OperatorSettings,
     options: OperatorOptions,
     register: Callable[[Mapping[str, Any]], Awaitable[None]] | None = None,
+    *,
+    needs_essence: bool = True,
 ) -> None:
     # kopf's defaults suit slow, few objects; these suit many short-lived ones (see NOTES.md).
+    if not needs_essence:
+        settings.persistence.diffbase_storage = NoEssence()
     settings.networking.request_timeout = 30
     settings.networking.connect_timeout = 10
     settings.watching.server_timeout = 300
@@ -183,7 +210,7 @@ async def run(options: OperatorOptions) -> None:
 
     @kopf.on.startup(registry=registry)
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        _configure(settings, options, register_webhooks)
+        _configure(settings, options, register_webhooks, needs_essence=change_detecting(registry))
 
     async def report(registered: bool) -> None:
         await runtime.set_webhooks_registered(registered)
