@@ -95,8 +95,9 @@ class RunnerHost(Protocol):
         """Who deleted the workflow (the DELETE webhook recorded it), if it is being deleted."""
         ...
 
-    def runner_ended(self, workflow_uid: str, last: LastWrite) -> None:
-        """The runner's task is over: forget it, and know its last write (later watch events are stale)."""
+    def runner_ended(self, workflow_uid: str, last: LastWrite | None) -> None:
+        """The runner's task is over: forget it, and know its last write (later watch events are stale),
+        or None when the watch has already shown that write (no stale event can follow)."""
         ...
 
 
@@ -151,6 +152,7 @@ class Runner:
         self.rollback_by = _annotation(body, ROLLBACK_BY_ANNOTATION)
         self.finalizers = list(meta.get("finalizers") or [])  # as the watch last showed them
         self.finalizer_set = FINALIZER in self.finalizers  # ours: changed only by our own writes
+        self.seen_status = dict(body.get("status") or {})  # as the watch last showed it
         self.actions: dict[str, asyncio.Task[None]] = {}
         self.compensations: dict[str, asyncio.Task[None]] = {}
         self.outcomes: list[saga.ActionResult | saga.CompensationResult] = []
@@ -176,6 +178,7 @@ class Runner:
             bool(meta.get("deletionTimestamp")),
         )
         self.finalizers = list(meta.get("finalizers") or [])
+        self.seen_status = dict(body.get("status") or {})
         self.rollback_by = _annotation(body, ROLLBACK_BY_ANNOTATION)
         if ref != self.ref:  # a spec change (rollback) bumps the generation; deletion sets a timestamp
             self.ref = ref
@@ -238,7 +241,14 @@ class Runner:
             self.host.metrics.reconcile_errors.inc()
             log.exception("the runner failed; it resumes from status on the next event", extra=self._log_context())
         finally:
-            self.host.runner_ended(self.ref.uid, LastWrite(self.written, self.finalizer_set))
+            self.host.runner_ended(self.ref.uid, self.last_write())
+
+    def last_write(self) -> LastWrite | None:
+        """What the runtime must remember of this runner once it ended: its last write, until the watch
+        shows it; None when the watch already did (events come in order, so none older can follow)."""
+        if self.seen_status == self.written and (FINALIZER in self.finalizers) == self.finalizer_set:
+            return None
+        return LastWrite(self.written, self.finalizer_set)
 
     async def _run(self) -> None:
         while True:

@@ -92,6 +92,7 @@ class WorkflowRuntime:
         self.settings = settings
         self.indexes = Indexes()
         self.runners: dict[str, Runner] = {}
+        # The last write of each runner that ended before the watch showed it (see observe)
         self.finished: dict[str, LastWrite] = {}
         self.builtin = registry.specs()
         self.fetched: dict[str, tuple[CapabilitySpec, float]] = {}  # name -> (spec, monotonic time read)
@@ -160,9 +161,13 @@ class WorkflowRuntime:
     def deleter_of(self, workflow_uid: str) -> str | None:
         return self.deleted_by.get(workflow_uid)
 
-    def runner_ended(self, workflow_uid: str, last: LastWrite) -> None:
+    def runner_ended(self, workflow_uid: str, last: LastWrite | None) -> None:
         self.runners.pop(workflow_uid, None)
-        self.finished[workflow_uid] = last
+        # Only until the watch shows the last write: a finished workflow is not held in memory.
+        if last is None:
+            self.finished.pop(workflow_uid, None)
+        else:
+            self.finished[workflow_uid] = last
 
     def handler(self, capability: str) -> Handler:
         if capability in self.builtin:
