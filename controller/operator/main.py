@@ -104,6 +104,12 @@ def _configure(
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.queueing.error_delays = (1, 1, 2, 3, 5, 8, 13)
+    # A per-object worker keeps the last body it handled until it exits, idle: after a restart that is
+    # every object listed (tens of KiB each, most of them finished workflows) for its idle timeout.
+    # Our handlers are cheap and a new worker is only a task, so idle workers go after 1 s, not 5.
+    settings.queueing.idle_timeout = 1.0
+    # The initial LIST in pages, not as one response of every object at once (bench: restart).
+    settings.watching.chunk_size = 500
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "airun-operator"
     settings.posting.event_name_prefix = "airun-"
