@@ -4,7 +4,8 @@ Prints throughput (steps per second between the first step's start and the last 
 overhead (p50, p95: the time from one step's end to the next one's end in a chain of no-op steps, i.e.
 checkpoint + scheduling), API write requests per step (from the API server's own apiserver_request_total),
 CPU time per step of each process, and the operator's peak RSS; first, the cost of one policy decision among
-100 rules with CEL conditions (bench/policy_decision_cost.py). Asserts nothing. etcd runs with fsync
+100 rules with CEL conditions (bench/policy_decision_cost.py); last, a restart with 10,000 finished workflows
+and the memory with 1,000 workflows running at once (bench/scale.py). Asserts nothing. etcd runs with fsync
 here (unlike the tests), so the figures include real disk writes.
 """
 
@@ -23,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench import policy_decision_cost
+from bench import policy_decision_cost, scale
 from controller.api.workflow import TERMINAL_PHASES, WorkflowPhase
 from controller.localcluster import processes
 from controller.localcluster.devenv import DevEnvironment
@@ -158,6 +159,15 @@ def main() -> None:
     parser.add_argument("--workflows", type=int, default=100, help="concurrent workflows (default 100)")
     parser.add_argument("--steps", type=int, default=10, help="steps per workflow, a chain (default 10)")
     parser.add_argument("--sequential", type=int, default=20, help="workflows in the one-at-a-time latency run")
+    parser.add_argument(
+        "--finished", type=int, default=10_000, help="finished workflows in the restart run (default 10000; 0: none)"
+    )
+    parser.add_argument(
+        "--concurrent",
+        type=int,
+        default=1_000,
+        help="workflows waiting at once in the memory run (default 1000; 0: none)",
+    )
     args = parser.parse_args()
     policy_decision_cost.main()  # in process, before the control plane starts
     with tempfile.TemporaryDirectory(prefix="airun-bench-") as tmp:
@@ -183,6 +193,17 @@ def main() -> None:
                 for key, value in result.items():
                     print(f"  {key}: {value}")
             print(f"\noperator peak RSS: {peak_rss_mib(env)} MiB")
+            if args.finished:
+                print(f"\n== restart with {args.finished} finished workflows")
+                finished = json.loads(
+                    env.kubectl("get", "wf", "-n", "throughput-effects", "bench-0", "-o", "json").stdout
+                )
+                for key, value in scale.restart(env, args.finished, finished).items():
+                    print(f"  {key}: {value}")
+            if args.concurrent:
+                print(f"\n== memory: {args.concurrent} workflows waiting at once (sys.sleep), a fresh operator")
+                for key, value in scale.concurrent(env, args.concurrent).items():
+                    print(f"  {key}: {value}")
         finally:
             env.down()
 

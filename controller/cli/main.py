@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import click
-from rich.console import Console
+from controller import lazy_kubernetes
 
-from controller.cli import state_dir
+lazy_kubernetes.install()  # before any command's module imports the client (docs/architecture.md, "Costs")
+
+import click  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from controller.cli import state_dir  # noqa: E402
 
 console = Console(stderr=True)
 

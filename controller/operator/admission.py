@@ -184,7 +184,11 @@ def _finalizer_removal(
 class Admission:
     """The admission webhooks' handlers, bound to the runtime they serve (its attestation key, its live
     capabilities) and to the operator's own user (the one identity that may remove the saga finalizer
-    of a running workflow or write an Approval's status-like fields)."""
+    of a running workflow or write an Approval's status-like fields).
+
+    All are coroutines though most never await: kopf runs a plain function in its thread pool, and the
+    hop there and back (two waits for the GIL and for the busy event loop) made every Workflow CREATE wait
+    tens of milliseconds per webhook while runners were busy (docs/architecture.md, "Costs")."""
 
     def __init__(self, runtime: WorkflowRuntime, operator_user: str, bind: Callable[[Mapping[str, Any]], None]) -> None:
         self.runtime = runtime
@@ -195,7 +199,7 @@ class Admission:
         self.transaction_update = agents.update
         self.transaction_deletion = agents.deletion
 
-    def workflow_principal(
+    async def workflow_principal(
         self, body: kopf.Body, patch: kopf.Patch, userinfo: Mapping[str, Any], namespace: str | None, **_: Any
     ) -> None:
         user, groups = user_of(userinfo)
@@ -219,13 +223,13 @@ class Admission:
             # operator spends no write on it.
             patch["metadata"]["finalizers"] = [*finalizers, FINALIZER]
 
-    def workflow_rollback_actor(
+    async def workflow_rollback_actor(
         self, body: kopf.Body, patch: kopf.Patch, userinfo: Mapping[str, Any], **kwargs: Any
     ) -> None:
         """Who asked for the rollback: its compensation is recorded as that person's act."""
         _record_who_set(kwargs.get("old"), body, "rollback", patch, ROLLBACK_BY_ANNOTATION, userinfo)
 
-    def workflow_deletion(self, body: kopf.Body, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
+    async def workflow_deletion(self, body: kopf.Body, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
         if kwargs.get("dryrun"):
             return
         user, _groups = user_of(userinfo)
@@ -307,7 +311,9 @@ class Admission:
             )
         await self.check_runnable(spec)
 
-    def approval_decider(self, body: kopf.Body, patch: kopf.Patch, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
+    async def approval_decider(
+        self, body: kopf.Body, patch: kopf.Patch, userinfo: Mapping[str, Any], **kwargs: Any
+    ) -> None:
         """Who decided. On a quorum Approval (approvers.count > 1) a person's decision is a vote: appended to
         spec.votes under their authenticated name, and spec.decision stays empty until the votes decide
         (the first rejection, or COUNT distinct approvals)."""
@@ -328,7 +334,7 @@ class Admission:
                 return
         _record_who_set(old, body, "decision", patch, DECIDED_BY_ANNOTATION, userinfo)
 
-    def approval_decision(self, body: kopf.Body, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
+    async def approval_decision(self, body: kopf.Body, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
         old: Mapping[str, Any] = kwargs.get("old") or {}
         user, groups = user_of(userinfo)
         tampered = approval_tampering(old, body) if user != self.operator_user else None
@@ -382,12 +388,12 @@ class Admission:
                 code=403,
             )
 
-    def policy_conditions(self, spec: kopf.Spec, **_: Any) -> None:
+    async def policy_conditions(self, spec: kopf.Spec, **_: Any) -> None:
         problems = policy_problems(spec)
         if problems:
             raise kopf.AdmissionError("; ".join(problems), code=422)
 
-    def breaker_reset(self, body: kopf.Body, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
+    async def breaker_reset(self, body: kopf.Body, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
         """Only the operator records denials; anyone else (the approver role: RBAC) may only remove a
         principal's entry, which closes its breakers, and is recorded in the audit trail as who did it."""
         user, _groups = user_of(userinfo)
@@ -418,7 +424,7 @@ class Admission:
                 payload={"open": entry.get("open") or {}, "denials": len(entry.get("denials") or [])},
             )
 
-    def capability_coherent(self, name: str, spec: kopf.Spec, **kwargs: Any) -> None:
+    async def capability_coherent(self, name: str, spec: kopf.Spec, **kwargs: Any) -> None:
         self.bind(kwargs)
         try:
             parsed = custom.parse(name, spec)

@@ -10,7 +10,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,8 @@ import kopf
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from kopf._cogs.structs.bodies import BodyEssence
+from kopf._cogs.structs.dicts import FieldSpec
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -82,17 +84,48 @@ class OperatorOptions:
     lease_seconds: float = 15.0
 
 
+class NoEssence(kopf.DiffBaseStorage):
+    """kopf computes the "essence" of every body at every watch event (a deep copy of the whole object,
+    status included, and then some) for its change-detecting handlers (on.create/update/field, daemons),
+    which diff it against the last handled one. The operator has none of those (on.event, indexes and
+    webhooks only): with them absent the essence is never read, and an empty one costs nothing."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Iterable[FieldSpec] | None = None) -> BodyEssence:
+        return {}
+
+    def fetch(self, *, body: kopf.Body) -> BodyEssence | None:
+        return {}
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: BodyEssence) -> None:
+        return None
+
+
+def change_detecting(registry: kopf.OperatorRegistry) -> bool:
+    """Whether REGISTRY has a handler that reads kopf's diff base (a changing or spawning one)."""
+    return bool(registry._changing.get_all_handlers() or registry._spawning.get_all_handlers())
+
+
 def _configure(
     settings: kopf.OperatorSettings,
     options: OperatorOptions,
     register: Callable[[Mapping[str, Any]], Awaitable[None]] | None = None,
+    *,
+    needs_essence: bool = True,
 ) -> None:
     # kopf's defaults suit slow, few objects; these suit many short-lived ones (see NOTES.md).
+    if not needs_essence:
+        settings.persistence.diffbase_storage = NoEssence()
     settings.networking.request_timeout = 30
     settings.networking.connect_timeout = 10
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.queueing.error_delays = (1, 1, 2, 3, 5, 8, 13)
+    # A per-object worker keeps the last body it handled until it exits, idle: after a restart that is
+    # every object listed (tens of KiB each, most of them finished workflows) for its idle timeout.
+    # Our handlers are cheap and a new worker is only a task, so idle workers go after 1 s, not 5.
+    settings.queueing.idle_timeout = 1.0
+    # The initial LIST in pages, not as one response of every object at once (bench: restart).
+    settings.watching.chunk_size = 500
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "airun-operator"
     settings.posting.event_name_prefix = "airun-"
@@ -203,7 +236,7 @@ async def run(options: OperatorOptions) -> None:
 
     @kopf.on.startup(registry=registry)
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        _configure(settings, options, register_webhooks)
+        _configure(settings, options, register_webhooks, needs_essence=change_detecting(registry))
 
     async def report(registered: bool) -> None:
         await runtime.set_webhooks_registered(registered)

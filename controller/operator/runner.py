@@ -113,8 +113,9 @@ class RunnerHost(Protocol):
         ...
 
     def runner_ended(self, workflow_uid: str, last: LastWrite | None) -> None:
-        """The runner's task is over: forget it, and know its last write (later watch events are stale;
-        None: fenced, its writes are not the last ones)."""
+        """The runner's task is over: forget it, and know its last write (later watch events are stale),
+        or None when the watch has already shown that write (no stale event can follow) or when it was
+        fenced (its writes are not the last ones)."""
         ...
 
 
@@ -174,6 +175,7 @@ class Runner:
         # with the watch, so a write after anyone else's status write fails (409) instead of undoing it.
         self.version: str | None = meta.get("resourceVersion")
         self.fenced_by: Mapping[str, Any] | None = None
+        self.seen_status = dict(body.get("status") or {})  # as the watch last showed it
         self.actions: dict[str, asyncio.Task[None]] = {}
         self.compensations: dict[str, asyncio.Task[None]] = {}
         self.outcomes: list[saga.ActionResult | saga.CompensationResult] = []
@@ -199,6 +201,7 @@ class Runner:
             bool(meta.get("deletionTimestamp")),
         )
         self.finalizers = list(meta.get("finalizers") or [])
+        self.seen_status = dict(body.get("status") or {})
         self.rollback_by = _annotation(body, ROLLBACK_BY_ANNOTATION)
         if ref != self.ref:  # a spec change (rollback) bumps the generation; deletion sets a timestamp
             self.ref = ref
@@ -268,7 +271,14 @@ class Runner:
                 self.host.runner_ended(self.ref.uid, None)
                 self.host.fenced(self.ref.uid, self.fenced_by)
             else:
-                self.host.runner_ended(self.ref.uid, LastWrite(self.written, self.finalizer_set))
+                self.host.runner_ended(self.ref.uid, self.last_write())
+
+    def last_write(self) -> LastWrite | None:
+        """What the runtime must remember of this runner once it ended: its last write, until the watch
+        shows it; None when the watch already did (events come in order, so none older can follow)."""
+        if self.seen_status == self.written and (FINALIZER in self.finalizers) == self.finalizer_set:
+            return None
+        return LastWrite(self.written, self.finalizer_set)
 
     async def _run(self) -> None:
         while True:

@@ -97,6 +97,7 @@ class WorkflowRuntime:
         self.settings = settings
         self.indexes = Indexes()
         self.runners: dict[str, Runner] = {}
+        # The last write of each runner that ended before the watch showed it (see observe)
         self.finished: dict[str, LastWrite] = {}
         self.builtin = registry.specs()
         self.fetched: dict[str, tuple[CapabilitySpec, float]] = {}  # name -> (spec, monotonic time read)
@@ -172,7 +173,10 @@ class WorkflowRuntime:
 
     def runner_ended(self, workflow_uid: str, last: LastWrite | None) -> None:
         self.runners.pop(workflow_uid, None)
-        if last is not None:
+        # Only until the watch shows the last write: a finished workflow is not held in memory.
+        if last is None:
+            self.finished.pop(workflow_uid, None)
+        else:
             self.finished[workflow_uid] = last
 
     def handler(self, capability: str) -> Handler:

@@ -8,7 +8,8 @@ chart test compares the rendered chart against.
 matchConditions keep metadata-only updates away from the webhooks: with the operator down (failurePolicy
 Fail) an admin can still remove a foreign finalizer or change a label or annotation that is not ours.
 What stays guarded: any spec change, our annotations and labels (aifirst.dev/...), an Approval's
-ownerReferences, and the removal of our saga finalizer (it guarantees compensation).
+ownerReferences, and the removal of our saga finalizer (it guarantees compensation) from a workflow that
+has not finished (once it has, anyone may remove it: the operator's own removal costs no webhook call).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from controller import API_GROUP, API_VERSION
 from controller.api.metadata import FINALIZER, PREFIX
+from controller.api.workflow import TERMINAL_PHASES, WorkflowPhase
 
 PLURALS = ("workflows", "approvals", "capabilities", "policies", "clusterpolicies", "transactions")
 CHECK_EVERY = 10.0  # seconds between two checks that the configurations are registered
@@ -55,9 +57,19 @@ def guarded_update(plural: str) -> str:
         "!has(object.spec) || !has(oldObject.spec) || object.spec != oldObject.spec",
         f"!({_ours_unchanged('annotations')})",
         f"!({_ours_unchanged('labels')})",
-        f"(has(oldObject.metadata.finalizers) && '{FINALIZER}' in oldObject.metadata.finalizers"
-        f" && !(has(object.metadata.finalizers) && '{FINALIZER}' in object.metadata.finalizers))",
     ]
+    removed = (
+        f"has(oldObject.metadata.finalizers) && '{FINALIZER}' in oldObject.metadata.finalizers"
+        f" && !(has(object.metadata.finalizers) && '{FINALIZER}' in object.metadata.finalizers)"
+    )
+    if plural == "workflows":
+        # Anyone may remove it once the workflow has finished (admission's _finalizer_removal): so the
+        # operator's own removal, the last write of every workflow, costs no call of either UPDATE webhook.
+        finished = ", ".join(f"'{p.value}'" for p in WorkflowPhase if p in TERMINAL_PHASES)
+        removed += (
+            f" && !(has(oldObject.status) && has(oldObject.status.phase) && oldObject.status.phase in [{finished}])"
+        )
+    parts.append(f"({removed})")
     if plural == "approvals":
         parts.append(
             "has(object.metadata.ownerReferences) != has(oldObject.metadata.ownerReferences)"

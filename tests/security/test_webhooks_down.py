@@ -118,3 +118,29 @@ def test_metadata_only_updates_refused_while_the_operator_is_down(
         operator.start_operator()
     obj = kube.get("wf", "held", namespace)
     assert obj["metadata"]["finalizers"] == ["aifirst.dev/saga"] and obj["metadata"]["labels"]["cleanup"] == "yes"
+
+
+def test_the_saga_finalizer_of_a_finished_workflow_comes_off_without_the_webhooks(
+    kube: Kube, namespace: str, operator: DevEnvironment
+) -> None:
+    """Anyone may remove it once the workflow has finished, so that removal (the operator's last write of
+    every workflow) is not sent to the UPDATE webhooks at all (matchConditions)."""
+    kube.apply(wf("done", write("a", "a.txt")), namespace=namespace, as_="bob")
+    obj = wait_terminal(kube, namespace, "done")
+    assert obj["status"]["phase"] == WorkflowPhase.SUCCEEDED
+    kube.wait_for("wf", "done", namespace, lambda o: not o["metadata"].get("finalizers"), what="finalizer removed")
+    operator.stop_operator()
+    try:
+
+        def patch(body: dict[str, Any]) -> tuple[int, str]:
+            result = kube.run(
+                "patch", "wf", "done", "-n", namespace, "--type=merge", "-p", json.dumps(body), check=False
+            )
+            return result.returncode, result.stderr
+
+        assert patch({"metadata": {"finalizers": ["aifirst.dev/saga"]}}) == (0, "")  # as if the operator died first
+        assert patch({"metadata": {"finalizers": None}}) == (0, "")  # finished: no webhook is asked
+        code, err = patch({"spec": {"rollback": True}})  # what the webhooks guard is still refused
+        assert code != 0 and "failed calling webhook" in err, err
+    finally:
+        operator.start_operator()

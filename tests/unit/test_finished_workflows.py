@@ -1,0 +1,96 @@
+"""A finished workflow is not held in the operator's memory, and a stale watch event of a runner's own
+writes never runs it again (controller/operator/runtime.py, observe). No cluster: the runtime and the
+runner are the real ones, on a connection that is never used (a workflow that would start a runner here
+would fail on it, and the runner table says so)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import kopf
+from kubernetes_asyncio import client
+
+from controller.api.metadata import FINALIZER
+from controller.capabilities import registry as capability_registry
+from controller.operator.kube import Connection
+from controller.operator.runner import LastWrite, Runner
+from controller.operator.runtime import RuntimeSettings, WorkflowRuntime
+
+UID = "0b3c5e1a-finished"
+SPEC = {"steps": [{"name": "s0", "capability": "sys.sleep", "inputs": {"seconds": 0}}]}
+# As the runner dumps them (WorkflowStatus.dump), which is what the API server then holds
+RUNNING = {
+    "phase": "Running",
+    "principal": "bob",
+    "steps": [{"name": "s0", "phase": "Running", "attempts": 1, "idempotencyKey": "k"}],
+    "conditions": [],
+}
+SUCCEEDED = {
+    "phase": "Succeeded",
+    "principal": "bob",
+    "steps": [{"name": "s0", "phase": "Succeeded", "attempts": 1, "idempotencyKey": "k", "completion": 1}],
+    "conditions": [],
+}
+
+
+def body(status: dict[str, Any], *, finalizer: bool) -> kopf.Body:
+    return kopf.Body(
+        {
+            "apiVersion": "aifirst.dev/v1alpha1",
+            "kind": "Workflow",
+            "metadata": {
+                "name": "wf",
+                "namespace": "ns",
+                "uid": UID,
+                "generation": 1,
+                "finalizers": [FINALIZER] if finalizer else [],
+            },
+            "spec": SPEC,
+            "status": status,
+        }
+    )
+
+
+def runtime(tmp_path: Path) -> WorkflowRuntime:
+    configuration = client.Configuration(host="https://127.0.0.1:1")  # never reached
+    connection = Connection(client.ApiClient(configuration), configuration)
+    return WorkflowRuntime(connection, capability_registry.load(), RuntimeSettings(workspaces=tmp_path))
+
+
+async def closed(rt: WorkflowRuntime) -> None:
+    await rt.shutdown()
+    await rt.connection.close()
+
+
+def test_a_stale_echo_after_the_runner_ended_does_not_run_the_workflow_again(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        rt = runtime(tmp_path)
+        rt.runner_ended(UID, LastWrite(SUCCEEDED, finalizer=False))  # ended before the watch showed it
+        await rt.observe(body(RUNNING, finalizer=True))  # an echo of an earlier write: looks interrupted
+        assert rt.runners == {}
+        assert UID in rt.finished
+        await rt.observe(body(SUCCEEDED, finalizer=False))  # the watch caught up: nothing left to remember
+        assert rt.runners == {} and rt.finished == {}
+        await closed(rt)
+
+    asyncio.run(scenario())
+
+
+def test_a_runner_whose_last_write_the_watch_showed_leaves_nothing_behind(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        rt = runtime(tmp_path)
+        runner = Runner(rt, body(RUNNING, finalizer=True))
+        assert runner.last_write() is None  # it wrote nothing the watch has not shown
+        runner.written, runner.finalizer_set = SUCCEEDED, False  # what _write and _remove_finalizer record
+        assert runner.last_write() == LastWrite(SUCCEEDED, finalizer=False)
+        runner.update(body(SUCCEEDED, finalizer=False))  # the echo of that write, while still running
+        assert runner.last_write() is None
+        rt.runner_ended(UID, runner.last_write())
+        assert rt.finished == {}
+        await rt.observe(body(SUCCEEDED, finalizer=False))  # a later event of the finished workflow
+        assert rt.runners == {} and rt.finished == {}
+        await closed(rt)
+
+    asyncio.run(scenario())
