@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import statistics
 import subprocess
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import policy_decision_cost, scale
+from bench.procs import cpu_seconds_of, peak_rss_mib_of
 from controller.api.workflow import TERMINAL_PHASES, WorkflowPhase
 from controller.localcluster import processes
 from controller.localcluster.devenv import DevEnvironment
@@ -135,23 +135,11 @@ def cpu_seconds(env: DevEnvironment) -> dict[str, float]:
         "kube-apiserver": processes.alive(env.cluster.run / "kube-apiserver.pid", "kube-apiserver"),
         "operator": processes.alive(env.operator_pid, "controller"),
     }
-    result = {}
-    for name, pid in pids.items():
-        if pid is None:
-            continue
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        result[name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return result
+    return {name: cpu_seconds_of(pid) for name, pid in pids.items() if pid is not None}
 
 
 def peak_rss_mib(env: DevEnvironment) -> float | None:
-    pid = processes.alive(env.operator_pid, "controller")
-    if pid is None:
-        return None
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return None
+    return peak_rss_mib_of(processes.alive(env.operator_pid, "controller"))
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.__main__ import LABELS, peak_rss_mib, run
+from bench.procs import cpu_seconds_of
 from controller.localcluster.devenv import DevEnvironment
 
 
@@ -48,8 +49,7 @@ def free_port() -> int:
 
 
 def process_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return cpu_seconds_of(pid)
 
 
 def own_cpu_seconds() -> float:

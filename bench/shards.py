@@ -20,28 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.__main__ import parse, workflows, write_requests
+from bench.procs import cpu_seconds_of, peak_rss_mib_of
 from controller.api.workflow import TERMINAL_PHASES, WorkflowPhase
 from controller.localcluster import processes
 from controller.localcluster.devenv import DevEnvironment, Replica
 
 SHARDS = 6
 LEASE_SECONDS = 15.0
-
-
-def cpu_seconds(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def peak_rss_mib(pid: int | None) -> float | None:
-    if pid is None:
-        return None
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return None
 
 
 def control_plane_pids(env: DevEnvironment) -> dict[str, int | None]:
@@ -70,7 +55,7 @@ def run(env: DevEnvironment, replicas: list[Replica], count: int, steps: int, na
     env.kubectl("create", "namespace", namespace)
     pids = {**control_plane_pids(env), **{r.identity: r.pid for r in replicas}}
     before = write_requests(env)
-    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    cpu_before = {name: cpu_seconds_of(pid) for name, pid in pids.items()}
     manifest = json.dumps(workflows(count, steps, namespace, "effects"))
     started = time.monotonic()
     subprocess.run(
@@ -83,7 +68,7 @@ def run(env: DevEnvironment, replicas: list[Replica], count: int, steps: int, na
             break
         time.sleep(1.0)
     elapsed = time.monotonic() - started
-    cpu_after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    cpu_after = {name: cpu_seconds_of(pid) for name, pid in pids.items()}
     delta = write_requests(env) - before
     first_start = min(parse(s["startedAt"]) for o in out for s in o["status"]["steps"])
     last_end = max(parse(s["finishedAt"]) for o in out for s in o["status"]["steps"])
@@ -105,7 +90,7 @@ def run(env: DevEnvironment, replicas: list[Replica], count: int, steps: int, na
             "kube-apiserver": round(cpu["kube-apiserver"], 1),
             "operators": round(operator_cpu, 1),
         },
-        "peak_rss_mib": {r.identity: peak_rss_mib(r.pid) for r in replicas},
+        "peak_rss_mib": {r.identity: peak_rss_mib_of(r.pid) for r in replicas},
     }
 
 
