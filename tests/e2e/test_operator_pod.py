@@ -7,7 +7,8 @@ AIRUN_TEST_RELEASE (NAMESPACE/RELEASE) are set (tools/e2e/run.sh sets both).
 How they can fail: a chart whose ClusterRole lacks `workflows/status` leaves every workflow Pending (the
 workflow tests time out); a broken webhook Service or caBundle refuses every apply (failurePolicy Fail); an
 image that does not start never gets Ready (the first test); an audit volume that is not persistent loses the
-first Pod's records (the restart test).
+first Pod's records (the restart test); a chart without the Lease rule in its Role, or without POD_NAME,
+leaves the three replicas' shards unheld (the replicas test waits for them in vain).
 """
 
 from __future__ import annotations
