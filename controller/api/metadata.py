@@ -14,6 +14,12 @@ GROUPS_ANNOTATION = "aifirst.dev/principal-groups"
 ATTESTATION_ANNOTATION = "aifirst.dev/principal-attestation"
 IDENTITY_ANNOTATIONS = (PRINCIPAL_ANNOTATION, GROUPS_ANNOTATION, ATTESTATION_ANNOTATION)
 
+# Workflow: finished, nothing left to do; set by the operator in the write that removes its finalizer. The
+# operator watches only workflows without it (a server-side selector), so finished workflows cost a restart
+# nothing. Setting spec.rollback removes it (the mutating UPDATE webhook): the workflow is watched again.
+FINISHED_LABEL = "aifirst.dev/finished"
+UNFINISHED_SELECTOR = f"!{FINISHED_LABEL}"
+
 # Workflow: who set spec.rollback (the UPDATE webhook).
 ROLLBACK_BY_ANNOTATION = "aifirst.dev/rollback-requested-by"
 

@@ -84,6 +84,10 @@ TERMINAL_PHASES = frozenset(
     }
 )
 
+# Finished phases after which the operator stops watching a workflow (FINISHED_LABEL). CompensationFailed
+# is not among them: such a workflow waits for a person, and airun_workflows counts it for the alert.
+UNWATCHED_PHASES = TERMINAL_PHASES - {WorkflowPhase.COMPENSATION_FAILED}
+
 
 class StepPhase(StrEnum):
     PENDING = "Pending"

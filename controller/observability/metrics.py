@@ -23,9 +23,11 @@ class _Live(Collector):
         self,
         workflow_phases: Callable[[], Iterable[tuple[str, str]]],
         pending_approvals: Callable[[], Iterable[tuple[str, datetime | None]]],
+        namespaces: Callable[[], Iterable[str]] = tuple,
     ) -> None:
         self.workflow_phases = workflow_phases
         self.pending_approvals = pending_approvals
+        self.namespaces = namespaces  # where workflows ran (finished ones are no longer in workflow_phases)
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         workflows = GaugeMetricFamily(
@@ -49,7 +51,7 @@ class _Live(Collector):
             if requested_at is not None:
                 waited[namespace] = max(waited.get(namespace, 0.0), (now - requested_at).total_seconds())
         # 0 rather than no series for namespaces with workflows, so that "went back to 0" is visible.
-        for namespace in sorted(set(counts) | {namespace for namespace, _ in phases}):
+        for namespace in sorted(set(counts) | {namespace for namespace, _ in phases} | set(self.namespaces())):
             pending.add_metric([namespace], counts[namespace])
             oldest.add_metric([namespace], waited.get(namespace, 0.0))
         yield pending
@@ -111,8 +113,9 @@ class Metrics:
         self,
         workflow_phases: Callable[[], Iterable[tuple[str, str]]],
         pending_approvals: Callable[[], Iterable[tuple[str, datetime | None]]],
+        namespaces: Callable[[], Iterable[str]] = tuple,
     ) -> None:
-        self.registry.register(_Live(workflow_phases, pending_approvals))
+        self.registry.register(_Live(workflow_phases, pending_approvals, namespaces))
 
     def serve(self, port: int, address: str) -> None:
         start_http_server(port, addr=address, registry=self.registry)

@@ -51,12 +51,13 @@ from controller.api.audit import AuditKind
 from controller.api.metadata import (
     DECIDED_BY_ANNOTATION,
     FINALIZER,
+    FINISHED_LABEL,
     PREFIX,
     PRINCIPAL_ANNOTATION,
     ROLLBACK_BY_ANNOTATION,
 )
 from controller.api.policy import Approvers, PolicySpec
-from controller.api.workflow import TERMINAL_PHASES, WorkflowPhase, WorkflowSpec
+from controller.api.workflow import TERMINAL_PHASES, UNWATCHED_PHASES, WorkflowPhase, WorkflowSpec
 from controller.capabilities import custom
 from controller.engine.validation import spec_errors
 from controller.operator import attestation, transactions
@@ -91,6 +92,32 @@ def _record_who_set(
     if after and not before:
         user, _groups = user_of(userinfo)
         patch.setdefault("metadata", {}).setdefault("annotations", {})[annotation] = user
+
+
+def _labels(body: Mapping[str, Any] | None) -> Mapping[str, str]:
+    return (body or {}).get("metadata", {}).get("labels") or {}
+
+
+def finished_label_refusal(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
+    """The finished label takes a workflow out of the operator's watch: it may be added only to one that
+    finished with nothing left to do (no saga finalizer, no rollback still to do); removing it is harmless
+    (the workflow is watched again). webhooks.finished_label_guarded() is the same rule in CEL."""
+    before, after = _labels(old).get(FINISHED_LABEL), _labels(new).get(FINISHED_LABEL)
+    if after is None or after == before:
+        return None
+    phase = (old.get("status") or {}).get("phase")
+    done = (
+        after == "true"
+        and FINALIZER not in ((new.get("metadata") or {}).get("finalizers") or [])
+        and phase in UNWATCHED_PHASES
+        and not ((new.get("spec") or {}).get("rollback") and phase == WorkflowPhase.SUCCEEDED)
+    )
+    if done:
+        return None
+    return (
+        f"metadata.labels[{FINISHED_LABEL}] is set to 'true' by the operator once the workflow has finished "
+        "(it stops watching it then); it cannot be set on a workflow that is running or being rolled back"
+    )
 
 
 def _annotations(body: Mapping[str, Any] | None) -> Mapping[str, str]:
@@ -181,6 +208,11 @@ def _finalizer_removal(
     return None
 
 
+def _finished_label_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> kopf.AdmissionError | None:
+    refusal = finished_label_refusal(old, new)
+    return kopf.AdmissionError(refusal, code=403) if refusal else None
+
+
 class Admission:
     """The admission webhooks' handlers, bound to the runtime they serve (its attestation key, its live
     capabilities) and to the operator's own user (the one identity that may remove the saga finalizer
@@ -216,6 +248,8 @@ class Admission:
         patch.setdefault("metadata", {}).setdefault("annotations", {}).update(signed)
         if ROLLBACK_BY_ANNOTATION in _annotations(body):
             patch["metadata"]["annotations"][ROLLBACK_BY_ANNOTATION] = None  # only ever set by the UPDATE webhook
+        if FINISHED_LABEL in _labels(body):  # a new workflow is watched: only the operator marks it finished
+            patch["metadata"].setdefault("labels", {})[FINISHED_LABEL] = None
         transactions.stamp_call(body, patch)
         finalizers = list(body.metadata.get("finalizers") or [])
         if FINALIZER not in finalizers:
@@ -226,15 +260,22 @@ class Admission:
     async def workflow_rollback_actor(
         self, body: kopf.Body, patch: kopf.Patch, userinfo: Mapping[str, Any], **kwargs: Any
     ) -> None:
-        """Who asked for the rollback: its compensation is recorded as that person's act."""
+        """Who asked for the rollback: its compensation is recorded as that person's act. A rollback also
+        brings a finished workflow back into the operator's watch (it drops the finished label)."""
         _record_who_set(kwargs.get("old"), body, "rollback", patch, ROLLBACK_BY_ANNOTATION, userinfo)
+        asked = (body.get("spec") or {}).get("rollback") and not ((kwargs.get("old") or {}).get("spec") or {}).get(
+            "rollback"
+        )
+        if asked and FINISHED_LABEL in _labels(body):
+            patch.setdefault("metadata", {}).setdefault("labels", {})[FINISHED_LABEL] = None
 
     async def workflow_deletion(self, body: kopf.Body, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
         if kwargs.get("dryrun"):
             return
         user, _groups = user_of(userinfo)
         uid = body.metadata.uid or ""
-        self.runtime.deleted_by[uid] = user
+        if FINISHED_LABEL not in _labels(body):  # a finished one is not watched: nothing would forget it
+            self.runtime.deleted_by[uid] = user
         self.runtime.audit.record(
             AuditKind.WORKFLOW_DELETION_REQUESTED,
             namespace=body.metadata.namespace or "",
@@ -299,6 +340,7 @@ class Admission:
             or _transaction_change(old, body)
             or _rollback_actor_change(old, body, user)
             or _finalizer_removal(old, body, user, self.operator_user)
+            or _finished_label_change(old, body)
         )
         if refusal is not None:
             raise refusal

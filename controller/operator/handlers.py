@@ -93,7 +93,7 @@ def register(registry: kopf.OperatorRegistry, runtime: WorkflowRuntime) -> Calla
         bind(kwargs)
         runtime.kopf_context = contextvars.copy_context()
         if type == "DELETED":
-            runtime.forget(body)
+            await runtime.gone(body)
             return
         await runtime.observe(body)
 

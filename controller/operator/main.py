@@ -9,7 +9,6 @@ import os
 import secrets
 import signal
 import socket
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,15 +21,14 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from kopf._cogs.structs.bodies import BodyEssence
 from kopf._cogs.structs.dicts import FieldSpec
 from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
 
-from controller import API_GROUP, API_VERSION
+from controller import API_GROUP
+from controller.api.metadata import UNFINISHED_SELECTOR
 from controller.audit.store import AuditStore
 from controller.audit.writer import AuditWriter
 from controller.capabilities import custom as custom_capabilities
 from controller.capabilities import registry as capability_registry
 from controller.capabilities import secrets as secret_refs
-from controller.capabilities import snapshots
 from controller.capabilities.egress import EgressRules
 from controller.engine import templating
 from controller.observability import logs
@@ -38,6 +36,7 @@ from controller.operator import (
     admission,
     attestation,
     controlplane,
+    finished,
     handlers,
     health,
     kube,
@@ -126,6 +125,8 @@ def _configure(
     settings.queueing.idle_timeout = 1.0
     # The initial LIST in pages, not as one response of every object at once (bench: restart).
     settings.watching.chunk_size = 500
+    # Finished workflows are not watched (FINISHED_LABEL): a restart lists only those with work left.
+    settings.watching.label_selectors[API_GROUP, "workflows"] = UNFINISHED_SELECTOR
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "airun-operator"
     settings.posting.event_name_prefix = "airun-"
@@ -158,20 +159,6 @@ def snapshot_cipher(secret: bytes) -> Fernet:
     HKDF turns it into a Fernet key, so the chart's generated key and `openssl rand` both do)."""
     derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"airun k8s snapshots").derive(secret)
     return Fernet(base64.urlsafe_b64encode(derived))
-
-
-async def sweep_snapshots(connection: kube.Connection, workspaces: Path) -> None:
-    """Removes the snapshots of workflows deleted while the operator was down (before any runner of
-    this replica starts; other replicas' runners may be writing snapshots: sweep keeps what changed since
-    the list)."""
-    listed_at = time.time()
-    try:
-        listed = await connection.custom.list_cluster_custom_object(API_GROUP, API_VERSION, "workflows")
-    except ApiException as error:
-        log.warning("could not list workflows (%s): snapshots of deleted workflows are kept for now", error.reason)
-        return
-    live = [item["metadata"]["uid"] for item in listed.get("items") or []]
-    await asyncio.to_thread(snapshots.sweep, workspaces, live, listed_at)
 
 
 def _notifier(options: OperatorOptions) -> Notifier:
@@ -219,7 +206,8 @@ async def run(options: OperatorOptions) -> None:
     sandbox = TemplateSandbox().start()
     templating.install(sandbox)
     runtime = _runtime(options, connection, workspaces, notifier, audit)
-    await sweep_snapshots(connection, workspaces)
+    finished_watch = finished.FinishedWatch(connection, workspaces)  # snapshots of deleted workflows
+    finished_watch.start()
     bind = handlers.register(registry, runtime)
     agents = transactions.TransactionRuntime(runtime)
     transactions.register(registry, agents)
@@ -274,6 +262,7 @@ async def run(options: OperatorOptions) -> None:
             holding.cancel()
         watcher.cancel()
         learning.cancel()
+        await finished_watch.stop()
         signals.cancel()
         await probes.cleanup()
         await agents.shutdown()

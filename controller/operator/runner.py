@@ -27,10 +27,11 @@ from controller import API_GROUP, API_VERSION
 from controller.api.approval import ApprovalNotice
 from controller.api.audit import AuditKind
 from controller.api.capability import CapabilitySpec
-from controller.api.metadata import FINALIZER, ROLLBACK_BY_ANNOTATION
+from controller.api.metadata import FINALIZER, FINISHED_LABEL, ROLLBACK_BY_ANNOTATION
 from controller.api.policy import PolicyObject, Principal
 from controller.api.workflow import (
     TERMINAL_PHASES,
+    UNWATCHED_PHASES,
     Decision,
     EventType,
     Reason,
@@ -144,6 +145,9 @@ class LastWrite:
 
     status: dict[str, Any]
     finalizer: bool
+    # It labelled the workflow finished: the watch shows that write only as the workflow leaving it (a
+    # DELETED event carrying the body before the write), which must not be taken for a deletion.
+    finished_label: bool = False
 
 
 class Runner:
@@ -170,6 +174,9 @@ class Runner:
         self.rollback_by = _annotation(body, ROLLBACK_BY_ANNOTATION)
         self.finalizers = list(meta.get("finalizers") or [])  # as the watch last showed them
         self.finalizer_set = FINALIZER in self.finalizers  # ours: changed only by our own writes
+        self.labelled_finished = FINISHED_LABEL in (meta.get("labels") or {})
+        self.wrote_finished_label = False  # its last write labelled the workflow finished (LastWrite)
+        self.left_watch = False  # ... and the watch has shown it leaving
         # The fencing token: the resourceVersion of the workflow as this runner last wrote (or first read)
         # it. Every write carries it as a precondition; it moves only with this runner's own writes, never
         # with the watch, so a write after anyone else's status write fails (409) instead of undoing it.
@@ -201,6 +208,7 @@ class Runner:
             bool(meta.get("deletionTimestamp")),
         )
         self.finalizers = list(meta.get("finalizers") or [])
+        self.labelled_finished = FINISHED_LABEL in (meta.get("labels") or {})
         self.seen_status = dict(body.get("status") or {})
         self.rollback_by = _annotation(body, ROLLBACK_BY_ANNOTATION)
         if ref != self.ref:  # a spec change (rollback) bumps the generation; deletion sets a timestamp
@@ -276,6 +284,10 @@ class Runner:
     def last_write(self) -> LastWrite | None:
         """What the runtime must remember of this runner once it ended: its last write, until the watch
         shows it; None when the watch already did (events come in order, so none older can follow)."""
+        if self.left_watch:
+            return None  # the watch showed its last write (as the workflow leaving it)
+        if self.wrote_finished_label:
+            return LastWrite(self.written, self.finalizer_set, finished_label=True)
         if self.seen_status == self.written and (FINALIZER in self.finalizers) == self.finalizer_set:
             return None
         return LastWrite(self.written, self.finalizer_set)
@@ -618,31 +630,54 @@ class Runner:
         if self.finalizer_set:
             return
         others = [f for f in self.finalizers if f != FINALIZER]
-        await self._patch({"metadata": {"finalizers": [*others, FINALIZER]}})
+        metadata: dict[str, Any] = {"finalizers": [*others, FINALIZER]}
+        if self.labelled_finished or self.wrote_finished_label:  # work again (a rollback): watched again,
+            metadata["labels"] = {FINISHED_LABEL: None}  # so that a restart resumes it
+        await self._patch({"metadata": metadata})
         self.finalizer_set = True
+        self.labelled_finished = self.wrote_finished_label = False
 
     async def _remove_finalizer(self) -> None:
         if not self.finalizer_set:
             return
         # Echoes of earlier writes may still show our finalizer in self.finalizers: keep the others only.
         others = [f for f in self.finalizers if f != FINALIZER]
+
+        def patch() -> dict[str, Any]:
+            # Decided again on every try: a 409 retry may bring a rollback asked for meanwhile.
+            metadata: dict[str, Any] = {"finalizers": others or None}
+            self.wrote_finished_label = self._done_for_good()
+            self.left_watch = False
+            if self.wrote_finished_label:
+                metadata["labels"] = {FINISHED_LABEL: "true"}
+            return {"metadata": metadata}
+
         try:
-            await self._patch({"metadata": {"finalizers": others or None}})
+            await self._patch(patch)
         except ApiException as error:
             if error.status != 404:
                 raise
+            self.wrote_finished_label = False  # it was deleted: the watch shows a deletion
         self.finalizer_set = False
 
-    async def _patch(self, patch: dict[str, Any], status: bool = False) -> None:
+    def _done_for_good(self) -> bool:
+        """Finished with nothing left to do here: no deletion under way, no rollback asked for (the finished
+        label takes the workflow out of the operator's watch)."""
+        rollback = self.spec.rollback and self.status.phase is WorkflowPhase.SUCCEEDED
+        return self.status.phase in UNWATCHED_PHASES and not rollback and not self.ref.deleting
+
+    async def _patch(self, patch: dict[str, Any] | Callable[[], dict[str, Any]], status: bool = False) -> None:
         """One merge PATCH of the workflow (of its status with STATUS), fenced by self.version. A conflict
         that someone else's change of spec or metadata caused (a rollback asked for, a label) is retried
-        on the new version; one where the status moved on is another writer's, and raises Fenced."""
+        on the new version; one where the status moved on is another writer's, and raises Fenced. PATCH may
+        be a function of this runner's state, called again for each try."""
         connection = self.host.connection
         write = connection.patch_workflow_status if status else connection.patch_workflow
         while True:
-            metadata = {**patch.get("metadata", {}), "resourceVersion": self.version}
+            body = patch() if callable(patch) else patch
+            metadata = {**body.get("metadata", {}), "resourceVersion": self.version}
             try:
-                written = await write(self.ref.namespace, self.ref.name, {**patch, "metadata": metadata})
+                written = await write(self.ref.namespace, self.ref.name, {**body, "metadata": metadata})
             except ApiException as error:
                 if error.status != 409 or self.version is None:
                     raise

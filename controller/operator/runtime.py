@@ -23,9 +23,9 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from controller import API_GROUP, API_VERSION
 from controller.api.capability import CapabilitySpec
-from controller.api.metadata import FINALIZER
+from controller.api.metadata import FINALIZER, FINISHED_LABEL, UNFINISHED_SELECTOR
 from controller.api.policy import PolicyObject
-from controller.api.workflow import TERMINAL_PHASES, WorkflowPhase, WorkflowSpec
+from controller.api.workflow import TERMINAL_PHASES, UNWATCHED_PHASES, WorkflowPhase, WorkflowSpec
 from controller.audit.writer import AuditWriter
 from controller.capabilities import custom, snapshots
 from controller.capabilities.base import Handler
@@ -44,6 +44,7 @@ FETCHED_TTL = 60.0  # seconds a Capability read ahead of the index is trusted wi
 # The condition on a workflow kept from starting because the admission webhooks are not registered
 ADMITTED = "Admitted"
 WEBHOOKS_MISSING = "WebhooksMissing"
+LABELLING_AT_ONCE = 4  # finished workflows labelled at once after an upgrade (_mark_finished)
 PLAN_THREADS = 4  # threads that re-run a plan whose templates need the isolated renderer (which blocks)
 log = logging.getLogger("airun.runtime")
 
@@ -90,7 +91,12 @@ class WorkflowRuntime:
         self.audit = audit or AuditWriter(None)
         self.metrics = Metrics()
         self.phases: dict[str, tuple[str, str]] = {}  # uid -> (namespace, phase), for airun_workflows
-        self.metrics.watch(lambda: list(self.phases.values()), lambda: self.indexes.pending_approvals())
+        # Namespaces where this replica saw workflows: their approval gauges read 0 rather than nothing
+        # once their workflows finished and left the watch (a set of names: bounded by the namespaces).
+        self.namespaces: set[str] = set()
+        self.metrics.watch(
+            lambda: list(self.phases.values()), lambda: self.indexes.pending_approvals(), lambda: list(self.namespaces)
+        )
         self.kube = connection.gateway()
         self.connection = connection
         self.registry = registry
@@ -116,6 +122,9 @@ class WorkflowRuntime:
         # With the context of the kopf handler that held each (kopf.event needs kopf's context variables).
         self.held: dict[str, tuple[kopf.Body, contextvars.Context]] = {}
         self.deleted_by: dict[str, str] = {}  # uid -> who deleted it (the DELETE webhook), for the audit
+        self.labelling: set[str] = set()  # uids of finished workflows being labelled so (_mark_finished)
+        self.labelling_slots = asyncio.Semaphore(LABELLING_AT_ONCE)
+        self.background: set[asyncio.Task[None]] = set()
         # Rate-limit counts and breakers of the policies: ConfigMaps of the operator's namespace
         # (controller/operator/limits.py).
         store = policy_state.Store(connection.api, custom.operator_namespace())
@@ -193,6 +202,7 @@ class WorkflowRuntime:
         uid = body.metadata.uid or ""
         if not self.shards.owns(uid) and uid not in self.runners:
             return  # another replica's (a shard this one takes over is listed again: adopt_shard)
+        self.namespaces.add(body.metadata.namespace or "")
         self.phases[uid] = (
             body.metadata.namespace or "",
             (body.get("status") or {}).get("phase") or WorkflowPhase.PENDING,
@@ -211,13 +221,46 @@ class WorkflowRuntime:
                 log.debug("%s/%s: stale watch event ignored", body.metadata.namespace, body.metadata.name)
                 return
             del self.finished[uid]
-        if not needs_work(body) or self.draining:  # while stopping, the next operator starts new ones
+        if not needs_work(body):
+            self._mark_finished(body)
+            return
+        if self.draining:  # while stopping, the next operator starts new ones
             return
         if await self._hold(body):
             return
         runner = Runner(self, body)
         self.runners[uid] = runner
         runner.task = asyncio.create_task(runner.run(), name=f"workflow {body.metadata.namespace}/{body.metadata.name}")
+
+    def _mark_finished(self, body: kopf.Body) -> None:
+        """A workflow that finished before the operator labelled its finished ones (an upgrade), or whose
+        label someone removed: labelled now, so that it leaves the watch (FINISHED_LABEL)."""
+        meta = body.metadata
+        uid = meta.uid or ""
+        if (
+            (body.get("status") or {}).get("phase") not in UNWATCHED_PHASES
+            or FINISHED_LABEL in (meta.get("labels") or {})
+            or FINALIZER in (meta.get("finalizers") or [])
+            or meta.get("deletionTimestamp")
+            or uid in self.labelling
+            or self.draining
+        ):
+            return
+        self.labelling.add(uid)
+        task = asyncio.create_task(self._label_finished(meta.namespace or "", meta.name or "", uid, meta))
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def _label_finished(self, namespace: str, name: str, uid: str, meta: Mapping[str, Any]) -> None:
+        patch = {"metadata": {"labels": {FINISHED_LABEL: "true"}, "resourceVersion": meta.get("resourceVersion")}}
+        try:
+            async with self.labelling_slots:  # an upgrade labels every finished workflow: a few at a time
+                await self.connection.patch_workflow(namespace, name, patch)
+        except ApiException as error:  # 409: it changed meanwhile (its next event decides again); 404: gone
+            if error.status not in (404, 409):
+                log.warning("%s/%s: could not label it finished: %s", namespace, name, error.reason)
+        finally:
+            self.labelling.discard(uid)
 
     async def _hold(self, body: kopf.Body) -> bool:
         """Keeps a workflow that has not started from starting while the webhooks are not registered,
@@ -263,11 +306,42 @@ class WorkflowRuntime:
         else:
             log.warning("the admission webhooks are not registered: no new workflow starts until they are")
 
-    def forget(self, body: kopf.Body) -> None:
+    async def gone(self, body: kopf.Body) -> None:
+        """The watch no longer shows the workflow (a DELETED event): deleted, or labelled finished, so that
+        it left the watch's selector. The API server then sends the body from before the change, so which
+        of the two it was is told by our own last write, else by reading the workflow back."""
+        uid = body.metadata.uid or ""
+        last = self.finished.get(uid)
+        runner = self.runners.get(uid)
+        left = (last is not None and last.finished_label) or (runner is not None and runner.wrote_finished_label)
+        if not left and not body.metadata.get("deletionTimestamp"):
+            left = await self._still_there(body)
+        if left and runner is not None:  # its last write's echo: it ends by itself, and keeps nothing then
+            runner.left_watch = True
+            self.phases.pop(uid, None)
+            return
+        self.forget(body, deleted=not left)
+
+    async def _still_there(self, body: kopf.Body) -> bool:
+        try:
+            fresh = await self.connection.custom.get_namespaced_custom_object(
+                API_GROUP, API_VERSION, body.metadata.namespace or "", "workflows", body.metadata.name or ""
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return bool((fresh.get("metadata") or {}).get("uid") == body.metadata.uid)
+
+    def forget(self, body: kopf.Body, deleted: bool = True) -> None:
+        """Drops what this replica holds of the workflow; its snapshots too when it was DELETED (a finished
+        one that only left the watch may still be rolled back: controller/operator/finished.py collects
+        them when it is deleted)."""
         self.held.pop(body.metadata.uid or "", None)
         self.deleted_by.pop(body.metadata.uid or "", None)
-        # The workflow is gone: nothing will restore from its snapshots any more.
-        snapshots.collect(self.settings.workspaces / (body.metadata.namespace or ""), body.metadata.uid or "")
+        if deleted:
+            # The workflow is gone: nothing will restore from its snapshots any more.
+            snapshots.collect(self.settings.workspaces / (body.metadata.namespace or ""), body.metadata.uid or "")
         self.phases.pop(body.metadata.uid or "", None)
         self.finished.pop(body.metadata.uid or "", None)
         runner = self.runners.pop(body.metadata.uid or "", None)
@@ -285,7 +359,9 @@ class WorkflowRuntime:
         those with work left start here, resuming from their status as after a restart."""
         if not self.indexes.bound:
             return  # kopf has not listed the workflows yet: it will, and observe() now takes this shard's
-        listed = await self.connection.custom.list_cluster_custom_object(API_GROUP, API_VERSION, "workflows")
+        listed = await self.connection.custom.list_cluster_custom_object(
+            API_GROUP, API_VERSION, "workflows", label_selector=UNFINISHED_SELECTOR
+        )
         count = self.shards.count
         mine = [item for item in listed.get("items") or [] if shard_of(item["metadata"]["uid"], count) == shard]
         log.info("shard %d: %d workflows", shard, len(mine))

@@ -10,6 +10,9 @@ Fail) an admin can still remove a foreign finalizer or change a label or annotat
 What stays guarded: any spec change, our annotations and labels (aifirst.dev/...), an Approval's
 ownerReferences, and the removal of our saga finalizer (it guarantees compensation) from a workflow that
 has not finished (once it has, anyone may remove it: the operator's own removal costs no webhook call).
+The finished label (aifirst.dev/finished) may be added without a webhook call to a finished workflow that
+no longer has the saga finalizer and is not being rolled back (the operator does so in that same removal);
+any other change of it reaches the webhook.
 """
 
 from __future__ import annotations
@@ -27,22 +30,44 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from controller import API_GROUP, API_VERSION
-from controller.api.metadata import FINALIZER, PREFIX
-from controller.api.workflow import TERMINAL_PHASES, WorkflowPhase
+from controller.api.metadata import FINALIZER, FINISHED_LABEL, PREFIX
+from controller.api.workflow import TERMINAL_PHASES, UNWATCHED_PHASES, WorkflowPhase
 
 PLURALS = ("workflows", "approvals", "capabilities", "policies", "clusterpolicies", "transactions")
 CHECK_EVERY = 10.0  # seconds between two checks that the configurations are registered
 log = logging.getLogger("airun.webhooks")
 
 
-def _ours_unchanged(field: str) -> str:
-    """CEL: the aifirst.dev/ keys of metadata.FIELD are the same before and after (removal included)."""
+def _ours_unchanged(field: str, but: str | None = None) -> str:
+    """CEL: the aifirst.dev/ keys of metadata.FIELD (BUT excepted) are the same before and after (removal
+    included)."""
     new, old = f"object.metadata.{field}", f"oldObject.metadata.{field}"
+    not_ours = f"!(k.startsWith('{PREFIX}') && k != '{but}')" if but else f"!k.startsWith('{PREFIX}')"
     return (
-        f"(!has({new}) || {new}.all(k, !k.startsWith('{PREFIX}')"
+        f"(!has({new}) || {new}.all(k, {not_ours}"
         f" || (has({old}) && k in {old} && {old}[k] == {new}[k])))"
-        f" && (!has({old}) || {old}.all(k, !k.startsWith('{PREFIX}') || (has({new}) && k in {new})))"
+        f" && (!has({old}) || {old}.all(k, {not_ours} || (has({new}) && k in {new})))"
     )
+
+
+def _label(obj: str, key: str) -> str:
+    """CEL: the value of label KEY of OBJ, '' when absent."""
+    labels = f"{obj}.metadata.labels"
+    return f"(has({labels}) && '{key}' in {labels} ? {labels}['{key}'] : '')"
+
+
+def finished_label_guarded() -> str:
+    """CEL: the finished label changes other than its addition to a finished workflow without our finalizer
+    and without a rollback still to do (admission.finished_label_refusal is the same rule in Python)."""
+    unwatched = ", ".join(f"'{p.value}'" for p in WorkflowPhase if p in UNWATCHED_PHASES)
+    addition = (
+        f"{_label('object', FINISHED_LABEL)} == 'true'"
+        f" && !(has(object.metadata.finalizers) && '{FINALIZER}' in object.metadata.finalizers)"
+        f" && has(oldObject.status) && has(oldObject.status.phase) && oldObject.status.phase in [{unwatched}]"
+        " && !(has(object.spec.rollback) && object.spec.rollback"
+        f" && oldObject.status.phase == '{WorkflowPhase.SUCCEEDED.value}')"
+    )
+    return f"{_label('object', FINISHED_LABEL)} != {_label('oldObject', FINISHED_LABEL)} && !({addition})"
 
 
 def guarded_update(plural: str) -> str:
@@ -52,12 +77,15 @@ def guarded_update(plural: str) -> str:
         data = "!has(object.data) || !has(oldObject.data) || object.data != oldObject.data"
         parts = ["request.operation != 'UPDATE'", data, f"!({_ours_unchanged('labels')})"]
         return " || ".join(f"({p})" for p in parts)
+    workflows = plural == "workflows"
     parts = [
         "request.operation != 'UPDATE'",
         "!has(object.spec) || !has(oldObject.spec) || object.spec != oldObject.spec",
         f"!({_ours_unchanged('annotations')})",
-        f"!({_ours_unchanged('labels')})",
+        f"!({_ours_unchanged('labels', FINISHED_LABEL if workflows else None)})",
     ]
+    if workflows:
+        parts.append(finished_label_guarded())
     removed = (
         f"has(oldObject.metadata.finalizers) && '{FINALIZER}' in oldObject.metadata.finalizers"
         f" && !(has(object.metadata.finalizers) && '{FINALIZER}' in object.metadata.finalizers)"

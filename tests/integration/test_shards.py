@@ -135,15 +135,15 @@ def test_a_killed_replicas_workflows_finish_on_the_others_and_none_runs_on_two_a
 
     found = all_terminal(kube, namespace, len(names), timeout=120)
     survivors = {first.pid, third.pid}
-    moved = [n for n in names if victim_pid in pids(workspace, n)]
-    assert moved, "r1 ran nothing: the test did not test a takeover"
+    # r1's workflows: those it was running at the kill went on elsewhere; one it had finished before (a busy
+    # machine is slow to notice its first step) stays finished. The checks below hold for all of them.
+    moved = [n for n in names if victim_pid in pids(workspace, n) and pids(workspace, n)[-1] in survivors]
+    assert moved, "no workflow of r1 finished on another replica: the test did not test a takeover"
     for name, obj in found.items():
         assert obj["status"]["phase"] == WorkflowPhase.SUCCEEDED, (name, obj["status"])
         # each step took effect once (a step in flight at the kill ran again with its key: idempotent)
         assert sorted(line.split()[1] for line in _lines(workspace / "ledgers" / f"{name}.log")) == ["s0", "s1", "s2"]
         assert never_back(pids(workspace, name)), (name, pids(workspace, name))
-    for name in moved:  # finished on a survivor
-        assert pids(workspace, name)[-1] in survivors, (name, pids(workspace, name))
     assert "r1" not in shard_holders(kube).values()
     assert AuditStore(restartable.audit_url).verify() == []  # three processes appended to one chain
 

@@ -12,8 +12,9 @@ from typing import Any
 import kopf
 from kubernetes_asyncio import client
 
-from controller.api.metadata import FINALIZER
+from controller.api.metadata import FINALIZER, FINISHED_LABEL
 from controller.capabilities import registry as capability_registry
+from controller.operator.admission import finished_label_refusal
 from controller.operator.kube import Connection
 from controller.operator.runner import LastWrite, Runner
 from controller.operator.runtime import RuntimeSettings, WorkflowRuntime
@@ -94,3 +95,66 @@ def test_a_runner_whose_last_write_the_watch_showed_leaves_nothing_behind(tmp_pa
         await closed(rt)
 
     asyncio.run(scenario())
+
+
+def test_the_echo_of_the_finished_label_is_not_taken_for_a_deletion(tmp_path: Path) -> None:
+    """The runner's last write labels the workflow finished; the watch (selector !aifirst.dev/finished) then
+    shows it leaving as DELETED with the body from before. Its snapshots stay: a rollback may need them."""
+
+    async def scenario() -> None:
+        rt = runtime(tmp_path)
+        folder = tmp_path / "ns" / ".airun" / "snapshots" / UID
+        folder.mkdir(parents=True)
+        rt.runner_ended(UID, LastWrite(SUCCEEDED, finalizer=False, finished_label=True))
+        await rt.gone(body(SUCCEEDED, finalizer=True))  # no GET: the connection here is never reached
+        assert folder.is_dir() and rt.finished == {} and UID not in rt.phases
+        deleted = dict(body(SUCCEEDED, finalizer=False))
+        deleted["metadata"] = {**deleted["metadata"], "deletionTimestamp": "2026-12-01T00:00:00Z"}
+        await rt.gone(kopf.Body(deleted))
+        assert not folder.exists()  # a deletion collects them
+        await closed(rt)
+
+    asyncio.run(scenario())
+
+
+def test_a_runner_labels_only_what_is_finished_for_good(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        rt = runtime(tmp_path)
+        runner = Runner(rt, body(SUCCEEDED, finalizer=True))
+        assert runner._done_for_good()
+        runner.spec = runner.spec.model_copy(update={"rollback": True})  # a rollback asked for: work again
+        assert not runner._done_for_good()
+        failed = Runner(rt, body({**SUCCEEDED, "phase": "CompensationFailed"}, finalizer=True))
+        assert not failed._done_for_good()  # waits for a person: stays watched (and counted)
+        running = Runner(rt, body(RUNNING, finalizer=True))
+        assert not running._done_for_good()
+        await closed(rt)
+
+    asyncio.run(scenario())
+
+
+def finished(phase: str = "Succeeded", *, label: str | None, finalizer: bool = False, rollback: bool = False) -> Any:
+    return {
+        "metadata": {
+            "labels": {FINISHED_LABEL: label} if label is not None else {},
+            "finalizers": [FINALIZER] if finalizer else [],
+        },
+        "spec": {**SPEC, "rollback": rollback},
+        "status": {"phase": phase},
+    }
+
+
+def test_who_may_label_a_workflow_finished() -> None:
+    assert finished_label_refusal(finished(label=None), finished(label="true")) is None  # the operator's write
+    assert finished_label_refusal(finished(label="true"), finished(label=None)) is None  # removal: watched again
+    assert finished_label_refusal(finished("Running", label=None), finished("Running", label="true"))
+    assert finished_label_refusal(finished(label=None, finalizer=True), finished(label="true", finalizer=True))
+    assert finished_label_refusal(finished(label=None), finished(label="true", rollback=True))  # still to do
+    compensated = finished("Compensated", label=None, rollback=True)
+    assert (
+        finished_label_refusal(compensated, {**compensated, "metadata": {"labels": {FINISHED_LABEL: "true"}}}) is None
+    )
+    assert finished_label_refusal(
+        finished("CompensationFailed", label=None), finished("CompensationFailed", label="true")
+    )
+    assert finished_label_refusal(finished(label=None), finished(label="yes"))
