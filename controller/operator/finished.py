@@ -30,6 +30,7 @@ from controller.api.metadata import FINISHED_LABEL
 from controller.capabilities import snapshots
 from controller.operator import kube
 
+METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 PAGE = 500  # workflows per page of the sweep's LIST (its memory stays bounded with many)
 WATCH_SECONDS = 300  # one watch request's length (server side); the next goes on from its resourceVersion
 RETRY_SECONDS = 5.0  # after an error (the API server restarting, say)
@@ -43,9 +44,17 @@ async def live_workflows(connection: kube.Connection) -> tuple[list[str], str]:
     token: str | None = None
     version = ""
     while True:
-        more: dict[str, Any] = {"_continue": token} if token else {}
-        page = await connection.custom.list_cluster_custom_object(
-            API_GROUP, API_VERSION, "workflows", limit=PAGE, **more
+        query: list[tuple[str, Any]] = [("limit", PAGE)] + ([("continue", token)] if token else [])
+        # Metadata only (PartialObjectMetadataList): a tenth of the bytes, and of the operator's memory.
+        page: Any = await connection.api.call_api(
+            "/apis/{group}/{version}/{plural}",
+            "GET",
+            {"group": API_GROUP, "version": API_VERSION, "plural": "workflows"},
+            query,
+            {"Accept": METADATA_ONLY},
+            response_types_map={200: "object"},
+            auth_settings=["BearerToken"],
+            _return_http_data_only=True,
         )
         uids += [item["metadata"]["uid"] for item in page.get("items") or []]
         metadata = page.get("metadata") or {}
