@@ -10,7 +10,7 @@ from typing import Any
 
 from controller.api.metadata import FINALIZER, FINISHED_LABEL
 from controller.api.workflow import WorkflowPhase
-from tests.integration.test_saga import wait_terminal, wf, workspace, write
+from tests.integration.test_saga import wf, workspace, write
 from tests.kube import Kube
 
 __all__ = ["workspace"]  # the fixture
