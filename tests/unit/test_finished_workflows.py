@@ -18,6 +18,7 @@ from controller.operator.admission import finished_label_refusal
 from controller.operator.kube import Connection
 from controller.operator.runner import LastWrite, Runner
 from controller.operator.runtime import RuntimeSettings, WorkflowRuntime
+from controller.operator.shards import Standalone
 
 UID = "0b3c5e1a-finished"
 SPEC = {"steps": [{"name": "s0", "capability": "sys.sleep", "inputs": {"seconds": 0}}]}
@@ -158,3 +159,26 @@ def test_who_may_label_a_workflow_finished() -> None:
         finished("CompensationFailed", label=None), finished("CompensationFailed", label="true")
     )
     assert finished_label_refusal(finished(label=None), finished(label="yes"))
+
+
+class OwnsNothing(Standalone):
+    """Another replica holds every shard."""
+
+    def owns(self, uid: str) -> bool:
+        return False
+
+
+def test_a_replica_that_does_not_own_the_workflow_reads_nothing_back_when_it_leaves(tmp_path: Path) -> None:
+    """Every replica sees each finished workflow leave; only the owner may need to read it back (here a GET
+    would fail: the connection is never reached), and the owner collects the snapshots of a deletion."""
+
+    async def scenario() -> None:
+        rt = runtime(tmp_path)
+        rt.shards = OwnsNothing()
+        folder = tmp_path / "ns" / ".airun" / "snapshots" / UID
+        folder.mkdir(parents=True)
+        await rt.gone(body(SUCCEEDED, finalizer=True))
+        assert folder.is_dir()
+        await closed(rt)
+
+    asyncio.run(scenario())
