@@ -19,6 +19,9 @@ import hashlib
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,10 +29,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Integer, String, Text, create_engine, event, insert, or_, select, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 log = logging.getLogger("airun.audit")
@@ -39,6 +41,10 @@ RECORD_LIMIT = 64 * 1024  # bytes of one record's payload (its JSON)
 PREVIEW_CHARS = 256
 KIND_LENGTH = 64
 MIGRATIONS = Path(__file__).with_name("migrations")
+# The newest Alembic revision in MIGRATIONS (a test checks it is Alembic's head): a store already there
+# is not migrated, and the operator's process never imports Alembic (about 11 MiB).
+SCHEMA_REVISION = "0002"
+URL_VARIABLE = "AIRUN_AUDIT_URL_TO_MIGRATE"  # the child process's URL: not in its command line (passwords)
 COLUMNS = (
     "id",
     "recorded_at",
@@ -196,7 +202,36 @@ class AuditStore:
             _serialise_sqlite_writers(self.engine)
         self._lock = threading.Lock()  # appends are serialised: each needs the previous hash
 
-    def migrate(self) -> None:
+    def revision(self) -> str | None:
+        """The schema's Alembic revision, None before the first migration."""
+        with self.engine.connect() as connection:
+            try:
+                return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            except DBAPIError:  # no such table (SQLite and PostgreSQL raise different subclasses)
+                return None
+
+    def migrate(self, isolated: bool = False) -> None:
+        """Create or upgrade the schema, unless it is SCHEMA_REVISION already. ISOLATED: in a child process,
+        so that Alembic is not loaded into this one for good (the operator's)."""
+        if self.revision() == SCHEMA_REVISION:
+            return
+        if not isolated:
+            self._upgrade()
+            return
+        child = subprocess.run(
+            [sys.executable, "-m", "controller.audit.store"],
+            env={**os.environ, URL_VARIABLE: self.url},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if child.returncode != 0:
+            raise RuntimeError(f"migrating the audit store failed: {child.stderr.strip()[-2000:]}")
+
+    def _upgrade(self) -> None:
+        from alembic import command
+        from alembic.config import Config
+
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         with self.engine.begin() as connection:
@@ -336,3 +371,7 @@ class AuditStore:
                 writer.writerow({**row, "payload": json.dumps(row["payload"], sort_keys=True)})
             return out.getvalue()
         raise ValueError(f"unknown format {fmt!r} (jsonl or csv)")
+
+
+if __name__ == "__main__":  # AuditStore.migrate(isolated=True)
+    AuditStore(os.environ[URL_VARIABLE]).migrate()

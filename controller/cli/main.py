@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller import lazy_kubernetes
+from controller import lazy_imports
 
-lazy_kubernetes.install()  # before any command's module imports the client (docs/architecture.md, "Costs")
+lazy_imports.install()  # before any command's module imports the libraries it defers (docs/architecture.md, "Costs")
 
 import click  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -17,7 +17,20 @@ console = Console(stderr=True)
 
 
 class _Airun(click.Group):
-    """Turns "the API server cannot be reached" into one clear line instead of a traceback."""
+    """Turns "the API server cannot be reached" into one clear line instead of a traceback. The commands
+    of the other CLI modules are registered when first looked for, so `airun operator` (the operator's
+    process) never imports them and what they import (docs/architecture.md, "Costs")."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        found = super().get_command(ctx, cmd_name)
+        if found is None:
+            _register_commands()
+            found = super().get_command(ctx, cmd_name)
+        return found
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        _register_commands()
+        return super().list_commands(ctx)
 
     def invoke(self, ctx: click.Context) -> Any:
         from urllib3.exceptions import HTTPError
@@ -182,10 +195,9 @@ def _register_commands() -> None:
 
     for module in (workflows, calls, dashboard, mcp, governance, audit):
         for command in module.COMMANDS:
-            main.add_command(command)
+            if command.name not in main.commands:
+                main.add_command(command)
 
-
-_register_commands()
 
 if __name__ == "__main__":
     main()

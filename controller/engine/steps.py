@@ -281,7 +281,9 @@ class CapabilityStep:
     person) allow it and its compensation, then one attempt at a time, each checkpointed first."""
 
     def problems(self, step: Step, capabilities: Mapping[str, CapabilitySpec]) -> list[str]:
-        cap = capabilities.get(step.capability or "")
+        if not step.capability:
+            return [f"step {step.name!r}: an Action step needs a capability (or set type: Approval for a human gate)"]
+        cap = capabilities.get(step.capability)
         if cap is None:
             return [f"step {step.name!r}: unknown capability {step.capability!r}"]
         errors = []
@@ -459,12 +461,22 @@ class CapabilityStep:
 # -- approval gates (type Approval) ------------------------------------------------------------------
 
 
+APPROVAL_TAKES_NONE = frozenset({"inputs", "retry", "compensation"})  # fields of Step
+
+
 class ApprovalGate:
     """An explicit human gate: it runs nothing, and succeeds once a person approved it (its output
     `approvedBy` names them)."""
 
     def problems(self, step: Step, capabilities: Mapping[str, CapabilitySpec]) -> list[str]:
-        # its shape (no capability, inputs, retry or compensation) is the CRD's rule
+        # Its shape is checked here, not by a CEL rule on the CRD: the API server would evaluate that
+        # rule for every step on every status write (docs/architecture.md, "What is checked where").
+        if step.capability is not None:
+            return [f"step {step.name!r}: an Approval step is a human gate and takes no capability"]
+        given = sorted(APPROVAL_TAKES_NONE & step.model_fields_set)
+        if given:
+            has = ", ".join(given)
+            return [f"step {step.name!r}: an Approval step takes no inputs, retry or compensation (it has {has})"]
         if step.idempotent:
             return [f"step {step.name!r}: an Approval step runs nothing, so it cannot be idempotent"]
         return []

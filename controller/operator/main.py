@@ -174,7 +174,7 @@ def _audit_writer(options: OperatorOptions) -> AuditWriter:
     store = None
     if options.audit_url:
         store = AuditStore(options.audit_url)
-        store.migrate()  # once, at start-up, before anything else runs
+        store.migrate(isolated=True)  # once, at start-up, before anything else runs
     return AuditWriter(store)
 
 

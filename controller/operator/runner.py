@@ -150,13 +150,30 @@ class LastWrite:
     finished_label: bool = False
 
 
+def _reference(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The object's kind and identity, and its labels (as the workflow started), for events and policies."""
+    meta = body.get("metadata") or {}
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+            "labels": dict(meta.get("labels") or {}),
+        },
+    }
+
+
 class Runner:
     """One workflow's saga in this process."""
 
     def __init__(self, host: RunnerHost, body: kopf.Body) -> None:
         self.host = host
         self.task: asyncio.Task[None] | None = None
-        self.body: Mapping[str, Any] = dict(body)
+        # What the events name and the policies read of the object: not the whole first body (its
+        # managedFields, spec and status as parsed JSON would stay in memory as long as the runner).
+        self.reference: Mapping[str, Any] = _reference(body)
         meta = body.metadata
         self.ref = saga.WorkflowRef(
             meta.name or "",
@@ -182,7 +199,7 @@ class Runner:
         # with the watch, so a write after anyone else's status write fails (409) instead of undoing it.
         self.version: str | None = meta.get("resourceVersion")
         self.fenced_by: Mapping[str, Any] | None = None
-        self.seen_status = dict(body.get("status") or {})  # as the watch last showed it
+        self.status_shown = dict(body.get("status") or {}) == self.written  # the watch showed self.written
         self.actions: dict[str, asyncio.Task[None]] = {}
         self.compensations: dict[str, asyncio.Task[None]] = {}
         self.outcomes: list[saga.ActionResult | saga.CompensationResult] = []
@@ -209,7 +226,8 @@ class Runner:
         )
         self.finalizers = list(meta.get("finalizers") or [])
         self.labelled_finished = FINISHED_LABEL in (meta.get("labels") or {})
-        self.seen_status = dict(body.get("status") or {})
+        # Compared here rather than kept: the body's status is not held once the runner has seen it.
+        self.status_shown = dict(body.get("status") or {}) == self.written
         self.rollback_by = _annotation(body, ROLLBACK_BY_ANNOTATION)
         if ref != self.ref:  # a spec change (rollback) bumps the generation; deletion sets a timestamp
             self.ref = ref
@@ -228,7 +246,7 @@ class Runner:
             approvals=self.host.approvals(self.ref.namespace, self.ref.uid),
             in_flight=frozenset(self.actions),
             compensating=frozenset(self.compensations),
-            labels=dict((self.body.get("metadata") or {}).get("labels") or {}),
+            labels=dict(self.reference["metadata"]["labels"]),
         )
 
     # -- the loop ------------------------------------------------------------------------------------
@@ -288,7 +306,7 @@ class Runner:
             return None  # the watch showed its last write (as the workflow leaving it)
         if self.wrote_finished_label:
             return LastWrite(self.written, self.finalizer_set, finished_label=True)
-        if self.seen_status == self.written and (FINALIZER in self.finalizers) == self.finalizer_set:
+        if self.status_shown and (FINALIZER in self.finalizers) == self.finalizer_set:
             return None
         return LastWrite(self.written, self.finalizer_set)
 
@@ -346,7 +364,7 @@ class Runner:
             level = logging.WARNING if event.type is EventType.WARNING else logging.INFO
             log.log(level, "%s: %s", event.reason, event.message, extra=self._log_context())
             kopf.event(
-                self.body,  # type: ignore[arg-type]  # any mapping with metadata will do
+                self.reference,  # type: ignore[arg-type]  # any mapping with metadata will do
                 type=event.type,
                 reason=event.reason,
                 message=event.message,
@@ -434,7 +452,7 @@ class Runner:
                 message=status.message,
             )
             kopf.event(
-                self.body,  # type: ignore[arg-type]
+                self.reference,  # type: ignore[arg-type]
                 type=EventType.WARNING,
                 reason=status.reason or Reason.INTERNAL_ERROR,
                 message=status.message or "",
@@ -623,6 +641,7 @@ class Runner:
             await self._patch({"status": patch}, status=True)
             self.host.metrics.status_writes.inc()
             self.written = after
+            self.status_shown = False  # until the watch shows this write
             self.unwritten_since = None
         self.status = status
 

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import kopf
+from kopf._core.actions import execution as kopf_execution
+from kopf._core.reactor import subhandling as kopf_subhandling
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from controller import API_GROUP, API_VERSION
@@ -46,6 +48,17 @@ ADMITTED = "Admitted"
 WEBHOOKS_MISSING = "WebhooksMissing"
 LABELLING_AT_ONCE = 4  # finished workflows labelled at once after an upgrade (_mark_finished)
 PLAN_THREADS = 4  # threads that re-run a plan whose templates need the isolated renderer (which blocks)
+# kopf's variables of the handler being run: the cause (the watch event and its body), the handler and its
+# sub-handlers (private, as kopf has no public way to start a task outside a handler's context).
+KOPF_CAUSE_VARS: tuple[contextvars.ContextVar[Any], ...] = (
+    kopf_execution.cause_var,
+    kopf_execution.handler_var,
+    kopf_execution.subrefs_var,
+    kopf_execution.sublifecycle_var,
+    kopf_execution.subsettings_var,
+    kopf_subhandling.subregistry_var,
+    kopf_subhandling.subexecuted_var,
+)
 log = logging.getLogger("airun.runtime")
 
 
@@ -66,6 +79,20 @@ class Indexes:
         # Set at the first kopf handler call (kopf calls none before its indexes are loaded): until then the
         # views above are empty, and no workflow may be judged by them.
         self.bound = False
+
+
+def _forget_the_cause() -> None:
+    for var in KOPF_CAUSE_VARS:
+        var.set(None)
+
+
+def _runner_context() -> contextvars.Context:
+    """The context of a runner's task: the current one (kopf's settings and event queue, which
+    kopf.event needs) without the watch event that started it. A task keeps a copy of the context it was
+    created in for as long as it runs, and kopf's per-handler variables hold the event's whole body."""
+    context = contextvars.copy_context()
+    context.run(_forget_the_cause)
+    return context
 
 
 def needs_work(body: Mapping[str, Any]) -> bool:
@@ -230,7 +257,9 @@ class WorkflowRuntime:
             return
         runner = Runner(self, body)
         self.runners[uid] = runner
-        runner.task = asyncio.create_task(runner.run(), name=f"workflow {body.metadata.namespace}/{body.metadata.name}")
+        runner.task = asyncio.create_task(
+            runner.run(), name=f"workflow {body.metadata.namespace}/{body.metadata.name}", context=_runner_context()
+        )
 
     def _mark_finished(self, body: kopf.Body) -> None:
         """A workflow that finished before the operator labelled its finished ones (an upgrade), or whose

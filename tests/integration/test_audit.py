@@ -107,6 +107,43 @@ for i in range(int(sys.argv[3])):
 """
 
 
+ISOLATED_MIGRATION = """
+import sys
+from controller.audit.store import AuditStore
+store = AuditStore(sys.argv[1])
+store.migrate(isolated=True)
+assert store.revision() == sys.argv[2], store.revision()
+store.append("step.finished", namespace="ns", workflow="wf", workflow_uid="u", payload={})
+store.migrate(isolated=True)  # at the newest revision already: nothing runs
+print(sorted(m for m in sys.modules if m.split(".")[0] == "alembic"))
+"""
+
+
+def test_the_operator_migrates_in_a_child_process_and_never_loads_alembic(store: AuditStore) -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from controller.audit.store import MIGRATIONS, SCHEMA_REVISION
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_current_head() == SCHEMA_REVISION  # a new migration: bump it
+    with store.engine.begin() as c:  # as before the first start
+        c.execute(text("DROP TABLE IF EXISTS audit_records"))
+        c.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    assert store.revision() is None
+    child = subprocess.run(
+        [sys.executable, "-c", ISOLATED_MIGRATION, store.url, SCHEMA_REVISION],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == "[]"
+    assert [r.kind for r in store.records()] == ["step.finished"]
+
+
 def test_replicas_appending_at_once_keep_one_unbroken_chain(store: AuditStore) -> None:
     """Several operator replicas (--shards) append to one store: each append reads the last hash and
     writes after it, so appends must be serialised across processes, not only threads."""

@@ -128,12 +128,13 @@ INVALID: list[tuple[str, Any, Any, str]] = [
     ("no-steps", valid_workflow, lambda m: m["spec"].pop("steps"), "spec.steps: Required value"),
     ("empty-steps", valid_workflow, lambda m: m["spec"].update(steps=[]), "spec.steps"),
     # Duplicate step names, unknown dependencies and cycles are refused by the operator's admission webhook
-    # (test_governance.py), not by CEL: spec rules would be evaluated again on every status write.
+    # (test_governance.py), not by CEL: spec rules would be evaluated again on every status write. So is
+    # the shape of each step (WEBHOOK_CASES): a CEL rule per step costs the API server CPU on every checkpoint.
     (
         "self-dependency",
         valid_workflow,
         lambda m: _step(m, 0).update(dependsOn=["create_database"]),
-        'spec.steps[0].dependsOn: Invalid value: "object": a step cannot depend on itself',
+        "step 'create_database' depends on itself",
     ),
     (
         "duplicate-dependency",
@@ -321,14 +322,19 @@ INVALID: list[tuple[str, Any, Any, str]] = [
 ]
 
 
+WEBHOOK_CASES = {"self-dependency", "action-without-capability", "approval-with-capability", "approval-with-inputs"}
+
+
 def test_at_least_25_distinct_invalid_manifests() -> None:
     assert len({case[0] for case in INVALID}) >= 25
 
 
 @pytest.mark.parametrize(("case", "factory", "mutate", "expected"), INVALID, ids=[c[0] for c in INVALID])
 def test_invalid_manifest_is_refused(
-    kube: Kube, namespace: str, case: str, factory: Any, mutate: Any, expected: str
+    request: pytest.FixtureRequest, kube: Kube, namespace: str, case: str, factory: Any, mutate: Any, expected: str
 ) -> None:
+    if case in WEBHOOK_CASES:
+        request.getfixturevalue("operator")  # refused by its validating webhook
     manifest = copy.deepcopy(factory())
     # The unmodified manifest is accepted, so the refusal below is due to the mutation alone.
     assert kube.apply(manifest, namespace=namespace, dry_run=True, check=False).returncode == 0

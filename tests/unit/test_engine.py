@@ -267,6 +267,26 @@ def test_idempotent_is_refused_for_capabilities_that_do_not_send_the_key() -> No
     ]
 
 
+def test_the_shape_of_each_step_is_checked_before_it_runs() -> None:
+    """The admission webhook's checks of a step's shape (not CEL rules on the CRD, which the API server
+    would evaluate on every status write)."""
+    approval = {"name": "gate", "type": "Approval"}
+    cases = {
+        "an Action step needs a capability (or set type: Approval for a human gate)": {"name": "a"},
+        "an Approval step is a human gate and takes no capability": {**approval, "capability": "io.fs.delete"},
+        "an Approval step takes no inputs, retry or compensation (it has inputs)": {**approval, "inputs": {}},
+        "an Approval step takes no inputs, retry or compensation (it has compensation, retry)": {
+            **approval,
+            "retry": {"limit": 1},
+            "compensation": {"capability": "io.fs.delete"},
+        },
+    }
+    for message, shape in cases.items():
+        assert saga.spec_errors(workflow(shape), CAPS) == [f"step {shape['name']!r}: {message}"], message
+    assert saga.spec_errors(workflow(approval, step("a", deps=("gate",))), CAPS) == []
+    assert "step 'a' depends on itself" in saga.spec_errors(workflow(step("a", deps=("a",))), CAPS)
+
+
 # -- governance -----------------------------------------------------------------------------------------
 
 
