@@ -182,3 +182,24 @@ def test_a_replica_that_does_not_own_the_workflow_reads_nothing_back_when_it_lea
         await closed(rt)
 
     asyncio.run(scenario())
+
+
+def test_a_runners_task_does_not_keep_the_watch_event_that_started_it() -> None:
+    """kopf's handler variables hold the event's cause (its whole body); a task keeps a copy of the context
+    it was created in for as long as it runs, so the runner's task is created without them, but with the
+    variables kopf.event needs."""
+    import contextvars
+
+    from kopf._core.actions import execution
+    from kopf._core.engines import posting
+
+    from controller.operator.runtime import _runner_context
+
+    def in_a_handler() -> contextvars.Context:
+        execution.cause_var.set("the cause, with the body")  # type: ignore[arg-type]
+        posting.event_queue_var.set("the event queue")  # type: ignore[arg-type]
+        return _runner_context()
+
+    context = contextvars.copy_context().run(in_a_handler)
+    assert context[execution.cause_var] is None
+    assert context[posting.event_queue_var] == "the event queue"
