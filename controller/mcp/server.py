@@ -45,6 +45,26 @@ name and the workflow's name at once: a person (not you) approves it, then call 
 MERGE_PATCH = "application/merge-patch+json"  # kubernetes_asyncio sends a JSON patch unless told
 
 
+APPROVAL_FOLLOWS_SECONDS = 3.0
+
+
+async def _approval(custom: client.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any] | None:
+    """The Approval NAME, None if the caller may not read it (the name and the command are enough then).
+    The operator checkpoints a step as AwaitingApproval before it creates the Approval (write-ahead), so
+    it may not exist yet: a 404 is asked again for a few seconds."""
+    deadline = time.monotonic() + APPROVAL_FOLLOWS_SECONDS
+    while True:
+        try:
+            found: dict[str, Any] = await custom.get_namespaced_custom_object(
+                API_GROUP, API_VERSION, namespace, "approvals", name
+            )
+            return found
+        except ApiException as error:
+            if error.status != 404 or time.monotonic() >= deadline:
+                return None
+        await anyio.sleep(0.1)
+
+
 @dataclass
 class Settings:
     namespace: str
@@ -180,14 +200,10 @@ class AirunTools:
         for step, approval in pending.items():
             entry: dict[str, Any] = {"step": step, "approval": approval}
             entry["approve"] = _approve_command(namespace, approval)
-            try:
-                obj: Any = await custom.get_namespaced_custom_object(
-                    API_GROUP, API_VERSION, namespace, "approvals", approval
-                )
+            obj = await _approval(custom, namespace, approval)
+            if obj is not None:
                 spec = obj.get("spec") or {}
                 entry.update({k: spec[k] for k in ("message", "approvers", "expiresAt") if spec.get(k)})
-            except ApiException:
-                pass  # the caller may not read approvals; the name and the command are enough
             approvals.append(entry)
         first = approvals[0]
         text = (
