@@ -36,11 +36,11 @@ LAZY_PACKAGES = ("client", "client.api", "client.models")
 _IMPORT = re.compile(r"^from ([\w.]+) import (\w+)$", re.MULTILINE)
 
 
-def _stand_in(name: str, directory: Path) -> types.ModuleType:
-    """A package module NAME in DIRECTORY whose top-level names are imported when first read."""
+def _package_module(name: str, directory: Path) -> tuple[types.ModuleType, str]:
+    """An empty package module NAME in DIRECTORY (its submodules importable, its `__init__.py` not run,
+    its `__version__` copied), and the source of that `__init__.py`."""
     init = directory / "__init__.py"
     source = init.read_text()
-    origin = {attribute: module for module, attribute in _IMPORT.findall(source)}
     spec = importlib.machinery.ModuleSpec(name, None, origin=str(init), is_package=True)
     spec.submodule_search_locations = [str(directory)]
     module = importlib.util.module_from_spec(spec)
@@ -48,6 +48,13 @@ def _stand_in(name: str, directory: Path) -> types.ModuleType:
     version = re.search(r'^__version__ = "([^"]+)"$', source, re.MULTILINE)
     if version:
         module.__version__ = version.group(1)  # type: ignore[attr-defined]
+    return module, source
+
+
+def _stand_in(name: str, directory: Path) -> types.ModuleType:
+    """A package module NAME in DIRECTORY whose top-level names are imported when first read."""
+    module, source = _package_module(name, directory)
+    origin = {attribute: submodule for submodule, attribute in _IMPORT.findall(source)}
 
     def __getattr__(attribute: str) -> Any:
         if attribute not in origin:
@@ -92,14 +99,7 @@ def _install_sync_client() -> None:
     directory = _package_directory(SYNC_CLIENT)
     if directory is None:
         return
-    init = directory / "__init__.py"
-    spec = importlib.machinery.ModuleSpec(SYNC_CLIENT, None, origin=str(init), is_package=True)
-    spec.submodule_search_locations = [str(directory)]
-    module = importlib.util.module_from_spec(spec)
-    module.__file__ = str(init)
-    version = re.search(r'^__version__ = "([^"]+)"$', init.read_text(), re.MULTILINE)
-    if version:
-        module.__version__ = version.group(1)  # type: ignore[attr-defined]
+    module, _ = _package_module(SYNC_CLIENT, directory)
 
     def __getattr__(attribute: str) -> Any:
         if attribute.startswith("__") or not (directory / attribute).is_dir():
@@ -154,12 +154,11 @@ def _defer(package: str, leaf: str, functions: tuple[str, ...] = ()) -> None:
 
 
 def _install_async_client() -> None:
-    if any(name == CLIENT or name.startswith(f"{CLIENT}.") for name in sys.modules):
+    if _imported(CLIENT):
         return  # already imported (or being imported): the real packages stay
-    found = importlib.util.find_spec(CLIENT)  # finds the package without running it
-    if found is None or found.origin is None:
+    root = _package_directory(CLIENT)
+    if root is None:
         return
-    root = Path(found.origin).parent
     modules = {}
     for package in LAZY_PACKAGES:
         directory = root.joinpath(*package.split("."))
