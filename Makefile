@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export AIRUN_STATE_DIR ?= $(CURDIR)/.airun
 
-.PHONY: help venv binaries node-binaries tools postgres inspector node-packages up down test test-unit test-integration e2e e2e-down kind-e2e demo bench bench-peers bench-shards lint clean
+.PHONY: help venv binaries node-binaries tools postgres inspector node-packages up down test test-unit test-integration e2e e2e-down kind-e2e demo bench bench-peers bench-shards bench-faults lint clean
 help:
 	@echo "make demo    start everything and run the examples end to end"
 	@echo "make test    the whole test suite (starts a private control plane)"
@@ -14,6 +14,7 @@ help:
 	@echo "make lint    ruff, mypy, import-linter;  make bench  benchmarks"
 	@echo "make bench-peers  the same chain on this operator and on a Temporal dev server (builds it once)"
 	@echo "make bench-shards the same chain run by 1, 2 and 3 operator replicas sharing shard Leases"
+	@echo "make bench-faults 50 workflows of idempotent POSTs, the operator SIGKILLed 20 times: lost/doubled/orphaned"
 	@echo "make e2e     the operator image and the chart on a node of this machine (kubelet, containerd; root)"
 	@echo "make kind-e2e  the same on a kind cluster (needs Docker and kind)"
 
@@ -93,6 +94,10 @@ bench: venv binaries
 # The same chain run by 1, 2 and 3 operator replicas sharing the workflows through shard Leases (--shards).
 bench-shards: venv binaries
 	$(BIN)/python -m bench.shards
+
+# Issue 14's fault run: idempotent HTTP steps, the operator SIGKILLed at random (FAULTS_ARGS=--replicas 3).
+bench-faults: venv binaries
+	$(BIN)/python -m bench.faults $(FAULTS_ARGS)
 
 # The same N x M chain on this operator and on Temporal (its CLI's dev server built from the Go module proxy
 # into the tools cache, about 4 min once; the temporalio SDK into .venv). A benchmark: never run by `make test`.
