@@ -14,6 +14,37 @@ class _Model(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="ignore")
 
 
+class _Untracked(frozenset[str]):
+    """Stands in for pydantic's per-instance record of the fields given explicitly (`model_fields_set`) in the
+    status models, where nothing reads it: a set of five or more names takes 728 bytes, two thirds of a
+    Condition, and the operator holds a status of every running workflow (1,000 at once: 6 MiB of such
+    sets for the conditions alone). One shared, empty instance that ignores pydantic's additions, and that
+    copies and deep copies (model_copy) leave shared."""
+
+    def add(self, name: str) -> None:
+        pass
+
+    def update(self, *names: Any) -> None:
+        pass
+
+    def __copy__(self) -> _Untracked:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Untracked:
+        return self
+
+
+UNTRACKED = _Untracked()
+
+
+class _StatusModel(_Model):
+    """A part of `.status`: written by the operator only, never dumped with exclude_unset, so which fields
+    were given is not kept (model_fields_set is empty)."""
+
+    def model_post_init(self, context: Any, /) -> None:
+        object.__setattr__(self, "__pydantic_fields_set__", UNTRACKED)
+
+
 class StepType(StrEnum):
     ACTION = "Action"
     APPROVAL = "Approval"
@@ -130,7 +161,7 @@ class EventType(StrEnum):
     WARNING = "Warning"
 
 
-class CompensationStatus(_Model):
+class CompensationStatus(_StatusModel):
     phase: StepPhase | None = None
     capability: str | None = None
     inputs: dict[str, Any] | None = None
@@ -144,7 +175,7 @@ class CompensationStatus(_Model):
     finished_at: str | None = Field(None, alias="finishedAt")
 
 
-class PolicyCondition(_Model):
+class PolicyCondition(_StatusModel):
     """The `when:` condition of the rule that decided a step, and what it saw (redacted)."""
 
     rule: str  # e.g. "ClusterPolicy baseline rule 2"
@@ -153,7 +184,7 @@ class PolicyCondition(_Model):
     error: str | None = Field(None, description="Why it failed to evaluate (the decision is then DENY).")
 
 
-class StepStatus(_Model):
+class StepStatus(_StatusModel):
     name: str
     phase: StepPhase = StepPhase.PENDING
     attempts: int = 0
@@ -173,7 +204,7 @@ class StepStatus(_Model):
     compensation: CompensationStatus | None = None
 
 
-class Condition(_Model):
+class Condition(_StatusModel):
     type: str
     status: str
     reason: str = ""
@@ -182,7 +213,7 @@ class Condition(_Model):
     observed_generation: int | None = Field(None, alias="observedGeneration")
 
 
-class WorkflowStatus(_Model):
+class WorkflowStatus(_StatusModel):
     phase: WorkflowPhase | None = None
     reason: str | None = None
     message: str | None = None

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import inspect
 import ssl
-from dataclasses import dataclass
+from asyncio import sslproto
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -22,6 +23,14 @@ class Connection:
     # The field manager of the operator's writes to its objects: each replica's identity when there are
     # several (kubectl get --show-managed-fields then says which replica wrote a status last).
     field_manager: str | None = None
+    others: list[client.ApiClient] = field(default_factory=list)  # separate pools (separate_pool), closed too
+
+    def separate_pool(self) -> client.ApiClient:
+        """A client with connections of its own, for requests that must not queue behind the workflows'
+        (the shard Leases' renewals: a renewal that waits too long fences the replica)."""
+        api = client.ApiClient(self.configuration)
+        self.others.append(api)
+        return api
 
     async def bearer_token(self) -> str | None:
         """The current bearer token, if the credentials are a token: in a Pod the projected ServiceAccount
@@ -90,7 +99,26 @@ class Connection:
         return KubeGateway(str(c.host), context, self.bearer_token)
 
     async def close(self) -> None:
-        await self.api.close()
+        for api in [self.api, *self.others]:
+            await api.close()
+
+
+# At most this many requests at once on one client's pool (kubernetes_asyncio's default is 100): each
+# connection stays open, with its buffers, long after a burst (1,000 workflows created at once opened 34).
+# Requests beyond these wait for a free connection. Two are held by the operator's own watches (finished
+# workflows, credentials); one replica's status writes, about 10 ms each at most 80 steps/s, keep a few
+# of the rest busy.
+POOL_CONNECTIONS = 16
+# asyncio gives every TLS connection a read buffer of SSLProtocol.max_size (256 KiB), zero-filled when the
+# connection opens, so resident for as long as it stays open: the operator keeps about 30 (kopf's watches,
+# its Event posts, this client's pool, the webhook server's clients), 7.5 MiB. A TLS record is at most
+# 16 KiB, so reading 64 KiB at a time loses nothing but a few loop turns on a large LIST.
+TLS_READ_BUFFER = 64 * 1024
+
+
+def smaller_tls_read_buffers() -> None:
+    """For the connections opened from now on, in this process (SSLProtocol has no per-connection knob)."""
+    sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
 
 
 async def connect(kubeconfig: str | None = None, context: str | None = None) -> Connection:
@@ -103,4 +131,5 @@ async def connect(kubeconfig: str | None = None, context: str | None = None) -> 
             await config.load_kube_config(client_configuration=configuration)
     else:
         await config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
+    configuration.connection_pool_maxsize = POOL_CONNECTIONS
     return Connection(client.ApiClient(configuration), configuration)

@@ -197,6 +197,7 @@ def _runtime(
 async def run(options: OperatorOptions) -> None:
     if options.operator_namespace:
         custom_capabilities.CREDENTIALS.namespace = options.operator_namespace
+    kube.smaller_tls_read_buffers()
     connection = await kube.connect(options.kubeconfig, options.context)
     registry = kopf.OperatorRegistry()
     workspaces = Path(options.workspaces) if options.workspaces else workspaces_from_env()
@@ -306,7 +307,7 @@ def _shard_leases(
         await runtime.park_shard(shard, options.shutdown_grace_seconds)
 
     leases = shards.ShardLeases(
-        connection.api,
+        connection.separate_pool(),
         custom_capabilities.operator_namespace(),
         identity_of(options),
         options.shards,
