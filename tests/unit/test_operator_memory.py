@@ -23,7 +23,12 @@ STATUS = {
             "idempotencyKey": "k0",
             "decision": "ALLOW",
             "policy": "ClusterPolicy baseline rule 0: ALLOW",
-            "compensation": {"phase": "Pending", "capability": "io.fs.restore", "inputs": {"snapshot": "k0"}, "attempts": 0},
+            "compensation": {
+                "phase": "Pending",
+                "capability": "io.fs.restore",
+                "inputs": {"snapshot": "k0"},
+                "attempts": 0,
+            },
         },
         {"name": "s1", "phase": "Running", "attempts": 1, "idempotencyKey": "k1"},
     ],
