@@ -34,6 +34,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from controller.api.audit import AuditKind
+
 log = logging.getLogger("airun.audit")
 GENESIS = "0" * 64
 VALUE_LIMIT = 4 * 1024  # bytes of one payload value (its JSON) before it is stored as a digest
@@ -316,6 +318,19 @@ class AuditStore:
                 log.exception("the audit store refuses even a stub: it is down")
                 return ids, len(entries) - position
         return ids, 0
+
+    def deletion_actor(self, workflow_uid: str) -> str | None:
+        """Who asked last for the deletion of the workflow run WORKFLOW_UID, as the DELETE webhook recorded it
+        (on whichever replica served it, before any restart)."""
+        with Session(self.engine) as session:
+            query = (
+                select(AuditRecord.actor)
+                .where(AuditRecord.workflow_uid == workflow_uid)
+                .where(AuditRecord.kind == str(AuditKind.WORKFLOW_DELETION_REQUESTED))
+                .order_by(AuditRecord.id.desc())
+                .limit(1)
+            )
+            return session.scalars(query).first()
 
     def records(
         self,

@@ -113,6 +113,10 @@ class RunnerHost(Protocol):
         """Who deleted the workflow (the DELETE webhook recorded it), if it is being deleted."""
         ...
 
+    async def recall_deleter(self, workflow_uid: str) -> None:
+        """Reads who deleted the workflow from the audit store when deleter_of does not know."""
+        ...
+
     def runner_ended(self, workflow_uid: str, last: LastWrite | None) -> None:
         """The runner's task is over: forget it, and know its last write (later watch events are stale),
         or None when the watch has already shown that write (no stale event can follow) or when it was
@@ -205,6 +209,7 @@ class Runner:
         self.outcomes: list[saga.ActionResult | saga.CompensationResult] = []
         self.wakeup = asyncio.Event()
         self.requested: set[str] = set()
+        self.deleter_recalled = False  # asked the audit store who deleted it (_drive), when being deleted
         self.workspace = host.workspaces / self.ref.namespace
 
     def _parse_spec(self, body: Mapping[str, Any]) -> WorkflowSpec:
@@ -332,6 +337,10 @@ class Runner:
                 if await self._park():
                     return False
                 continue
+            if self.ref.deleting and not self.deleter_recalled:
+                self.deleter_recalled = True  # once: a deletion whose webhook failed open has no record
+                if self.host.deleter_of(self.ref.uid) is None:
+                    await self.host.recall_deleter(self.ref.uid)
             before = self.status
             plan = await self._pure(saga.plan, self.world())
             await self._rate_limit(plan)

@@ -47,6 +47,8 @@ FETCHED_TTL = 60.0  # seconds a Capability read ahead of the index is trusted wi
 ADMITTED = "Admitted"
 WEBHOOKS_MISSING = "WebhooksMissing"
 LABELLING_AT_ONCE = 4  # finished workflows labelled at once after an upgrade (_mark_finished)
+RECALL_TRIES = 3  # reads of the audit store for who deleted a workflow (recall_deleter), RECALL_PAUSE apart
+RECALL_PAUSE = 0.5
 PLAN_THREADS = 4  # threads that re-run a plan whose templates need the isolated renderer (which blocks)
 # kopf's variables of the handler being run: the cause (the watch event and its body), the handler and its
 # sub-handlers (private, as kopf has no public way to start a task outside a handler's context).
@@ -206,6 +208,25 @@ class WorkflowRuntime:
 
     def deleter_of(self, workflow_uid: str) -> str | None:
         return self.deleted_by.get(workflow_uid)
+
+    async def recall_deleter(self, workflow_uid: str) -> None:
+        """Who deleted the workflow, from the audit store, when this replica's DELETE webhook did not see
+        it: the operator restarted since, or another replica served the webhook. That replica's audit
+        writer may still be committing the record, so it is asked again for a moment."""
+        store = self.audit.store
+        for attempt in range(RECALL_TRIES):
+            if workflow_uid in self.deleted_by or store is None:
+                return
+            try:
+                actor = await asyncio.to_thread(store.deletion_actor, workflow_uid)
+            except Exception:  # the store is down: the compensation is recorded without its actor
+                log.warning("could not read who deleted workflow %s from the audit store", workflow_uid)
+                return
+            if actor:
+                self.deleted_by[workflow_uid] = actor
+                return
+            if attempt + 1 < RECALL_TRIES:
+                await asyncio.sleep(RECALL_PAUSE)
 
     def runner_ended(self, workflow_uid: str, last: LastWrite | None) -> None:
         self.runners.pop(workflow_uid, None)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from controller.api.workflow import WorkflowPhase
 from controller.audit.store import AuditStore
 from controller.localcluster.devenv import DevEnvironment
-from tests.integration.test_saga import wait_terminal, wf, write
+from tests.integration.test_saga import _kill_operator, steps_of, wait_terminal, wf, write
 from tests.kube import Kube
 
 
@@ -47,3 +47,40 @@ def test_rollback_by_someone_else_is_recorded_without_its_actor(
         r for r in store.records(namespace=namespace, workflow="deleted") if r.kind == "workflow.deletion_requested"
     ]
     assert [(r.actor, r.principal) for r in deletion] == [("admin", "bob")]
+
+
+def test_the_deleter_is_recorded_when_the_compensation_runs_after_a_restart(
+    kube: Kube, namespace: str, restartable: DevEnvironment
+) -> None:
+    """Who deleted a workflow lived only in the memory of the replica whose DELETE webhook saw it: an
+    operator restarted mid-compensation (or another replica) recorded the undoing without its actor. It is
+    now read back from the audit store."""
+    slow_undo = {"capability": "sys.sleep", "inputs": {"seconds": 3}}
+    kube.apply(
+        wf(
+            "deleted-mid-undo",
+            write("a", "undo.txt", compensation=slow_undo),
+            {"name": "b", "capability": "sys.sleep", "inputs": {"seconds": 2}, "dependsOn": ["a"]},  # let finish first
+        ),
+        namespace=namespace,
+        as_="bob",
+    )
+    kube.wait_for("wf", "deleted-mid-undo", namespace, lambda o: steps_of(o)["b"]["phase"] == "Running", what="b")
+    kube.run("delete", "wf", "deleted-mid-undo", "-n", namespace, "--wait=false")
+    kube.wait_for(
+        "wf",
+        "deleted-mid-undo",
+        namespace,
+        lambda o: steps_of(o)["a"]["phase"] == "Compensating",
+        what="a's compensation running",
+    )
+    _kill_operator(restartable)
+    restartable.start_operator()
+    gone = kube.run("wait", "--for=delete", "wf/deleted-mid-undo", "-n", namespace, "--timeout=60s", check=False)
+    assert gone.returncode == 0, gone.stderr
+    restartable.stop_operator()  # flushes the audit writer
+    records = [r.as_dict() for r in AuditStore(restartable.audit_url).records(namespace=namespace)]
+    undoing = [r for r in records if r["kind"].startswith("compensation.")]
+    finished = [r for r in undoing if r["kind"] == "compensation.finished"]
+    assert finished, undoing  # the restarted operator finished the compensation
+    assert all((r["actor"], r["principal"]) == ("admin", "bob") for r in undoing), undoing
