@@ -3,10 +3,12 @@ under the workflow's principal."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from controller.api.workflow import WorkflowPhase
 from controller.audit.store import AuditStore
 from controller.localcluster.devenv import DevEnvironment
-from tests.integration.test_saga import _kill_operator, steps_of, wait_terminal, wf, write
+from tests.integration.test_saga import _kill_operator, wait_terminal, wf, write
 from tests.kube import Kube
 
 
@@ -55,23 +57,23 @@ def test_the_deleter_is_recorded_when_the_compensation_runs_after_a_restart(
     """Who deleted a workflow lived only in the memory of the replica whose DELETE webhook saw it: an
     operator restarted mid-compensation (or another replica) recorded the undoing without its actor. It is
     now read back from the audit store."""
-    slow_undo = {"capability": "sys.sleep", "inputs": {"seconds": 3}}
+    slow_undo = {"capability": "sys.sleep", "inputs": {"seconds": 5}}
     kube.apply(
         wf(
             "deleted-mid-undo",
             write("a", "undo.txt", compensation=slow_undo),
-            {"name": "b", "capability": "sys.sleep", "inputs": {"seconds": 2}, "dependsOn": ["a"]},  # let finish first
+            {"name": "b", "capability": "sys.sleep", "inputs": {"seconds": 5}, "dependsOn": ["a"]},  # let finish first
         ),
         namespace=namespace,
         as_="bob",
     )
-    kube.wait_for("wf", "deleted-mid-undo", namespace, lambda o: steps_of(o)["b"]["phase"] == "Running", what="b")
+    kube.wait_for("wf", "deleted-mid-undo", namespace, lambda o: _phase(o, "b") == "Running", what="b running")
     kube.run("delete", "wf", "deleted-mid-undo", "-n", namespace, "--wait=false")
     kube.wait_for(
         "wf",
         "deleted-mid-undo",
         namespace,
-        lambda o: steps_of(o)["a"]["phase"] == "Compensating",
+        lambda o: _phase(o, "a") == "Compensating",
         what="a's compensation running",
     )
     _kill_operator(restartable)
@@ -84,3 +86,8 @@ def test_the_deleter_is_recorded_when_the_compensation_runs_after_a_restart(
     finished = [r for r in undoing if r["kind"] == "compensation.finished"]
     assert finished, undoing  # the restarted operator finished the compensation
     assert all((r["actor"], r["principal"]) == ("admin", "bob") for r in undoing), undoing
+
+
+def _phase(obj: dict[str, Any], step: str) -> str | None:
+    """The step's phase, None before the operator wrote a status."""
+    return next((s.get("phase") for s in (obj.get("status") or {}).get("steps") or [] if s["name"] == step), None)
