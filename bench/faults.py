@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import signal
 import subprocess
 import tempfile
 import threading
@@ -94,12 +92,7 @@ class Operators:
         else:
             i = rng.randrange(self.count)
             pid_file, name = self.replicas[i].pid_file, self.replicas[i].identity
-        pid = processes.alive(pid_file, "controller")
-        if pid is not None:
-            os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while processes.alive(pid_file, "controller") and time.monotonic() < deadline:
-                time.sleep(0.05)
+        processes.kill(pid_file, "controller")
         if self.count == 1:
             self.env.start_operator()
         else:
@@ -114,8 +107,9 @@ class Operators:
 
 def create_spread(env: DevEnvironment, items: list[dict[str, Any]], over: float, refused: Counter[str]) -> None:
     """Creates ITEMS one by one across OVER seconds; a create refused (no webhook answering) is retried."""
+    started = time.monotonic()
     for i, item in enumerate(items):
-        time.sleep(max(0.0, i * over / len(items) - (time.monotonic() - create_spread.started)))  # type: ignore[attr-defined]
+        time.sleep(max(0.0, i * over / len(items) - (time.monotonic() - started)))
         while True:
             result = subprocess.run(
                 [*env.kubectl_argv(), "create", "-f", "-"], input=json.dumps(item), text=True, capture_output=True
@@ -126,7 +120,7 @@ def create_spread(env: DevEnvironment, items: list[dict[str, Any]], over: float,
             time.sleep(0.5)
 
 
-def phases(env: DevEnvironment) -> dict[str, dict[str, Any]]:
+def by_name(env: DevEnvironment) -> dict[str, dict[str, Any]]:
     listed = json.loads(env.kubectl("get", "wf", "-n", NAMESPACE, "-o", "json").stdout)["items"]
     return {o["metadata"]["name"]: o for o in listed}
 
@@ -204,7 +198,6 @@ def main() -> None:
             items = [workflow(api, i, args.steps) for i in range(args.workflows)]
             refused: Counter[str] = Counter()
             window = args.kills * 2.5
-            create_spread.started = time.monotonic()  # type: ignore[attr-defined]
             creator = threading.Thread(target=create_spread, args=(env, items, window * 0.8, refused), daemon=True)
             creator.start()
             killed: Counter[str] = Counter()
@@ -216,13 +209,13 @@ def main() -> None:
             expected = [item["metadata"]["name"] for item in items]
             deadline = time.monotonic() + args.timeout
             while True:
-                objects = phases(env)
+                objects = by_name(env)
                 done = all((objects.get(n, {}).get("status") or {}).get("phase") in TERMINAL_PHASES for n in expected)
                 if done or time.monotonic() > deadline:
                     break
                 time.sleep(1.0)
             time.sleep(2.0)  # the last rollbacks' DELETEs
-            for key, value in count(api, phases(env), expected, args.steps).items():
+            for key, value in count(api, by_name(env), expected, args.steps).items():
                 print(f"  {key}: {value}")
         finally:
             operators.stop()

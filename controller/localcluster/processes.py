@@ -97,6 +97,21 @@ def stop(pid_file: Path, expect: str, *, grace: float = 10.0) -> bool:
     return True
 
 
+def kill(pid_file: Path, expect: str, *, timeout: float = 10.0) -> bool:
+    """SIGKILLs the process of PID_FILE (a crash, for tests and the fault benchmark) and waits up to TIMEOUT
+    seconds until it is gone. True if one ran."""
+    pid = alive(pid_file, expect)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while alive(pid_file, expect) is not None and time.monotonic() < deadline:
+        _reap(pid)
+        time.sleep(0.05)
+    _reap(pid)
+    return True
+
+
 def _reap(pid: int) -> None:
     """Collects the exit status when PID is our own child, so it does not linger as a zombie."""
     with contextlib.suppress(ChildProcessError):

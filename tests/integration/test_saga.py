@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -233,12 +231,7 @@ def test_deleting_a_running_workflow_compensates_it_first(kube: Kube, namespace:
 
 
 def _kill_operator(env: DevEnvironment) -> None:
-    pid = processes.alive(env.operator_pid, "controller")
-    assert pid
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while processes.alive(env.operator_pid, "controller") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert processes.kill(env.operator_pid, "controller")
 
 
 def _lines(path: Path) -> list[str]:
