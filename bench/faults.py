@@ -1,7 +1,9 @@
 """`make bench-faults`: issue 14's fault run. N workflows of M idempotent `net.http.request` POSTs to a
 loopback API that honours `Idempotency-Key` (it answers a new key after a delay, a repeat at once), while
 the operator is SIGKILLed K times at random moments and started again each time (with --replicas R, a
-random one of R shard replicas is killed and started again; the others take its shards over).
+random one of R shard replicas is killed and started again; the others take its shards over). With
+--control-plane-kills C, C more kills hit the API server or etcd instead (SIGKILL, down for --outage
+seconds, started again), at random moments among the operator's.
 
 The workflows are created one by one across the run, so that kills land before, during and after their
 steps; a create refused while no operator serves the admission webhooks (they fail closed) is tried again,
@@ -99,6 +101,14 @@ class Operators:
             self.replicas[i] = self._start(i)
         return name
 
+    def kill_control_plane(self, rng: random.Random, outage: float) -> str:
+        """SIGKILLs the API server or etcd, waits OUTAGE seconds, starts it again; returns which."""
+        name = rng.choice(("kube-apiserver", "etcd"))
+        processes.kill(self.env.cluster.run / f"{name}.pid", name)
+        time.sleep(outage)
+        self.env.cluster.start()
+        return name
+
     def stop(self) -> None:
         for replica in self.replicas:
             replica.stop()
@@ -179,13 +189,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--control-plane-kills", type=int, default=0, help="kills of the API server or etcd")
+    parser.add_argument("--outage", type=float, default=0.0, help="seconds the API server or etcd stays down")
     parser.add_argument("--delay", type=float, default=1.0, help="seconds the API takes to answer a new key")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the last workflow")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
-    print(f"{args.workflows} workflows x {args.steps} idempotent POSTs, {args.kills} SIGKILLs, seed {seed}")
+    print(
+        f"{args.workflows} workflows x {args.steps} idempotent POSTs, {args.kills} SIGKILLs of the operator"
+        f" and {args.control_plane_kills} of the control plane, seed {seed}"
+    )
     api = LoopbackAPI()
     api.delay = args.delay
     with tempfile.TemporaryDirectory(prefix="airun-faults-") as tmp:
@@ -197,13 +212,18 @@ def main() -> None:
             env.kubectl("create", "namespace", NAMESPACE)
             items = [workflow(api, i, args.steps) for i in range(args.workflows)]
             refused: Counter[str] = Counter()
-            window = args.kills * 2.5
+            targets = ["operator"] * args.kills + ["control plane"] * args.control_plane_kills
+            rng.shuffle(targets)
+            window = len(targets) * 2.5
             creator = threading.Thread(target=create_spread, args=(env, items, window * 0.8, refused), daemon=True)
             creator.start()
             killed: Counter[str] = Counter()
-            for _ in range(args.kills):
+            for target in targets:
                 time.sleep(rng.uniform(0.2, 2.5))
-                killed[operators.kill_one(rng)] += 1
+                if target == "operator":
+                    killed[operators.kill_one(rng)] += 1
+                else:
+                    killed[operators.kill_control_plane(rng, args.outage)] += 1
             creator.join()
             print(f"  killed: {dict(killed)}; {dict(refused) or 'no create refused'}")
             expected = [item["metadata"]["name"] for item in items]

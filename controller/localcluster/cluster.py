@@ -127,6 +127,9 @@ class LocalCluster:
                 wanted.append(ports.apiserver)
             if all(port_free(p) for p in wanted):
                 return ports
+            if etcd_up:  # new ports: an API server looking for an etcd that cannot start (this one holds the data)
+                busy = [p for p in wanted if not port_free(p)]
+                raise StartError(f"port {busy} is taken by another process while etcd runs: stop it first")
         ports = Ports(free_port(), free_port(), free_port())
         self._ports_file.write_text(json.dumps(ports.__dict__) + "\n")
         return ports

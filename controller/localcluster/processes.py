@@ -36,13 +36,21 @@ def alive(pid_file: Path, expect: str) -> int | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (OSError, ValueError):
         return None
-    # A zombie (state Z) has exited already.
-    if stat.rsplit(")", 1)[1].split()[0] == "Z":
+    # A zombie (state Z) has exited already, unless it is the first thread of a process whose other threads
+    # are still ending: their files (a server's listening socket) are closed only when the last one has.
+    if stat.rsplit(")", 1)[1].split()[0] == "Z" and not _threads_remain(pid):
         return None
     # An empty command line is seen, briefly, while a process starts up: it is still the one we started.
     if any(argv) and not any(arg == expect or Path(arg).name == expect for arg in argv):
         return None
     return pid
+
+
+def _threads_remain(pid: int) -> bool:
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
+    except OSError:
+        return False
 
 
 def start(
