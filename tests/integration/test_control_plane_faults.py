@@ -1,6 +1,7 @@
 """The control plane restarts under the operator: the API server, then etcd, each stopped in the middle of
-50 running workflows and started again, and the API server SIGKILLed and started again at once. Nothing may be lost (every workflow Succeeded, every step's file
-written once), nothing stuck (every workflow ends within the deadline), nothing run twice."""
+50 running workflows and started again, and the API server SIGKILLed and started again at once. Nothing
+may be lost (every workflow Succeeded, every step's file written once), nothing stuck (every workflow ends
+within the deadline), nothing run twice."""
 
 from __future__ import annotations
 
