@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.__main__ import parse, workflows, write_requests
+from bench.__main__ import create_all, parse, workflows, write_requests
 from bench.procs import cpu_seconds_of, peak_rss_mib_of
 from controller.api.workflow import TERMINAL_PHASES, WorkflowPhase
 from controller.localcluster import processes
@@ -56,11 +55,9 @@ def run(env: DevEnvironment, replicas: list[Replica], count: int, steps: int, na
     pids = {**control_plane_pids(env), **{r.identity: r.pid for r in replicas}}
     before = write_requests(env)
     cpu_before = {name: cpu_seconds_of(pid) for name, pid in pids.items()}
-    manifest = json.dumps(workflows(count, steps, namespace, "effects"))
+    items = workflows(count, steps, namespace, "effects")["items"]
     started = time.monotonic()
-    subprocess.run(
-        [*env.kubectl_argv(), "create", "-f", "-"], input=manifest, text=True, check=True, capture_output=True
-    )
+    create_all(env, items)  # by several kubectl at once, as in make bench
     while True:
         out = json.loads(env.kubectl("get", "wf", "-n", namespace, "-o", "json").stdout)["items"]
         phases = [o.get("status", {}).get("phase") for o in out]
