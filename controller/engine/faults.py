@@ -21,7 +21,7 @@ def failed_by_fault(world: World, error: BaseException) -> WorkflowStatus:
     """WORLD's status, Failed with reason InternalError. Steps that had not started are Skipped; steps
     in flight keep their phase (their attempts are cancelled by the caller; nothing is compensated,
     since planning the compensation is what just failed). A terminal status is returned unchanged."""
-    status = world.status.model_copy(deep=True)
+    status = world.status.fork()
     if status.phase in TERMINAL_PHASES:
         return status
     if not status.steps:

@@ -111,7 +111,7 @@ __all__ = [
 
 
 def plan(world: World) -> Plan:
-    status = world.status.model_copy(deep=True)
+    status = world.status.fork()
     p = Planning(world, status, Plan(status))
     _initialise(world, status)
     finished = status.phase in TERMINAL_PHASES and not _rollback_requested(p)
@@ -362,7 +362,7 @@ def _compensation_failed(s: StepStatus, c: CompensationStatus, error: str, now: 
 
 def record_action(world: World, outcome: ActionResult) -> WorkflowStatus:
     """Folds the outcome of one attempt into the status (of WORLD; its `now` is the time of the outcome)."""
-    status = world.status.model_copy(deep=True)
+    status = world.status.fork()
     s = status.step(outcome.step)
     if s.phase is not StepPhase.RUNNING:
         return status  # stale: the step moved on meanwhile
@@ -390,7 +390,7 @@ def record_action(world: World, outcome: ActionResult) -> WorkflowStatus:
 
 
 def record_compensation(world: World, outcome: CompensationResult) -> WorkflowStatus:
-    status = world.status.model_copy(deep=True)
+    status = world.status.fork()
     s = status.step(outcome.step)
     c = s.compensation
     if c is None or c.phase is not StepPhase.RUNNING:
@@ -413,7 +413,7 @@ def record_compensation(world: World, outcome: CompensationResult) -> WorkflowSt
 def record_approval_refused(world: World, step: str, error: str) -> WorkflowStatus:
     """The Approval of STEP could not be created (its name is taken by another workflow's Approval,
     which is never deleted): the step fails with ERROR, and the workflow compensates."""
-    status = world.status.model_copy(deep=True)
+    status = world.status.fork()
     s = status.step(step)
     if s.phase is StepPhase.AWAITING_APPROVAL:
         fail_step(status, s, world.now, error, how="")
@@ -423,7 +423,7 @@ def record_approval_refused(world: World, step: str, error: str) -> WorkflowStat
 def record_rate_limited(world: World, step: str, message: str) -> WorkflowStatus:
     """STEP was about to start but a policy's rate limit allows no more steps now: it never ran; it is
     DENY with reason RateLimited (MESSAGE: which limit, when its window frees), and the workflow compensates."""
-    status = world.status.model_copy(deep=True)
+    status = world.status.fork()
     s = status.step(step)
     if s.phase is not StepPhase.RUNNING:
         return status

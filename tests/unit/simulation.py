@@ -50,6 +50,16 @@ class Trace:
     rounds: int = 0
 
 
+def unchanged_input(function: Callable[..., Any], world: saga.World, *args: Any) -> Any:
+    """FUNCTION's result, after checking that it left WORLD's status as it was: the engine works on a
+    WorkflowStatus.fork(), which shares the plain dicts and lists (outputs, inputs) with its original, so a
+    change made in place to one of them would reach the status the runner still holds."""
+    before = world.status.model_dump()
+    result = function(world, *args)
+    assert world.status.model_dump() == before, f"{function.__name__} changed the status it was given"
+    return result
+
+
 def run(
     spec: WorkflowSpec,
     outcome: Outcome = succeed,
@@ -81,7 +91,7 @@ def run(
         )
 
     for trace.rounds in range(1, max_rounds + 1):
-        plan = saga.plan(world(now))
+        plan = unchanged_input(saga.plan, world(now))
         trace.status = plan.status
         trace.events += plan.events
         trace.approvals += plan.approvals
@@ -95,11 +105,11 @@ def run(
             return trace
         now += timedelta(seconds=step_seconds)
         for action in plan.actions:
-            trace.status = saga.record_action(world(now), outcome(action))
+            trace.status = unchanged_input(saga.record_action, world(now), outcome(action))
         for comp in plan.compensations:
             trace.compensated.append(comp.step)
             result = saga.CompensationResult(comp.step, compensation_ok(comp.step, comp.attempt), "undo failed")
-            trace.status = saga.record_compensation(world(now), result)
+            trace.status = unchanged_input(saga.record_compensation, world(now), result)
         if not plan.actions and not plan.compensations:
             if plan.wake_at is None:
                 return trace  # waiting for something outside (an approval)

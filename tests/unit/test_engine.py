@@ -377,3 +377,36 @@ def test_a_workflow_without_a_recorded_principal_never_runs() -> None:
     plan = saga.plan(world)
     assert plan.actions == [] and plan.status.reason == Reason.UNATTESTED
     assert "no principal attested" in (plan.status.message or "")
+
+
+def test_a_forked_status_is_equal_and_shares_no_model_with_its_original() -> None:
+    """The engine changes the fork's models in place (a step's phase, its compensation's): none of them may
+    be the original's, which the runner still holds as the status before the plan."""
+    status = WorkflowStatus.model_validate(
+        {
+            "phase": "Running",
+            "steps": [
+                {
+                    "name": "a",
+                    "phase": "Succeeded",
+                    "outputs": {"path": "a.txt"},
+                    "condition": {"rule": "Policy p rule 1", "when": "true"},
+                    "compensation": {"capability": "io.fs.restore", "inputs": {"snapshot": "k"}, "phase": "Pending"},
+                },
+                {"name": "b"},
+            ],
+            "conditions": [{"type": "Ready", "status": "False"}],
+        }
+    )
+    fork = status.fork()
+    assert fork.model_dump() == status.model_dump()
+    assert fork is not status and fork.steps is not status.steps and fork.conditions is not status.conditions
+    for mine, theirs in zip(fork.steps, status.steps, strict=True):
+        assert mine is not theirs
+        assert mine.compensation is None or mine.compensation is not theirs.compensation
+        assert mine.condition is None or mine.condition is not theirs.condition
+    assert all(m is not t for m, t in zip(fork.conditions, status.conditions, strict=True))
+    fork.steps[0].compensation.phase = StepPhase.RUNNING  # type: ignore[union-attr]
+    fork.steps[1].phase = StepPhase.RUNNING
+    assert status.steps[0].compensation.phase is StepPhase.PENDING  # type: ignore[union-attr]
+    assert status.steps[1].phase is StepPhase.PENDING
