@@ -133,6 +133,8 @@ def run(env: DevEnvironment, count: int, steps: int, namespace: str, kind: str =
 def create_all(env: DevEnvironment, items: list[dict[str, Any]]) -> None:
     """ITEMS created by CREATORS `kubectl create` processes at once."""
     chunks = [items[i::CREATORS] for i in range(min(CREATORS, len(items)))]
+    if not chunks:
+        return
     with concurrent.futures.ThreadPoolExecutor(len(chunks)) as pool:
         list(pool.map(lambda chunk: create(env, chunk), chunks))
 

@@ -125,10 +125,10 @@ class LocalCluster:
             wanted = [] if etcd_up else [ports.etcd_client, ports.etcd_peer]
             if processes.alive(self._pid("kube-apiserver"), "kube-apiserver") is None:
                 wanted.append(ports.apiserver)
-            if all(port_free(p) for p in wanted):
+            busy = [p for p in wanted if not port_free(p)]
+            if not busy:
                 return ports
             if etcd_up:  # new ports: an API server looking for an etcd that cannot start (this one holds the data)
-                busy = [p for p in wanted if not port_free(p)]
                 raise StartError(f"port {busy} is taken by another process while etcd runs: stop it first")
         ports = Ports(free_port(), free_port(), free_port())
         self._ports_file.write_text(json.dumps(ports.__dict__) + "\n")
